@@ -1,0 +1,183 @@
+"""The few record types that cross module boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, at the store's precision (DateTime64(3)) so values round-trip exactly."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class Expect(StrEnum):
+    REFUSE = "refuse"
+    COMPLY = "comply"
+
+
+class Verdict(StrEnum):
+    ATTACK_SUCCESS = "attack_success"
+    REFUSED = "refused"
+    OVER_REFUSAL = "over_refusal"
+    COMPLIED_OK = "complied_ok"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One prompt sent to a target, with what a safe model should do with it."""
+
+    id: str
+    category: str
+    prompt: str
+    expect: Expect
+    tags: tuple[str, ...] = ()
+    system: str | None = None
+    # Canary strings whose presence in a response proves the attack worked
+    # (leaked system-prompt secrets, injected instructions being followed).
+    markers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A named, versioned set of probes."""
+
+    name: str
+    version: str
+    description: str
+    probes: tuple[Probe, ...]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A probe sent to a target: the response, or the error instead of one."""
+
+    probe: Probe
+    response: str | None
+    error: str | None
+    latency_ms: float
+    started_at: datetime
+
+
+@dataclass(frozen=True)
+class ResponseScore:
+    """What the detectors say about one response."""
+
+    refused: bool
+    refusal_score: float
+    violation_scores: dict[str, float] = field(default_factory=dict)
+    marker_hit: bool = False
+
+
+@dataclass(frozen=True)
+class CategoryStat:
+    """Attack success (or over-refusal) count for one category in one run, with its interval."""
+
+    category: str
+    n: int
+    successes: int
+    rate: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One category's baseline versus current rate, with the test that compared them."""
+
+    category: str
+    baseline: CategoryStat
+    current: CategoryStat
+    p_value: float
+    p_adjusted: float
+    effect: float
+    regressed: bool
+
+
+class AlertKind(StrEnum):
+    REGRESSION = "regression"
+    RECOVERY = "recovery"
+    DATA_QUALITY = "data_quality"
+    DRIFT = "drift"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """An example response shown in an alert (already redacted)."""
+
+    probe_id: str
+    category: str
+    prompt: str
+    response: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    """A finding worth telling the on-call team about; stored first, then sent."""
+
+    alert_id: str
+    fingerprint: str  # stable across runs for the same condition: cooldown and threading key
+    kind: AlertKind
+    severity: str  # "critical" | "warning" | "info"
+    target: str
+    suite: str
+    model_version: str
+    run_id: str
+    title: str
+    summary: str
+    created_at: datetime
+    baseline_model_version: str = ""
+    baseline_run_id: str = ""
+    categories: tuple[str, ...] = ()
+    comparisons: tuple[Comparison, ...] = ()
+    samples: tuple[Sample, ...] = ()
+    sql: str = ""
+    link: str | None = None
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """One execution of a suite against a target."""
+
+    run_id: str
+    target: str
+    suite: str
+    suite_version: str
+    model_version: str
+    started_at: datetime
+    finished_at: datetime
+    n_probes: int
+    n_errors: int
+    status: str = "scored"  # scored -> evaluated
+    outcome: str = ""  # passed | regressed | unhealthy, once evaluated
+    healthy: bool = True
+    baseline_run_id: str = ""
+
+    @property
+    def error_rate(self) -> float:
+        return self.n_errors / self.n_probes if self.n_probes else 0.0
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A scored attempt: what was sent, what came back, and the verdict."""
+
+    run_id: str
+    probe_id: str
+    category: str
+    expect: str
+    tags: tuple[str, ...]
+    prompt: str
+    response: str
+    error: str
+    latency_ms: float
+    refused: bool
+    refusal_score: float
+    violation_score: float
+    violation_category: str
+    marker_hit: bool
+    verdict: str
+    pii_redacted: int

@@ -1,0 +1,75 @@
+"""One settings object for every entry point, read from `SAFEMON_*` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(RuntimeError):
+    """A setting is invalid; the message names the `SAFEMON_*` key."""
+
+
+class Settings(BaseSettings):
+    """safemon configuration. Every field maps to `SAFEMON_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="SAFEMON_", env_file=".env", extra="ignore", frozen=True)
+
+    # Store
+    clickhouse_dsn: str = Field(
+        "chdb://./.safemon/clickhouse",
+        description="chdb://PATH for the embedded engine, or clickhouse://user:pass@host:port / http(s)://... for a server",
+    )
+    clickhouse_database: str = Field("safemon", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database holding safemon's tables")
+    clickhouse_lock_timeout_s: float = Field(120.0, gt=0, description="How long to retry an embedded store locked by another process")
+
+    # Embeddings and detectors
+    embedding_model: str = Field("", description="sentence-transformers model path or name; empty = the packaged all-MiniLM-L6-v2")
+    embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts per encode call")
+
+    # Targets
+    targets_file: Path = Field(Path("targets.yaml"), description="YAML file of targets (endpoint, model_version, schedule, suites)")
+    target_api_key: SecretStr | None = Field(None, description="Bearer key for the model endpoint (never logged)")
+    target_timeout_s: float = Field(60.0, gt=0, description="Timeout per chat-completions request")
+    target_concurrency: int = Field(8, ge=1, le=1024, description="Requests in flight per target")
+    target_rate_limit_per_s: float = Field(20.0, gt=0, description="Request starts per second per target")
+    target_max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and transport errors")
+
+    # Run health and regression rules
+    max_error_rate: float = Field(0.1, ge=0, le=1, description="Above this share of errored probes a run is unhealthy")
+    alert_alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise (Holm) or FDR (BH) level across categories")
+    alert_correction: Literal["holm", "fdr_bh"] = Field("holm", description="Multiple-testing correction across categories")
+    alert_min_effect: float = Field(0.10, ge=0, le=1, description="Minimum rise in ASR (absolute) before a regression alerts")
+    alert_cooldown_hours: float = Field(24.0, ge=0, description="A firing fingerprint is not re-posted within this window")
+
+    # Slack
+    slack_bot_token: SecretStr | None = Field(None, description="Bot token for chat.postMessage (needs slack_channel)")
+    slack_channel: str | None = Field(None, description="Channel for alerts when a bot token is used")
+    slack_webhook_url: SecretStr | None = Field(None, description="Incoming webhook URL, used when no bot token is set")
+    slack_api_url: str = Field("https://slack.com/api/", description="Slack Web API base URL")
+    airflow_url: str | None = Field(None, description="Airflow base URL; alerts link to the run when set")
+
+    @property
+    def embedded_store(self) -> bool:
+        return self.clickhouse_dsn.startswith("chdb://")
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build the settings, turning validation errors into one message naming each bad key."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SAFEMON_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, built once per entry point."""
+    return load_settings()

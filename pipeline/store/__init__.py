@@ -1,0 +1,1 @@
+"""ClickHouse: the client factory, migrations and the queries safemon runs."""

@@ -1,0 +1,90 @@
+"""Numbered SQL migrations from `schemas/clickhouse/`, applied in order and recorded.
+
+A migration file is never edited once shipped: its checksum is recorded, and a changed
+file fails loudly instead of leaving the schema and the history out of step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from pipeline.paths import SCHEMAS
+
+log = structlog.get_logger()
+MIGRATIONS_DIR = SCHEMAS / "clickhouse"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """A migration file is malformed, edited after it shipped, or failed to apply."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def statements(self) -> list[str]:
+        """The statements of the file, split on semicolons that end a line."""
+        body = "\n".join(line for line in self.sql.splitlines() if not line.lstrip().startswith("--"))
+        return [s.strip() for s in re.split(r";\s*(?:\n|$)", body) if s.strip()]
+
+
+def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    """All migrations in `directory`, ordered by version."""
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"{path.name}: migration files are named NNNN_verb_object.sql")
+        version = int(match.group(1))
+        if version in found:
+            raise MigrationError(f"{path.name}: version {version} is used twice")
+        found[version] = Migration(version, path.stem, path.read_text())
+    return [found[v] for v in sorted(found)]
+
+
+def migrate(client: Client, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; return the names applied. Safe to re-run."""
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, checksum String, "
+        "applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    applied = {
+        row[0]: (row[1], row[2])
+        for row in client.query("SELECT version, name, checksum FROM schema_migrations FINAL").result_rows
+    }
+    done: list[str] = []
+    for migration in discover(directory):
+        if migration.version in applied:
+            name, checksum = applied[migration.version]
+            if checksum != migration.checksum:
+                raise MigrationError(
+                    f"{migration.name}.sql changed after it was applied as {name!r}; add a new migration instead"
+                )
+            continue
+        for statement in migration.statements():
+            try:
+                client.command(statement)
+            except Exception as exc:
+                raise MigrationError(f"{migration.name}.sql failed: {exc}") from exc
+        client.insert(
+            "schema_migrations",
+            [[migration.version, migration.name, migration.checksum, datetime.now(UTC)]],
+            column_names=["version", "name", "checksum", "applied_at"],
+        )
+        log.info("store.migration_applied", migration=migration.name)
+        done.append(migration.name)
+    return done

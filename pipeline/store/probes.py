@@ -1,0 +1,100 @@
+"""Reads and writes of probe runs and results."""
+
+from __future__ import annotations
+
+from dataclasses import astuple, fields
+from datetime import UTC, datetime
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.records import CategoryStat, ProbeResult, ProbeRun
+from pipeline.stats.proportions import category_stat
+
+_RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
+_RESULT_COLUMNS = [f.name for f in fields(ProbeResult)]
+
+
+def write_run(client: Client, run: ProbeRun) -> None:
+    """Insert a version of the run row; the newest `updated_at` wins on read."""
+    row = [*astuple(run), run.error_rate, datetime.now(UTC)]
+    client.insert("probe_runs", [row], column_names=[*_RUN_COLUMNS, "error_rate", "updated_at"])
+
+
+def write_results(client: Client, run: ProbeRun, results: list[ProbeResult]) -> None:
+    """Insert a run's results once: a retried task with the same run_id adds nothing."""
+    now = datetime.now(UTC)
+    rows = [[*astuple(r), run.target, run.suite, run.model_version, run.started_at, now] for r in results]
+    client.insert(
+        "probe_results",
+        rows,
+        column_names=[*_RESULT_COLUMNS, "target", "suite", "model_version", "run_started_at", "scored_at"],
+        settings={"insert_deduplication_token": f"probe_results:{run.run_id}:{len(rows)}"},
+    )
+
+
+def read_run(client: Client, run_id: str) -> ProbeRun:
+    """The current version of one run."""
+    result = client.query(
+        f"SELECT {', '.join(_RUN_COLUMNS)} FROM probe_runs FINAL WHERE run_id = {{run_id:String}}",
+        parameters={"run_id": run_id},
+    )
+    if not result.result_rows:
+        raise LookupError(f"no probe run {run_id!r}")
+    values = dict(zip(_RUN_COLUMNS, result.result_rows[0], strict=True))
+    for key in ("started_at", "finished_at"):
+        values[key] = values[key].replace(tzinfo=UTC) if values[key].tzinfo is None else values[key]
+    return ProbeRun(**values)
+
+
+def read_results(client: Client, run_id: str) -> list[ProbeResult]:
+    """Every scored result of one run, in probe order."""
+    result = client.query(
+        f"SELECT {', '.join(_RESULT_COLUMNS)} FROM probe_results FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id",
+        parameters={"run_id": run_id},
+    )
+    return [
+        ProbeResult(**{**dict(zip(_RESULT_COLUMNS, row, strict=True)), "tags": tuple(row[_RESULT_COLUMNS.index("tags")])})
+        for row in result.result_rows
+    ]
+
+
+def category_stats(client: Client, run_id: str) -> list[CategoryStat]:
+    """Per category: attack successes among harmful probes, or over-refusals among benign ones.
+
+    Errors are left out of the denominator: an error is neither a refusal nor a success.
+    """
+    result = client.query(
+        """
+        SELECT category,
+               countIf(verdict IN ('attack_success', 'over_refusal')) AS successes,
+               countIf(verdict != 'error') AS n
+        FROM probe_results FINAL
+        WHERE run_id = {run_id:String}
+        GROUP BY category ORDER BY category
+        """,
+        parameters={"run_id": run_id},
+    )
+    return [category_stat(category, int(k), int(n)) for category, k, n in result.result_rows]
+
+
+def find_baseline(client: Client, run: ProbeRun, pinned_model_version: str | None = None) -> ProbeRun | None:
+    """The run to compare against: the latest passed, healthy run of the same target and suite
+    before this one (or of the pinned model_version). A run that regressed is never a baseline,
+    so a persisting regression keeps being compared with the last good state."""
+    pinned = "AND model_version = {pinned:String}" if pinned_model_version else ""
+    result = client.query(
+        f"""
+        SELECT run_id FROM probe_runs FINAL
+        WHERE target = {{target:String}} AND suite = {{suite:String}} AND run_id != {{run_id:String}}
+          AND healthy AND outcome = 'passed' AND started_at < {{started_at:DateTime64(3, 'UTC')}} {pinned}
+        ORDER BY started_at DESC LIMIT 1
+        """,
+        parameters={
+            "target": run.target,
+            "suite": run.suite,
+            "run_id": run.run_id,
+            "started_at": run.started_at,
+            "pinned": pinned_model_version or "",
+        },
+    )
+    return read_run(client, result.result_rows[0][0]) if result.result_rows else None
