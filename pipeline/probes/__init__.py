@@ -1,0 +1,1 @@
+"""Probe suites (loading, importing public formats), targets and the probe runner."""
