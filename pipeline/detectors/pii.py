@@ -1,0 +1,202 @@
+"""PII redaction: replace e-mails, phones, cards, SSNs, IBANs, IPs and secrets with placeholders.
+
+Regex candidates, then checksums where the format has one (Luhn for cards, mod-97 for IBANs,
+`ipaddress` for IPs), so ordinary numbers, dates and version strings survive. Patterns run in a
+fixed order (secrets first, phones last) and each replaced span becomes a placeholder without
+digits, so later patterns cannot re-match it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pipeline.detectors.catalog import DETECTORS
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """A redacted text and how many entities of each kind (EMAIL, PHONE, ...) were replaced."""
+
+    text: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def luhn_valid(digits: str) -> bool:
+    """Whether a digit string passes the Luhn checksum used by payment cards."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def iban_valid(candidate: str) -> bool:
+    """Whether a compact IBAN (no spaces) has a plausible length and passes the ISO 13616 mod-97 check."""
+    s = candidate.upper()
+    if not (15 <= len(s) <= 34) or not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]+", s):
+        return False
+    rearranged = s[4:] + s[:4]
+    number = "".join(str(int(ch, 36)) for ch in rearranged)
+    return int(number) % 97 == 1
+
+
+# --- secrets ---------------------------------------------------------------------------------
+_API_KEY_PATTERNS = [
+    re.compile(r"\bsk-(?:proj-|ant-(?:api\d\d-)?|live_|test_)?[A-Za-z0-9_\-]{20,}"),
+    re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b"),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{40,}\b"),
+    re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"),
+    re.compile(r"\bAIza[0-9A-Za-z_\-]{35}\b"),
+    re.compile(r"\beyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}"),
+]
+# Only the token after "Bearer" / "key=" is replaced: the label stays readable.
+_BEARER = re.compile(r"(\bBearer\s+)([A-Za-z0-9._~+/\-]{16,}=*)")
+_KEY_VALUE = re.compile(
+    r"(?i)(\b[\w\-]*(?:api[_\-]?key|apikey|secret|token|access[_\-]?key|passw(?:or)?d|pwd|auth|credential|private[_\-]?key)[\w\-]*"
+    r"\"?\s*[:=]\s*[\"']?)([A-Za-z0-9_\-+/.=]{16,})"
+)
+
+
+def _looks_secret(value: str) -> bool:
+    # Long hex strings and mixed-class base64-ish strings are secrets; a long plain word is not.
+    if re.fullmatch(r"[0-9a-fA-F]{16,}", value):
+        return True
+    classes = sum(bool(re.search(p, value)) for p in (r"[a-z]", r"[A-Z]", r"\d"))
+    return classes >= 2 and bool(re.search(r"\d", value))
+
+
+# --- other entities --------------------------------------------------------------------------
+_EMAIL = re.compile(
+    r"(?<![\w.+\-])[A-Za-z0-9](?:[A-Za-z0-9._%+\-]{0,62}[A-Za-z0-9_%+\-])?@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}\b"
+)
+_IBAN = re.compile(r"(?i)\b[A-Z]{2}\d{2}(?:[ \-]?[A-Z0-9]{4}){2,7}(?:[ \-]?[A-Z0-9]{1,4})?\b")
+_CARD = re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])")
+_IPV4 = re.compile(r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d]|\.\d)")
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{0,4}|(?:\d{1,3}\.){3}\d{1,3})(?:%[\w.]+)?(?![\w:])")
+_SSN = re.compile(r"(?<![\d\-])(?!000|666|9\d\d)\d{3}([\- ])(?!00)\d{2}\1(?!0000)\d{4}(?![\d\-])")
+_SSN_LABELLED = re.compile(r"(?i)(\b(?:ssn|social security(?: number| no\.?)?)\W{0,3}(?:is\s+|:\s*|#\s*)?)((?!000|666|9\d\d)\d{9})\b")
+_PHONE_NANP = re.compile(
+    r"(?<![\w+])(?<!\d[ .\-])(?:(?:\+|00)?1[\s.\-]?)?(?:\(\d{3}\)\s?|\d{3}[\s.\-])\d{3}[\s.\-]\d{4}(?:\s*(?:x|ext\.?|extension)\s*\d{1,6})?(?!\d)"
+)
+_PHONE_INTL = re.compile(r"(?<![\w+])(?<!\d[ .\-])(?:\+|00)[1-9]\d{0,3}(?:[\s.\-]?\(?\d{1,5}\)?){1,6}(?:\s*(?:x|ext\.?)\s*\d{1,6})?(?!\d)")
+_PHONE_NATIONAL = re.compile(r"(?<![\w+.\-/:])(?<!\d[ .\-])\(?0\d{1,4}\)?(?:[\s.\-]\d{2,4}){2,4}(?![\w.\-/:]|\.\d)")
+# Many national formats (e.g. "699 956 915", "60-56-85-91", "(37) 788-063") are 3+ short digit
+# groups; dates (the other common grouped numbers) are excluded in `_phone_grouped`.
+_PHONE_GROUPED = re.compile(
+    r"(?<![\w.\-/:,+])(?<!\d[ .\-])\(?\d{2,4}\)?(?:[ .\-]\d{2,4}){2,4}(?![\w\-/:]|[.,]\d|[ .\-]\d)"
+)
+_SSN_SHAPED = re.compile(r"\d{3}-\d{2}-\d{4}")
+_DATE_LIKE = re.compile(r"\d{1,2}([./\- ])\d{1,2}\1\d{2,4}|\d{4}([./\- ])\d{1,2}\2\d{1,2}")
+_PHONE_LABELLED = re.compile(r"(?i)(\b(?:phone|tel|telephone|mobile|cell|call(?: me)?(?: at| on)?|fax)\b\W{0,3}(?:is\s+|:\s*|#\s*)?)(\d{10,12})\b")
+
+
+def _count_digits(s: str) -> int:
+    return sum(ch.isdigit() for ch in s)
+
+
+Replacer = Callable[[re.Match[str]], str | None]
+
+
+def _sub(pattern: re.Pattern[str], text: str, label: str, counts: dict[str, int], check: Replacer) -> str:
+    def repl(m: re.Match[str]) -> str:
+        out = check(m)
+        if out is None:
+            return m.group(0)
+        counts[label] = counts.get(label, 0) + 1
+        return out
+
+    return pattern.sub(repl, text)
+
+
+def _card(m: re.Match[str]) -> str | None:
+    digits = re.sub(r"\D", "", m.group(0))
+    if not 13 <= len(digits) <= 19 or len(set(digits)) == 1 or not luhn_valid(digits):
+        return None
+    return "[CARD]"
+
+
+def _iban(m: re.Match[str]) -> str | None:
+    # The grouped pattern can swallow a following word; drop trailing groups until the checksum holds.
+    raw = m.group(0)
+    groups = list(re.finditer(r"[A-Za-z0-9]+", raw))
+    for end in range(len(groups), 0, -1):
+        stop = groups[end - 1].end()
+        if iban_valid(re.sub(r"[ \-]", "", raw[:stop])):
+            return "[IBAN]" + raw[stop:]
+    return None
+
+
+def _ipv6(m: re.Match[str]) -> str | None:
+    value = m.group(0).split("%", 1)[0]
+    if sum(c.isalnum() for c in value) < 3:
+        return None
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return None
+    return "[IP]"
+
+
+def _phone_intl(m: re.Match[str]) -> str | None:
+    return "[PHONE]" if 8 <= _count_digits(m.group(0).split("x")[0].split("ext")[0]) <= 15 else None
+
+
+def _phone_national(m: re.Match[str]) -> str | None:
+    value = m.group(0)
+    return "[PHONE]" if 9 <= _count_digits(value) <= 12 and not _SSN_SHAPED.fullmatch(value) else None
+
+
+def _phone_grouped(m: re.Match[str]) -> str | None:
+    value = m.group(0)
+    if _DATE_LIKE.fullmatch(value) or _SSN_SHAPED.fullmatch(value) or not 8 <= _count_digits(value) <= 12:
+        return None
+    return "[PHONE]"
+
+
+def redact(text: str) -> Redaction:
+    """Replace personal data and secrets in `text` with `[EMAIL]`, `[PHONE]`, `[CARD]`, `[SSN]`,
+    `[IBAN]`, `[IP]` and `[API_KEY]`, counting each kind."""
+    counts: dict[str, int] = {}
+    for pattern in _API_KEY_PATTERNS:
+        text = _sub(pattern, text, "API_KEY", counts, lambda m: "[API_KEY]")
+    text = _sub(_BEARER, text, "API_KEY", counts, lambda m: m.group(1) + "[API_KEY]")
+    text = _sub(_KEY_VALUE, text, "API_KEY", counts, lambda m: m.group(1) + "[API_KEY]" if _looks_secret(m.group(2)) else None)
+    text = _sub(_EMAIL, text, "EMAIL", counts, lambda m: "[EMAIL]")
+    text = _sub(_IBAN, text, "IBAN", counts, _iban)
+    text = _sub(_CARD, text, "CARD", counts, _card)
+    text = _sub(_IPV4, text, "IP", counts, lambda m: "[IP]")
+    text = _sub(_IPV6, text, "IP", counts, _ipv6)
+    text = _sub(_SSN, text, "SSN", counts, lambda m: "[SSN]")
+    text = _sub(_SSN_LABELLED, text, "SSN", counts, lambda m: m.group(1) + "[SSN]")
+    text = _sub(_PHONE_NANP, text, "PHONE", counts, lambda m: "[PHONE]")
+    text = _sub(_PHONE_INTL, text, "PHONE", counts, _phone_intl)
+    text = _sub(_PHONE_NATIONAL, text, "PHONE", counts, _phone_national)
+    text = _sub(_PHONE_GROUPED, text, "PHONE", counts, _phone_grouped)
+    text = _sub(_PHONE_LABELLED, text, "PHONE", counts, lambda m: m.group(1) + "[PHONE]")
+    return Redaction(text=text, counts=counts)
+
+
+@DETECTORS.register("pii")
+class PiiDetector:
+    """Registry adapter for `redact`: finds and replaces PII; takes (and ignores) an embedder."""
+
+    name = "pii"
+
+    def __init__(self, embedder: object | None = None) -> None:
+        self.embedder = embedder
+
+    def redact(self, text: str) -> Redaction:
+        """See `redact`."""
+        return redact(text)
