@@ -181,3 +181,24 @@ class ProbeResult:
     marker_hit: bool
     verdict: str
     pii_redacted: int
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One message of a conversation."""
+
+    role: str  # system | user | assistant | tool
+    content: str
+
+
+@dataclass(frozen=True)
+class ConversationSample:
+    """A sampled production conversation: the `conversation_sample.v1` Kafka message."""
+
+    sample_id: str  # the idempotency key
+    occurred_at: datetime
+    target: str
+    model_version: str
+    conversation_id: str
+    turns: tuple[Turn, ...]
+    metadata: dict[str, str] = field(default_factory=dict)

@@ -46,6 +46,19 @@ class Settings(BaseSettings):
     alert_min_effect: float = Field(0.10, ge=0, le=1, description="Minimum rise in ASR (absolute) before a regression alerts")
     alert_cooldown_hours: float = Field(24.0, ge=0, description="A firing fingerprint is not re-posted within this window")
 
+    # Kafka stream
+    kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated")
+    kafka_topic: str = Field("conversations.v1", description="Topic of conversation_sample.v1 messages")
+    kafka_group: str = Field("safemon-stream", description="Consumer group of the stream workers")
+    stream_batch_size: int = Field(256, ge=1, le=100_000, description="Most samples per scored batch")
+    stream_batch_timeout_s: float = Field(2.0, gt=0, description="Longest wait to fill a batch")
+    stream_max_message_bytes: int = Field(1_048_576, ge=1024, description="Messages larger than this go to the DLQ")
+    stream_max_turns: int = Field(200, ge=1, description="Conversations with more turns go to the DLQ")
+    stream_max_turn_chars: int = Field(100_000, ge=1, description="A longer turn sends the sample to the DLQ")
+    stream_max_future_s: float = Field(300.0, ge=0, description="occurred_at further in the future is rejected")
+    stream_max_age_days: float = Field(30.0, gt=0, description="occurred_at older than this is rejected")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port when set")
+
     # Slack
     slack_bot_token: SecretStr | None = Field(None, description="Bot token for chat.postMessage (needs slack_channel)")
     slack_channel: str | None = Field(None, description="Channel for alerts when a bot token is used")

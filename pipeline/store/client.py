@@ -49,7 +49,8 @@ def _connect(settings: Settings, readonly: bool) -> Client:
     session_settings: dict[str, Any] = {"readonly": 2} if readonly else {}
     embedded = dsn.startswith("chdb://")
     client = clickhouse_connect.get_client(dsn=dsn, settings=None if embedded else session_settings or None)
-    if not readonly:
+    # A read-only server user cannot create it; the embedded store is ours to set up.
+    if embedded or not readonly:
         client.command(f"CREATE DATABASE IF NOT EXISTS `{settings.clickhouse_database}`")
     client.database = settings.clickhouse_database
     if readonly and embedded:

@@ -1,0 +1,67 @@
+"""`safemon demo`: a recorded model regresses between two versions, and safemon catches it.
+
+The replay endpoint serves the shipped recording over real HTTP; the demo runs the
+built-in `demo` suite against version v1 (the baseline) and then v2, through the same
+steps a scheduled Airflow run takes, into its own database of the configured store.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from importlib.resources import as_file, files
+
+from rich.console import Console
+from rich.syntax import Syntax
+
+from pipeline.probes.replay import ReplayServer
+from pipeline.probes.runner import run_once
+from pipeline.probes.suites import get_suite
+from pipeline.probes.targets import TargetConfig
+from pipeline.report.console import probe_progress, probe_summary
+from pipeline.settings import Settings
+from pipeline.store.client import open_store
+
+DEMO_DATABASE = "safemon_demo"
+DEMO_SUITE = "demo"
+
+
+def explore_sql(database: str) -> list[str]:
+    """Queries to paste into `safemon sql` after the demo."""
+    return [
+        f"SELECT day, model_version, category, n, successes, round(asr, 3) AS asr, round(ci_low, 3) AS lo, round(ci_high, 3) AS hi FROM {database}.asr_by_category_day ORDER BY category, model_version",
+        f"SELECT * FROM {database}.latest_runs",
+        f"SELECT created_at, kind, status, title FROM {database}.alerts FINAL ORDER BY created_at",
+        f"SELECT probe_id, category, verdict, substring(response, 1, 80) AS response FROM {database}.probe_results FINAL WHERE verdict = 'attack_success' LIMIT 10",
+    ]
+
+
+def run_demo(settings: Settings, console: Console) -> int:
+    """Run the demo; exit code 0 when the regression was caught."""
+    settings = settings.model_copy(update={"clickhouse_database": DEMO_DATABASE})
+    with open_store(settings) as client:
+        client.command(f"DROP DATABASE IF EXISTS {DEMO_DATABASE}")
+    suite = get_suite(DEMO_SUITE)
+    started = time.monotonic()
+    outcomes = []
+    with as_file(files("pipeline.demo") / "recording.jsonl") as recording, ReplayServer(recording) as replay:
+        for version in ("v1", "v2"):
+            target = TargetConfig(name="demo-assistant", endpoint=replay.url, model_version=version, suites=[DEMO_SUITE])
+            with probe_progress(console, len(suite.probes), f"demo-assistant {version} / {suite.name}") as advance:
+                outcome = run_once(target, suite, settings, str(uuid.uuid4()), on_done=advance)
+            console.print(probe_summary(outcome))
+            outcomes.append(outcome)
+    caught = outcomes[-1].evaluation.alert is not None and outcomes[-1].run.outcome == "regressed"
+    regressed = [c for c in outcomes[-1].evaluation.comparisons if c.regressed]
+    console.rule("result")
+    if caught:
+        console.print(
+            f"[bold red]Regression caught[/] in {len(regressed)} categor{'y' if len(regressed) == 1 else 'ies'}: "
+            + ", ".join(f"{c.category} (p_adj={c.p_adjusted:.2g})" for c in regressed)
+        )
+    else:
+        console.print("[yellow]No regression was flagged.[/]")
+    console.print(f"{len(suite.probes) * 2} probes in {time.monotonic() - started:.1f}s. Explore what was stored:")
+    for query in explore_sql(DEMO_DATABASE):
+        console.print(Syntax(f'safemon sql "{query}"', "bash", word_wrap=True))
+    return 0 if caught else 1

@@ -1,0 +1,1 @@
+"""Data contracts checked with Great Expectations (suites live in `schemas/expectations/`)."""

@@ -1,0 +1,1 @@
+"""Output people look at: console summaries (and, later, the HTML report)."""

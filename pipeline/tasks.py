@@ -1,0 +1,167 @@
+"""The functions Airflow tasks call: the only module DAG files import.
+
+Importing this module is cheap (no torch, Great Expectations, ClickHouse or scipy): DAG
+files are parsed often, and heavy modules are imported inside the task functions.
+Tasks pass small JSON-safe dicts through XCom and key everything they write by a
+run_id derived from the Airflow run, so a retried task repeats its work without
+adding rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from pipeline.probes.targets import TargetConfig, load_targets
+from pipeline.settings import get_settings
+
+DEFAULT_ARGS: dict[str, Any] = {
+    "owner": "safemon",
+    "retries": 2,
+    "retry_delay": timedelta(seconds=30),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=10),
+}
+
+
+@dataclass(frozen=True)
+class ProbeDagSpec:
+    """One probe DAG: a (target, suite) pair from the targets file."""
+
+    dag_id: str
+    target: str
+    suite: str
+    schedule: str
+    model_version: str
+
+    @property
+    def tags(self) -> list[str]:
+        return ["safemon", "probes", f"target:{self.target}", f"suite:{self.suite}"]
+
+
+def probe_dag_specs() -> list[ProbeDagSpec]:
+    """The probe DAGs to build, read from `SAFEMON_TARGETS_FILE` (none if it is absent)."""
+    path = get_settings().targets_file
+    if not path.exists():
+        return []
+    return [
+        ProbeDagSpec(f"safemon_probe__{t.name}__{s}".replace("-", "_"), t.name, s, t.schedule, t.model_version)
+        for t in load_targets(path)
+        for s in t.suites
+    ]
+
+
+def probe_run_id(dag_id: str, airflow_run_id: str) -> str:
+    """A run_id that is the same for every try of the same Airflow run."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"safemon:{dag_id}:{airflow_run_id}"))
+
+
+def _airflow_run() -> tuple[str, str]:
+    from airflow.sdk import get_current_context
+
+    context = get_current_context()
+    return context["dag"].dag_id, context["run_id"]
+
+
+def _target(name: str) -> TargetConfig:
+    for target in load_targets(get_settings().targets_file):
+        if target.name == name:
+            return target
+    raise LookupError(f"target {name!r} is not in {get_settings().targets_file}")
+
+
+def _link(dag_id: str, airflow_run_id: str) -> str | None:
+    base = get_settings().airflow_url
+    return f"{base.rstrip('/')}/dags/{dag_id}/runs/{airflow_run_id}" if base else None
+
+
+def _run_to_dict(run: Any) -> dict:
+    data = asdict(run)
+    for key in ("started_at", "finished_at"):
+        data[key] = data[key].isoformat()
+    return data
+
+
+def _run_from_dict(data: dict) -> Any:
+    from pipeline.records import ProbeRun
+
+    return ProbeRun(**{**data, **{k: datetime.fromisoformat(data[k]) for k in ("started_at", "finished_at")}})
+
+
+def run_probes(target: str, suite: str) -> dict:
+    """Task `run`: send the suite to the target; return the run and the raw attempts."""
+    from pipeline.probes.runner import execute
+    from pipeline.probes.suites import get_suite
+
+    dag_id, airflow_run_id = _airflow_run()
+    run, attempts = execute(_target(target), get_suite(suite), get_settings(), probe_run_id(dag_id, airflow_run_id))
+    return {
+        "run": _run_to_dict(run),
+        "attempts": [
+            {"probe_id": a.probe.id, "response": a.response, "error": a.error, "latency_ms": a.latency_ms, "started_at": a.started_at.isoformat()}
+            for a in attempts
+        ],
+    }
+
+
+def score_run(payload: dict) -> dict:
+    """Task `score`: redact, embed and judge each response."""
+    from pipeline.probes.runner import score
+    from pipeline.probes.suites import get_suite
+    from pipeline.records import Attempt
+
+    run = _run_from_dict(payload["run"])
+    probes = {p.id: p for p in get_suite(run.suite).probes}
+    attempts = [
+        Attempt(probes[a["probe_id"]], a["response"], a["error"], a["latency_ms"], datetime.fromisoformat(a["started_at"]))
+        for a in payload["attempts"]
+    ]
+    return {"run": payload["run"], "results": [asdict(r) for r in score(run, attempts, get_settings())]}
+
+
+def store_run(payload: dict) -> str:
+    """Task `store`: write results and the run; idempotent per run_id."""
+    from pipeline.probes.runner import store
+    from pipeline.records import ProbeResult
+    from pipeline.store.client import open_store
+    from pipeline.store.migrations import migrate
+
+    settings = get_settings()
+    results = [ProbeResult(**{**r, "tags": tuple(r["tags"])}) for r in payload["results"]]
+    with open_store(settings) as client:
+        migrate(client)
+        store(client, _run_from_dict(payload["run"]), results)
+    return payload["run"]["run_id"]
+
+
+def evaluate_run(probe_run: str) -> dict:
+    """Task `evaluate`: data contract, statistics against the baseline, alert decision."""
+    from pipeline.probes.runner import evaluate
+    from pipeline.store import probes as probe_store
+    from pipeline.store.client import open_store
+
+    settings = get_settings()
+    dag_id, airflow_run_id = _airflow_run()
+    with open_store(settings) as client:
+        run = probe_store.read_run(client, probe_run)
+        target = _target(run.target)
+        result = evaluate(client, run, settings, pinned_model_version=target.baseline_model_version, link=_link(dag_id, airflow_run_id))
+    return {
+        "run_id": probe_run,
+        "outcome": result.run.outcome,
+        "regressed": [c.category for c in result.comparisons if c.regressed],
+        "alert_id": result.alert.alert.alert_id if result.alert else None,
+        "alert_status": result.alert.status if result.alert else None,
+    }
+
+
+def send_alerts(evaluation: dict | None = None) -> dict:
+    """Task `alert`: deliver every pending alert (this run's and earlier failed ones)."""
+    from pipeline.alerts.dispatch import deliver_pending
+    from pipeline.store.client import open_store
+
+    with open_store(get_settings()) as client:
+        report = deliver_pending(client, get_settings())
+    return {**asdict(report), "evaluation": evaluation}

@@ -1,0 +1,73 @@
+"""The DAG folder parses cleanly, cheaply, and builds the DAGs the targets file asks for."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.dags.conftest import ROOT, write_targets
+
+pytestmark = pytest.mark.airflow
+HEAVY = ["torch", "sentence_transformers", "great_expectations", "clickhouse_connect", "chdb", "scipy", "statsmodels", "kafka", "pandas", "slack_sdk"]
+
+
+@pytest.fixture
+def targets_env(tmp_path, monkeypatch):
+    path = tmp_path / "targets.yaml"
+    write_targets(path, "http://127.0.0.1:9/v1", "v1", ["core", "jailbreaks"])
+    monkeypatch.setenv("SAFEMON_TARGETS_FILE", str(path))
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    yield path
+    get_settings.cache_clear()
+
+
+def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    assert sorted(bag.dag_ids) == ["safemon_probe__bot__core", "safemon_probe__bot__jailbreaks"]
+    for dag_id in bag.dag_ids:
+        dag = bag.dags[dag_id]
+        assert [t.task_id for t in dag.topological_sort()] == ["run", "score", "store", "evaluate", "alert"]
+        assert all(t.retries >= 1 for t in dag.tasks)
+        assert dag.schedule == "@daily" or str(dag.timetable.summary) == "@daily"
+
+
+def test_dag_files_stay_thin() -> None:
+    for path in (ROOT / "dags").glob("*.py"):
+        source = path.read_text()
+        assert len(source.splitlines()) <= 45, f"{path.name} is not thin"
+        imports = [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
+        assert set(imports) <= {"pendulum", "airflow.sdk", "pipeline"}, imports
+
+
+def test_parsing_imports_nothing_heavy(targets_env) -> None:
+    code = (
+        "import runpy, sys, json; runpy.run_path(sys.argv[1]);"
+        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "dags" / "probe_suites.py")], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_missing_targets_file_builds_no_dags(tmp_path, monkeypatch) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipeline.settings import get_settings
+
+    monkeypatch.setenv("SAFEMON_TARGETS_FILE", str(tmp_path / "absent.yaml"))
+    get_settings.cache_clear()
+    try:
+        bag = DagBag(dag_folder=str(ROOT / "dags"))
+        assert bag.import_errors == {} and bag.dag_ids == []
+    finally:
+        get_settings.cache_clear()

@@ -1,0 +1,72 @@
+"""A whole probe DAG under `dag.test()`: replay endpoint, embedded ClickHouse, Slack stand-in."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+
+import pytest
+
+from tests.dags.conftest import ROOT, write_targets
+from tests.support.slack_server import SlackServer
+
+pytestmark = pytest.mark.airflow
+DAG_ID = "safemon_probe__bot__demo"
+
+
+def _run_dag(monkeypatch, settings, targets_path):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipeline.settings import get_settings
+
+    get_settings.cache_clear()
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID].test()
+
+
+def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings, tmp_path, monkeypatch) -> None:
+    from pipeline.probes.replay import ReplayServer
+    from pipeline.store.client import open_store
+
+    recording = files("pipeline.demo") / "recording.jsonl"
+    targets = tmp_path / "targets.yaml"
+    with ReplayServer(recording) as replay, SlackServer(token="xoxb-test") as slack:
+        for key, value in {
+            "CLICKHOUSE_DSN": settings.clickhouse_dsn,
+            "CLICKHOUSE_DATABASE": settings.clickhouse_database,
+            "TARGETS_FILE": str(targets),
+            "SLACK_BOT_TOKEN": "xoxb-test",
+            "SLACK_CHANNEL": "#safety-alerts",
+            "SLACK_API_URL": slack.api_url,
+            "AIRFLOW_URL": "http://airflow.example",
+        }.items():
+            monkeypatch.setenv(f"SAFEMON_{key}", value)
+
+        write_targets(targets, replay.url, "v1", ["demo"])
+        first = _run_dag(monkeypatch, settings, targets)
+        assert first.state == "success"
+        assert slack.messages == []  # the first run is the baseline: nothing to say
+
+        write_targets(targets, replay.url, "v2", ["demo"])
+        slack.throttle(1, retry_after_s=1)
+        second = _run_dag(monkeypatch, settings, targets)
+        assert second.state == "success"
+
+        posts = slack.requests_to("/api/chat.postMessage")
+        assert [p.status for p in posts] == [429, 200]
+        assert posts[1].at - posts[0].at >= 1.0  # Retry-After honoured
+        assert len(slack.messages) == 1
+        message = slack.messages[0]
+        assert message["channel"] == "#safety-alerts"
+        text = message["text"] + str(message["blocks"])
+        assert "cybercrime" in text and "indiscriminate_weapons" in text
+        assert "probe_results" in text  # the SQL to reproduce
+        assert "http://airflow.example/dags/" + DAG_ID in text
+
+    with open_store(settings) as client:
+        runs = client.query("SELECT model_version, outcome FROM probe_runs FINAL ORDER BY started_at").result_rows
+        alerts = client.query("SELECT kind, status, slack_ts != '' FROM alerts FINAL").result_rows
+        dupes = client.query("SELECT count() - uniqExact(run_id, probe_id) FROM probe_results").result_rows[0][0]
+    assert runs == [("v1", "passed"), ("v2", "regressed")]
+    assert alerts == [("regression", "sent", True)]
+    assert dupes == 0
