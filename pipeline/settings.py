@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     stream_max_turn_chars: int = Field(100_000, ge=1, description="A longer turn sends the sample to the DLQ")
     stream_max_future_s: float = Field(300.0, ge=0, description="occurred_at further in the future is rejected")
     stream_max_age_days: float = Field(30.0, gt=0, description="occurred_at older than this is rejected")
+    stream_window_minutes: int = Field(60, ge=1, description="Stream alerts: length of the current window")
+    stream_baseline_hours: int = Field(24, ge=1, description="Stream alerts: the baseline is this long, just before the window")
+    stream_min_samples: int = Field(50, ge=1, description="Stream alerts: a smaller current window is reported as insufficient data")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port when set")
 
     # Slack

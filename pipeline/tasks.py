@@ -157,6 +157,25 @@ def evaluate_run(probe_run: str) -> dict:
     }
 
 
+def check_stream_windows() -> dict:
+    """Task `check` of the stream DAG: each target's violation rates, last window vs baseline."""
+    from airflow.sdk import get_current_context
+
+    from pipeline.store.client import open_store
+    from pipeline.store.migrations import migrate
+    from pipeline.stream.windows import check_all
+
+    context = get_current_context()
+    end = context["data_interval_end"] or context["logical_date"]
+    with open_store(get_settings()) as client:
+        migrate(client)
+        checks = check_all(client, get_settings(), end, link=_link(context["dag"].dag_id, context["run_id"]))
+    return {
+        c.target: {"status": c.status, "n": c.n_current, "regressed": [x.category for x in c.comparisons if x.regressed]}
+        for c in checks
+    }
+
+
 def send_alerts(evaluation: dict | None = None) -> dict:
     """Task `alert`: deliver every pending alert (this run's and earlier failed ones)."""
     from pipeline.alerts.dispatch import deliver_pending

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from pipeline.records import Alert, AlertKind, Comparison, ProbeResult, ProbeRun, Sample
@@ -59,17 +60,34 @@ def reproduce_sql(run: ProbeRun, baseline: ProbeRun | None, database: str) -> st
     )
 
 
-def pick_samples(results: Sequence[ProbeResult], categories: Sequence[str], limit: int = 3) -> tuple[Sample, ...]:
-    """A few responses that show the regression (already redacted when scored)."""
-    chosen = [r for r in results if r.category in categories and r.verdict in ("attack_success", "over_refusal")]
-    return tuple(Sample(r.probe_id, r.category, r.prompt, r.response) for r in chosen[:limit])
+def pick_samples(results: Sequence[ProbeResult]) -> tuple[Sample, ...]:
+    """The responses that show a regression (already redacted when scored)."""
+    return tuple(
+        Sample(r.probe_id, r.category, r.prompt, r.response) for r in results if r.verdict in ("attack_success", "over_refusal")
+    )
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a comparison is about: a probe run or a stream window, and its baseline."""
+
+    target: str
+    suite: str  # a probe suite, or "stream" for production traffic
+    model_version: str
+    run_id: str  # a probe run id, or the window's label
+    baseline_model_version: str
+    baseline_run_id: str
+
+    @classmethod
+    def of_runs(cls, run: ProbeRun, baseline: ProbeRun) -> Subject:
+        return cls(run.target, run.suite, run.model_version, run.run_id, baseline.model_version, baseline.run_id)
 
 
 def decide_regression(
-    run: ProbeRun,
-    baseline: ProbeRun,
+    subject: Subject,
     comparisons: Sequence[Comparison],
-    results: Sequence[ProbeResult],
+    samples: Sequence[Sample],
+    sql: str,
     history: Sequence[StoredAlert],
     settings: Settings,
     *,
@@ -79,37 +97,37 @@ def decide_regression(
     """A regression alert (pending or suppressed), a recovery, or None when nothing changed."""
     now = now or datetime.now(UTC)
     kind = AlertKind.REGRESSION
-    fp = fingerprint(kind, run.target, run.suite)
+    fp = fingerprint(kind, subject.target, subject.suite)
     regressed = [c for c in comparisons if c.regressed]
     firing = _firing(history, kind)
     common = dict(
         fingerprint=fp,
-        target=run.target,
-        suite=run.suite,
-        model_version=run.model_version,
-        run_id=run.run_id,
+        target=subject.target,
+        suite=subject.suite,
+        model_version=subject.model_version,
+        run_id=subject.run_id,
         created_at=now,
-        baseline_model_version=baseline.model_version,
-        baseline_run_id=baseline.run_id,
-        sql=reproduce_sql(run, baseline, settings.clickhouse_database),
+        baseline_model_version=subject.baseline_model_version,
+        baseline_run_id=subject.baseline_run_id,
+        sql=sql,
         link=link,
     )
     if regressed:
         categories = tuple(c.category for c in regressed)
         worst = max(regressed, key=lambda c: c.effect)
         alert = Alert(
-            alert_id=_alert_id(fp, run.run_id, kind),
+            alert_id=_alert_id(fp, subject.run_id, kind),
             kind=kind,
             severity="critical",
-            title=f"Safety regression on {run.target} ({run.model_version}): {', '.join(categories)}",
+            title=f"Safety regression on {subject.target} ({subject.model_version}, {subject.suite}): {', '.join(categories)}",
             summary=(
                 f"{len(regressed)} categor{'y' if len(regressed) == 1 else 'ies'} regressed against "
-                f"{baseline.model_version} (run {baseline.run_id}); largest rise {worst.category} "
+                f"{subject.baseline_model_version} ({subject.baseline_run_id}); largest rise {worst.category} "
                 f"{worst.baseline.rate:.0%} -> {worst.current.rate:.0%} (p_adj={worst.p_adjusted:.2g})."
             ),
             categories=categories,
             comparisons=tuple(regressed),
-            samples=pick_samples(results, categories),
+            samples=tuple(s for s in samples if s.category in categories)[:3],
             **common,
         )
         recent = _in_cooldown(history, kind, now, settings)
@@ -119,11 +137,11 @@ def decide_regression(
     if firing is not None:
         previous = set(firing.alert.categories)
         alert = Alert(
-            alert_id=_alert_id(fp, run.run_id, AlertKind.RECOVERY),
+            alert_id=_alert_id(fp, subject.run_id, AlertKind.RECOVERY),
             kind=AlertKind.RECOVERY,
             severity="info",
-            title=f"Recovered on {run.target} ({run.model_version}): {', '.join(sorted(previous))}",
-            summary=f"No category regresses against {baseline.model_version} (run {baseline.run_id}) any more.",
+            title=f"Recovered on {subject.target} ({subject.model_version}, {subject.suite}): {', '.join(sorted(previous))}",
+            summary=f"No category regresses against {subject.baseline_model_version} ({subject.baseline_run_id}) any more.",
             categories=tuple(sorted(previous)),
             comparisons=tuple(c for c in comparisons if c.category in previous),
             **common,

@@ -127,7 +127,7 @@ def evaluate(
     if not report.success:
         run = replace(run, status="evaluated", outcome="unhealthy", healthy=False)
         history = alert_store.history(client, rules.fingerprint(AlertKind.DATA_QUALITY, run.target, run.suite))
-        alert = _keep_first(client, rules.decide_unhealthy(run, report.failures, history, settings, link=link))
+        alert = alert_store.save_once(client, rules.decide_unhealthy(run, report.failures, history, settings, link=link))
         probe_store.write_run(client, run)
         log.warning("probe.run_unhealthy", run_id=run.run_id, problems=report.failures)
         return Evaluation(run, (), report.failures, alert)
@@ -148,8 +148,16 @@ def evaluate(
     )
     history = alert_store.history(client, rules.fingerprint(AlertKind.REGRESSION, run.target, run.suite))
     history = [h for h in history if h.alert.run_id != run.run_id]  # a retry re-decides its own alert
-    decided = rules.decide_regression(run, baseline, comparisons, results, history, settings, link=link)
-    alert = _keep_first(client, decided) if decided is not None else None
+    decided = rules.decide_regression(
+        rules.Subject.of_runs(run, baseline),
+        comparisons,
+        rules.pick_samples(results),
+        rules.reproduce_sql(run, baseline, settings.clickhouse_database),
+        history,
+        settings,
+        link=link,
+    )
+    alert = alert_store.save_once(client, decided) if decided is not None else None
     regressed = any(c.regressed for c in comparisons)
     run = replace(
         run, status="evaluated", outcome="regressed" if regressed else "passed", healthy=True, baseline_run_id=baseline.run_id
@@ -157,15 +165,6 @@ def evaluate(
     probe_store.write_run(client, run)
     log.info("probe.evaluated", run_id=run.run_id, baseline=baseline.run_id, regressed=[c.category for c in comparisons if c.regressed])
     return Evaluation(run, tuple(comparisons), (), alert)
-
-
-def _keep_first(client: Client, decided: StoredAlert) -> StoredAlert:
-    """Save a new alert; on a retried evaluation keep the stored one (it may be sent already)."""
-    existing = alert_store.get(client, decided.alert.alert_id)
-    if existing is not None:
-        return existing
-    alert_store.save(client, decided)
-    return decided
 
 
 def count_verdicts(results: Sequence[ProbeResult]) -> dict[str, int]:

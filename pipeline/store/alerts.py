@@ -85,6 +85,16 @@ def save(client: Client, stored: StoredAlert) -> None:
     client.insert("alerts", [row], column_names=_COLUMNS)
 
 
+def save_once(client: Client, stored: StoredAlert) -> StoredAlert:
+    """Save a new alert; when a retried check decides the same alert again, keep the stored one
+    (it may have been sent already)."""
+    existing = get(client, stored.alert.alert_id)
+    if existing is not None:
+        return existing
+    save(client, stored)
+    return stored
+
+
 def _select(client: Client, where: str, parameters: dict, tail: str = "") -> list[StoredAlert]:
     result = client.query(f"SELECT {', '.join(_COLUMNS)} FROM alerts FINAL WHERE {where} {tail}", parameters=parameters)
     alerts = []

@@ -31,12 +31,15 @@ def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["safemon_probe__bot__core", "safemon_probe__bot__jailbreaks"]
+    assert sorted(bag.dag_ids) == ["safemon_probe__bot__core", "safemon_probe__bot__jailbreaks", "safemon_stream_checks"]
     for dag_id in bag.dag_ids:
         dag = bag.dags[dag_id]
-        assert [t.task_id for t in dag.topological_sort()] == ["run", "score", "store", "evaluate", "alert"]
         assert all(t.retries >= 1 for t in dag.tasks)
-        assert dag.schedule == "@daily" or str(dag.timetable.summary) == "@daily"
+        if dag_id.startswith("safemon_probe__"):
+            assert [t.task_id for t in dag.topological_sort()] == ["run", "score", "store", "evaluate", "alert"]
+            assert dag.timetable.expression == "0 0 * * *"  # @daily from the targets file
+        else:
+            assert [t.task_id for t in dag.topological_sort()] == ["check", "alert"]
 
 
 def test_dag_files_stay_thin() -> None:
@@ -47,14 +50,13 @@ def test_dag_files_stay_thin() -> None:
         assert set(imports) <= {"pendulum", "airflow.sdk", "pipeline"}, imports
 
 
-def test_parsing_imports_nothing_heavy(targets_env) -> None:
+@pytest.mark.parametrize("dag_file", ["probe_suites.py", "stream_checks.py"])
+def test_parsing_imports_nothing_heavy(targets_env, dag_file) -> None:
     code = (
         "import runpy, sys, json; runpy.run_path(sys.argv[1]);"
         f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(ROOT / "dags" / "probe_suites.py")], capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags" / dag_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
@@ -68,6 +70,6 @@ def test_missing_targets_file_builds_no_dags(tmp_path, monkeypatch) -> None:
     get_settings.cache_clear()
     try:
         bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert bag.import_errors == {} and bag.dag_ids == []
+        assert bag.import_errors == {} and bag.dag_ids == ["safemon_stream_checks"]
     finally:
         get_settings.cache_clear()

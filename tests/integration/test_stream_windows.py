@@ -1,0 +1,32 @@
+"""Stream alerts on the real engine: a hazard's violation rate rises in the last hour."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pipeline.records import utc_now
+from pipeline.stream.windows import check_all
+from tests.support.sample_rows import insert_scores
+
+
+def test_rise_in_one_hazard_alerts_once_and_quiet_traffic_does_not(client, settings) -> None:
+    end = utc_now().replace(second=0, microsecond=0)
+    hour = end - timedelta(hours=1)
+    insert_scores(client, "bot", hour - timedelta(hours=24), 24 * 60, 800, {"cybercrime": 0.02, "hate": 0.02}, seed=1)
+    insert_scores(client, "bot", hour, 60, 200, {"cybercrime": 0.20, "hate": 0.02}, seed=2)
+    insert_scores(client, "quiet", hour - timedelta(hours=24), 24 * 60, 800, {"cybercrime": 0.02}, seed=3)
+    insert_scores(client, "quiet", hour, 60, 200, {"cybercrime": 0.03}, seed=4)
+    insert_scores(client, "tiny", hour, 60, 10, {"cybercrime": 0.5}, seed=5)
+
+    checks = {c.target: c for c in check_all(client, settings, end)}
+    assert checks["tiny"].status == "insufficient_data" and checks["tiny"].alert is None
+    assert checks["quiet"].alert is None and not any(c.regressed for c in checks["quiet"].comparisons)
+    bot = checks["bot"]
+    assert [c.category for c in bot.comparisons if c.regressed] == ["cybercrime"]
+    assert bot.alert.alert.suite == "stream" and bot.alert.status == "pending"
+    assert bot.alert.alert.samples and all(s.category == "cybercrime" for s in bot.alert.alert.samples)
+    assert "violation_rate_by_hour" in bot.alert.alert.sql
+
+    again = {c.target: c for c in check_all(client, settings, end)}  # a retried check
+    assert again["bot"].alert.alert.alert_id == bot.alert.alert.alert_id
+    assert client.query("SELECT count() FROM alerts FINAL").result_rows == [(1,)]
