@@ -15,6 +15,8 @@ from rich.table import Table
 
 from pipeline.logs import configure_logging
 from pipeline.settings import ConfigError, Settings, get_settings
+from pipeline.detectors.cli import register as register_detectors
+from pipeline.drift.cli import register as register_drift
 from pipeline.stream.cli import register as register_stream
 
 app = typer.Typer(help="safemon: watch deployed LLMs for safety regressions.", no_args_is_help=True)
@@ -27,6 +29,8 @@ for sub, name in ((db_app, "db"), (probe_app, "probe"), (suites_app, "suites"), 
     app.add_typer(sub, name=name)
 
 register_stream(app)
+register_detectors(app)
+register_drift(app)
 
 console = Console()
 err = Console(stderr=True)
@@ -176,8 +180,12 @@ def target_replay(
     latency_ms: Annotated[float, typer.Option(help="Injected latency per request")] = 0.0,
 ) -> None:
     """Serve recorded responses as an OpenAI-compatible endpoint (for demos and tests)."""
-    from pipeline.probes.replay import serve
+    from pipeline.probes.replay import RecordingError, load_recording, serve
 
+    try:
+        load_recording(file)
+    except RecordingError as exc:
+        raise _fail(str(exc), 2) from None
     console.print(f"replaying {file} on http://{host}:{port}/v1 (Ctrl-C to stop)")
     serve(file, port, host=host, latency_ms=latency_ms)
 

@@ -1,0 +1,187 @@
+"""The conversation_sample.v1 contract: every poison message gets its code, valid samples round-trip."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from jsonschema import Draft202012Validator
+
+from pipeline.records import ConversationSample, Turn
+from pipeline.settings import load_settings
+from pipeline.stream.contract import (
+    CODES,
+    SCHEMA_PATH,
+    InvalidSample,
+    format_timestamp,
+    parse_sample,
+    sample_to_json,
+    validate_batch,
+)
+from tests.support.poison import HOSTILE_TEXT, encode, fixture_samples, hostile_samples, poison_corpus, sample_document
+
+NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
+DEFAULTS = load_settings()
+# Small limits: every size-driven item is rebuilt to fit, and deep nesting stays under the
+# interpreter's recursion limit, so the iterative depth check is what must catch it.
+SMALL = load_settings(stream_max_message_bytes=2048, stream_max_turns=4, stream_max_turn_chars=50, stream_max_age_days=1)
+
+
+def test_schema_is_valid_draft_2020_12():
+    schema = json.loads(SCHEMA_PATH.read_text())
+    Draft202012Validator.check_schema(schema)
+    assert schema["additionalProperties"] is False
+    assert schema["properties"]["turns"]["items"]["additionalProperties"] is False
+
+
+def test_corpus_covers_every_rejection_code_but_the_workers():
+    codes = {code for _, _, code in poison_corpus(DEFAULTS, now=NOW)}
+    assert codes == set(CODES) - {"duplicate_sample_id"}
+
+
+@pytest.mark.parametrize("limits", [DEFAULTS, SMALL], ids=["default_limits", "small_limits"])
+def test_every_poison_message_is_rejected_with_its_code(limits):
+    corpus = poison_corpus(limits, now=NOW)
+    assert len(corpus) >= 35
+    for name, value, code in corpus:
+        with pytest.raises(InvalidSample) as caught:
+            parse_sample(value, limits, now=NOW)
+        assert caught.value.code == code, f"{name}: {caught.value}"
+        message = str(caught.value)
+        assert message.startswith(f"{code}: ") and len(caught.value.detail) > 10, name
+        assert len(message) < 1500, f"{name}: message of {len(message)} chars"
+
+
+@pytest.mark.parametrize(
+    ("name", "fragments"),
+    [
+        ("unknown_role", ["'turns'/0/'role'", "'robot' is not one of"]),
+        ("unknown_field", ["(root)", "'user_email' was unexpected"]),
+        ("missing_sample_id", ["'sample_id' is a required property"]),
+        ("bad_uuid", ["'sample_id'", "is not a 'uuid'"]),
+        ("impossible_date", ["'occurred_at'", "is not a 'date-time'"]),
+        ("wrong_type_content", ["'turns'/0/'content'", "is not of type 'string'"]),
+        ("metadata_not_flat", ["'metadata'/'tags'"]),
+        ("lone_surrogate_escape", ["'turns'/1/'content'", "\\ud800"]),
+        ("nested_metadata", ["'metadata'/'a'", "deeper than 32"]),
+        ("too_many_turns", ["201 turns", "SAFEMON_STREAM_MAX_TURNS"]),
+        ("turn_too_long", ["'turns'/0/'content'", "100001 characters"]),
+        ("future_timestamp", ["'occurred_at'", "SAFEMON_STREAM_MAX_FUTURE_S"]),
+        ("oversize", ["SAFEMON_STREAM_MAX_MESSAGE_BYTES"]),
+    ],
+)
+def test_messages_name_the_field(name, fragments):
+    value = {n: v for n, v, _ in poison_corpus(DEFAULTS, now=NOW)}[name]
+    with pytest.raises(InvalidSample) as caught:
+        parse_sample(value, DEFAULTS, now=NOW)
+    for fragment in fragments:
+        assert fragment in str(caught.value), str(caught.value)
+
+
+def test_one_reason_per_field_best_first_with_a_count_of_the_rest():
+    document = sample_document(NOW, sample_id="nope", target=7, model_version=8, turns=[{"role": "robot", "content": 1}])
+    document.update({f"extra{i}": 1 for i in range(3)})  # one additionalProperties error
+    with pytest.raises(InvalidSample) as caught:
+        parse_sample(encode(document), DEFAULTS, now=NOW)
+    detail = caught.value.detail
+    assert detail.count("'sample_id'") == 1  # format and pattern both fail; one is reported
+    assert detail.endswith("(+1 more)")  # 6 locations, 5 reported
+    # jsonschema's relevance puts shallow errors first: the top-level ones before the turn's.
+    assert detail.startswith("(root): Additional properties") and "'turns'/0" not in detail.split("; ")[1]
+
+
+def test_size_is_checked_before_decoding():
+    garbage = b"\xff" * (SMALL.stream_max_message_bytes + 1)
+    with pytest.raises(InvalidSample) as caught:
+        parse_sample(garbage, SMALL, now=NOW)
+    assert caught.value.code == "too_large"
+
+
+@pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_numbers_are_not_json(literal):
+    value = encode(sample_document(NOW))[:-1] + b', "metadata": {"x": ' + literal + b"}}"
+    with pytest.raises(InvalidSample, match="^not_json: "):
+        parse_sample(value, DEFAULTS, now=NOW)
+
+
+def test_hostile_text_is_data():
+    parsed = {name: parse_sample(value, DEFAULTS) for name, value in hostile_samples()}
+    assert parsed["hostile_metadata"].metadata == HOSTILE_TEXT
+    content = parsed["hostile_content"]
+    assert content.conversation_id == "conv'); DROP TABLE alerts; --"
+    assert [t.content for t in content.turns] == [
+        HOSTILE_TEXT["prompt_injection"], HOSTILE_TEXT["sql_injection"], HOSTILE_TEXT["clickhouse_param"],
+    ]
+
+
+def test_fixture_samples_round_trip_byte_for_byte():
+    samples = fixture_samples(DEFAULTS, now=NOW)
+    assert len(samples) == 10 and len({s.conversation_id for s in samples}) == 5
+    for sample in samples:
+        value = sample_to_json(sample)
+        again = parse_sample(value, DEFAULTS, now=NOW)
+        assert again == sample
+        assert sample_to_json(again) == value
+    assert any(s.metadata for s in samples) and any(t.role == "tool" for s in samples for t in s.turns)
+
+
+def test_parsed_values_are_normalised():
+    sample_id = uuid.uuid4()
+    document = sample_document(NOW, sample_id=str(sample_id).upper(), occurred_at="2026-06-01T13:59:58.123456789+02:00")
+    sample = parse_sample(encode(document), DEFAULTS, now=NOW)
+    assert sample.sample_id == str(sample_id)
+    assert sample.occurred_at == datetime(2026, 6, 1, 11, 59, 58, 123000, tzinfo=UTC)
+    assert sample.occurred_at.tzinfo is UTC
+    assert sample.metadata == {} and isinstance(sample.turns[0], Turn)
+    assert format_timestamp(sample.occurred_at) == "2026-06-01T11:59:58.123Z"
+
+
+def test_limits_are_inclusive():
+    at_limits = sample_document(
+        NOW,
+        occurred_at=format_timestamp(NOW + timedelta(seconds=SMALL.stream_max_future_s)),
+        turns=[{"role": "user", "content": "x" * SMALL.stream_max_turn_chars}] + [{"role": "assistant", "content": ""}] * 3,
+    )
+    assert len(parse_sample(encode(at_limits), SMALL, now=NOW).turns) == SMALL.stream_max_turns
+    oldest = sample_document(NOW, occurred_at=format_timestamp(NOW - timedelta(days=SMALL.stream_max_age_days)))
+    assert parse_sample(encode(oldest), SMALL, now=NOW).occurred_at == NOW - timedelta(days=1)
+
+
+def test_unknown_code_is_a_programming_error():
+    with pytest.raises(ValueError, match="unknown InvalidSample code"):
+        InvalidSample("nope", "x")
+
+
+def _sample(**changes) -> ConversationSample:
+    base = ConversationSample(
+        sample_id=str(uuid.uuid4()), occurred_at=NOW - timedelta(minutes=5), target="support-bot", model_version="v1",
+        conversation_id="c1", turns=(Turn("user", "hi"), Turn("assistant", "hello")),
+    )
+    return replace(base, **changes)
+
+
+def test_batch_contract_passes_good_batches_and_names_what_breaks():
+    good = fixture_samples(DEFAULTS, now=NOW)
+    report = validate_batch(good, DEFAULTS, now=NOW)
+    assert report.success, report.failures
+    assert report.evaluated == 12
+
+    twin = _sample()
+    bad = [
+        *good,
+        twin,
+        twin,  # a reused sample_id
+        _sample(occurred_at=NOW - timedelta(days=90)),  # outside the window
+        _sample(turns=(Turn("robot", "beep"),)),  # a role the contract does not know
+        _sample(model_version=""),
+    ]
+    report = validate_batch(bad, DEFAULTS, now=NOW)
+    assert not report.success
+    failed = " | ".join(report.failures)
+    for column in ("sample_id", "age_s", "roles_known", "model_version"):
+        assert f"on {column} failed" in failed, failed
+    assert "on n_turns" not in failed and "on target" not in failed
+    assert validate_batch([], DEFAULTS).success
