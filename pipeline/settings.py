@@ -31,6 +31,21 @@ class Settings(BaseSettings):
     embedding_model: str = Field("", description="sentence-transformers model path or name; empty = the packaged all-MiniLM-L6-v2")
     embedding_batch_size: int = Field(64, ge=1, le=4096, description="Texts per encode call")
 
+    detector_head: Path | None = Field(None, description="Fitted detector head artifact (safemon detectors fit); unset = built-in exemplars")
+
+    # Drift
+    drift_methods: list[str] = Field(["mmd", "c2st", "attack_share"], description="Drift methods run by the hourly drift check")
+    drift_alpha: float = Field(0.01, gt=0, lt=1, description="Drift alert level after correction across methods")
+    drift_min_effect: float = Field(0.02, ge=0, description="Minimum effect size before a significant drift alerts")
+    drift_reference: Literal["same_hour_last_week", "previous_day", "model_version"] = Field(
+        "same_hour_last_week", description="What the current window is compared with"
+    )
+    drift_reference_model_version: str | None = Field(None, description="Pinned reference model_version when drift_reference=model_version")
+    drift_window_minutes: int = Field(60, ge=1, description="Length of the current drift window")
+    drift_max_samples: int = Field(2000, ge=10, description="Windows are subsampled to at most this many embeddings")
+    drift_min_samples: int = Field(100, ge=2, description="Smaller windows are reported as insufficient_data")
+    drift_permutations: int = Field(1000, ge=50, description="Permutations per MMD test")
+
     # Targets
     targets_file: Path = Field(Path("targets.yaml"), description="YAML file of targets (endpoint, model_version, schedule, suites)")
     target_api_key: SecretStr | None = Field(None, description="Bearer key for the model endpoint (never logged)")

@@ -1,0 +1,9 @@
+"""detectors commands of the `safemon` CLI."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the detectors commands to the main app."""

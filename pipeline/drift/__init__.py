@@ -1,0 +1,1 @@
+"""Embedding drift: registered two-sample tests over traffic windows."""
