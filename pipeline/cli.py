@@ -17,6 +17,7 @@ from pipeline.logs import configure_logging
 from pipeline.settings import ConfigError, Settings, get_settings
 from pipeline.detectors.cli import register as register_detectors
 from pipeline.drift.cli import register as register_drift
+from pipeline.report.cli import register as register_report
 from pipeline.stream.cli import register as register_stream
 
 app = typer.Typer(help="safemon: watch deployed LLMs for safety regressions.", no_args_is_help=True)
@@ -31,6 +32,7 @@ for sub, name in ((db_app, "db"), (probe_app, "probe"), (suites_app, "suites"), 
 register_stream(app)
 register_detectors(app)
 register_drift(app)
+register_report(app)
 
 console = Console()
 err = Console(stderr=True)

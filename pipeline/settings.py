@@ -25,6 +25,10 @@ class Settings(BaseSettings):
         description="chdb://PATH for the embedded engine, or clickhouse://user:pass@host:port / http(s)://... for a server",
     )
     clickhouse_database: str = Field("safemon", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Database holding safemon's tables")
+    clickhouse_readonly_dsn: str | None = Field(
+        None, description="DSN of a read-only ClickHouse user for `safemon sql` (default: the main DSN with readonly=2)"
+    )
+    clickhouse_cluster: str | None = Field(None, description="Cluster name: migrations run ON CLUSTER with Replicated engines")
     clickhouse_lock_timeout_s: float = Field(120.0, gt=0, description="How long to retry an embedded store locked by another process")
 
     # Embeddings and detectors
