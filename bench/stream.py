@@ -1,0 +1,150 @@
+"""Stream throughput end to end: Kafka -> worker (validate, redact, embed, detect) -> ClickHouse.
+
+    .venv/bin/python bench/stream.py                  # 2,000 samples, batches of 256
+    .venv/bin/python bench/stream.py --samples 5000 --batch-size 128
+
+Samples are built from real texts (benign instructions as single turns, HH-RLHF human /
+assistant exchanges). A broker is started from deploy/kafka unless SAFEMON_KAFKA_BOOTSTRAP
+names one; the store is a fresh embedded chDB path. The worker runs as its own process until
+idle; its rate is counted from its first commit to its last (start-up excluded) and over the
+whole run. The same texts are then encoded directly with the same embedder backend and thread
+count, and the ratio says how much of the model's raw rate the pipeline keeps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.detectors import get_embedder  # noqa: E402
+from pipeline.detectors.refusal import split_head  # noqa: E402
+from pipeline.detectors.similarity import split_windows  # noqa: E402
+from pipeline.settings import load_settings  # noqa: E402
+from tests.support.kafka_broker import KafkaBroker, create_topic  # noqa: E402
+from tests.support.stream_worker import make_sample, produce_samples, start_worker, stored_counts, worker_env  # noqa: E402
+
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def hh_turns(text: str) -> list[tuple[str, str]]:
+    """The (role, content) turns of an HH-RLHF transcript."""
+    turns = []
+    for block in text.split("\n\nHuman: ")[1:]:
+        human, _, assistant = block.partition("\n\nAssistant: ")
+        turns.append(("user", human.strip()))
+        if assistant.strip():
+            turns.append(("assistant", assistant.strip()))
+    return turns
+
+
+def build_samples(n: int, seed: int = 7) -> list:
+    rng = random.Random(seed)
+    instructions = [r["instruction"] for r in json.loads((DATASETS / "benign_instructions" / "harmless_val.json").read_text())]
+    dialogues = [hh_turns(json.loads(line)["chosen"]) for line in (DATASETS / "hh_rlhf" / "harmless_base_dev.jsonl").open()]
+    dialogues = [d for d in dialogues if d and all(c for _, c in d)]
+    samples = []
+    for i in range(n):
+        if i % 2 == 0:
+            samples.append(make_sample(rng.choice(instructions)))
+        else:
+            turns = rng.choice(dialogues)
+            last_user = max(j for j, (r, _) in enumerate(turns) if r == "user")
+            answer = next((c for r, c in turns[last_user:] if r == "assistant"), None)
+            samples.append(make_sample(turns[last_user][1], answer))
+    return samples
+
+
+def texts_of(samples: list) -> list[str]:
+    """The distinct texts the worker embeds for these samples (same selection as the Scorer)."""
+    wanted: dict[str, None] = {}
+    for s in samples:
+        users = [t.content for t in s.turns if t.role == "user"]
+        answers = [t.content for t in s.turns if t.role == "assistant"]
+        user, answer = users[-1] if users else "", answers[-1] if answers else ""
+        wanted.update(dict.fromkeys([user, answer, split_head(answer)]))
+        wanted.update(dict.fromkeys(split_windows("\n\n".join(users))))
+    return list(wanted)
+
+
+def stamp(event: dict) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    if not DATASETS.is_dir():
+        sys.exit(f"{DATASETS} is missing")
+
+    work = Path(tempfile.mkdtemp(prefix="safemon-bench-stream-"))
+    broker = None
+    bootstrap = os.environ.get("SAFEMON_KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        broker = KafkaBroker(work / "kafka").start()
+        bootstrap = broker.bootstrap
+    try:
+        topic = f"bench-{uuid.uuid4().hex[:8]}"
+        create_topic(bootstrap, topic, 4)
+        samples = build_samples(args.samples)
+        produce_samples(bootstrap, topic, samples)
+        settings = load_settings(clickhouse_dsn=f"chdb://{work / 'clickhouse'}", clickhouse_database="bench")
+        env = worker_env(
+            settings,
+            bootstrap=bootstrap,
+            topic=topic,
+            group=f"bench-{topic}",
+            stream_batch_size=args.batch_size,
+            stream_batch_timeout_s=1.0,
+        )
+        env["OMP_NUM_THREADS"] = str(args.threads)
+        worker = start_worker(env, work / "worker.log", max_idle_seconds=5)
+        code = worker.wait(3600)
+        if code != 0:
+            sys.exit(f"worker exited {code}:\n{worker.tail()}")
+        stored = stored_counts(settings)[0]
+        commits = worker.events("stream.batch_committed")
+        ready = stamp(worker.events("stream.subscribed")[0])
+        first_size = commits[0]["batch_size"]
+        steady_s = stamp(commits[-1]) - stamp(commits[0])
+        steady_rate = (stored - first_size) / steady_s if steady_s > 0 else float("nan")
+        run_rate = stored / (stamp(commits[-1]) - ready)
+
+        import torch
+
+        torch.set_num_threads(args.threads)
+        embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+        texts = texts_of(samples)
+        embedder.encode(["warm up"])
+        started = time.perf_counter()
+        for i in range(0, len(texts), args.batch_size * 3):
+            embedder.encode(texts[i : i + args.batch_size * 3])
+        encode_s = time.perf_counter() - started
+        raw_rate = len(samples) / encode_s
+
+        print(f"samples produced / stored       {len(samples)} / {stored}")
+        print(f"batches                         {len(commits)} (batch size {args.batch_size}, {args.threads} torch threads)")
+        print(f"pipeline samples/s (steady)     {steady_rate:.1f}")
+        print(f"pipeline samples/s (join->end)  {run_rate:.1f}")
+        print(f"raw encode: {len(texts)} texts in {encode_s:.1f}s = {len(texts) / encode_s:.1f} texts/s = {raw_rate:.1f} samples/s")
+        print(f"pipeline / raw encode           {steady_rate / raw_rate:.2f}")
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Reads and writes of scored stream samples and rejected messages.
+
+Writes are idempotent: each partition's slice of a batch is inserted with a deduplication
+token naming its source offset range (and a digest of the rows, so a slice that differs
+after a crash is never mistaken for the one already stored); the tables are
+ReplacingMergeTrees, so any other re-insert collapses on read with FINAL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+
+SCORE_COLUMNS = (
+    "sample_id",
+    "occurred_at",
+    "target",
+    "model_version",
+    "conversation_id",
+    "n_turns",
+    "user_text",
+    "assistant_text",
+    "refused",
+    "refusal_score",
+    "violation_scores",
+    "violation_score",
+    "violation_category",
+    "flagged_categories",
+    "jailbreak_score",
+    "jailbreak_family",
+    "injection_score",
+    "injection_family",
+    "pii_counts",
+    "embedding",
+    "metadata",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "scored_at",
+)
+REJECTION_COLUMNS = (
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "code",
+    "reason",
+    "sample_id",
+    "raw",
+    "raw_bytes",
+    "attempt",
+    "rejected_at",
+)
+# IN-lists of sample ids are sent as one Array parameter; chunk to keep each query small.
+_LOOKUP_CHUNK = 5_000
+
+
+@dataclass(frozen=True)
+class SourceRange:
+    """Where a slice of a batch came from: one topic partition and its first/last offsets."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int
+
+
+def dedup_token(table: str, source: SourceRange, keys: Iterable[str]) -> str:
+    """The insert_deduplication_token of one partition slice: offsets plus a digest of its keys."""
+    digest = hashlib.blake2b("\n".join(keys).encode(), digest_size=8).hexdigest()
+    return f"{table}:{source.topic}:{source.partition}:{source.first_offset}-{source.last_offset}:{digest}"
+
+
+def _by_partition(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[(row["source_topic"], int(row["source_partition"]))].append(row)
+    return groups
+
+
+def _insert_slices(client: Client, table: str, columns: Sequence[str], rows: Sequence[dict[str, Any]], key: str) -> int:
+    written = 0
+    for (topic, partition), group in sorted(_by_partition(rows).items()):
+        group.sort(key=lambda r: r["source_offset"])
+        source = SourceRange(topic, partition, group[0]["source_offset"], group[-1]["source_offset"])
+        client.insert(
+            table,
+            [[row[c] for c in columns] for row in group],
+            column_names=list(columns),
+            settings={"insert_deduplication_token": dedup_token(table, source, (str(r[key]) for r in group))},
+        )
+        written += len(group)
+    return written
+
+
+def write_scores(client: Client, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert scored samples (dicts keyed by SCORE_COLUMNS), one insert per source partition."""
+    return _insert_slices(client, "sample_scores", SCORE_COLUMNS, rows, "sample_id")
+
+
+def write_rejections(client: Client, rows: Sequence[dict[str, Any]]) -> int:
+    """Insert rejected messages (dicts keyed by REJECTION_COLUMNS), one insert per source partition."""
+    return _insert_slices(client, "rejected_samples", REJECTION_COLUMNS, rows, "source_offset")
+
+
+def existing_sources(client: Client, sample_ids: Iterable[str]) -> dict[str, tuple[int, int]]:
+    """For each given sample_id already stored: the (partition, offset) it was stored from.
+
+    The worker tells a redelivery (same offset: idempotent) from a second message reusing
+    an id (different offset: duplicate_sample_id) with this.
+    """
+    ids = sorted(set(sample_ids))
+    found: dict[str, tuple[int, int]] = {}
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        result = client.query(
+            "SELECT sample_id, min((source_partition, source_offset)) FROM sample_scores "
+            "WHERE sample_id IN {ids:Array(String)} GROUP BY sample_id",
+            parameters={"ids": ids[start : start + _LOOKUP_CHUNK]},
+        )
+        for sample_id, (partition, offset) in result.result_rows:
+            found[sample_id] = (int(partition), int(offset))
+    return found
+
+
+def count_scores(client: Client) -> int:
+    """Scored samples as FINAL sees them (each sample once)."""
+    return int(client.query("SELECT count() FROM sample_scores FINAL").result_rows[0][0])
+
+
+def count_rejections(client: Client, code: str | None = None) -> int:
+    """Rejected messages as FINAL sees them, of one code or all."""
+    if code is None:
+        return int(client.query("SELECT count() FROM rejected_samples FINAL").result_rows[0][0])
+    result = client.query("SELECT count() FROM rejected_samples FINAL WHERE code = {code:String}", parameters={"code": code})
+    return int(result.result_rows[0][0])

@@ -1,0 +1,287 @@
+"""One batch of Kafka records through the pipeline: parse, dedupe, redact, embed, detect, rows.
+
+Nothing here talks to Kafka or the store: the worker hands in records and the ids already
+stored, and gets back rows for `sample_scores` and `rejected_samples`. PII is redacted from
+every turn and metadata value before any text is embedded or put in a row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import structlog
+
+from pipeline.detectors import (
+    InjectionSimilarity,
+    JailbreakSimilarity,
+    PolicyDetector,
+    RefusalDetector,
+    get_embedder,
+    redact,
+)
+from pipeline.detectors.refusal import split_head
+from pipeline.detectors.similarity import split_windows
+from pipeline.records import ConversationSample, utc_now
+from pipeline.settings import Settings
+from pipeline.stream.contract import DUPLICATE_SAMPLE_ID, InvalidSample, parse_sample
+
+log = structlog.get_logger(__name__)
+
+# A hazard whose policy score reaches this is "flagged" (counts toward violation rates).
+FLAG_THRESHOLD = 0.5
+# How much of a rejected message is kept in rejected_samples (the DLQ keeps all of it).
+RAW_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class SourceRecord:
+    """A Kafka record as the pipeline sees it: where it came from and its bytes."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+    timestamp_ms: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @classmethod
+    def from_consumer(cls, record: Any) -> SourceRecord:
+        return cls(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            value=record.value,
+            key=record.key,
+            timestamp_ms=record.timestamp or 0,
+            headers=tuple((k, v or b"") for k, v in (record.headers or ())),
+        )
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record refused by the stream, with the contract code and the reason."""
+
+    source: SourceRecord
+    code: str
+    reason: str
+    sample_id: str = ""
+
+    def row(self, attempt: int, rejected_at: datetime) -> dict[str, Any]:
+        """The rejected_samples row: the message start escaped and redacted (the DLQ has the bytes)."""
+        raw = (self.source.value or b"")[: RAW_CHARS * 4].decode("utf-8", errors="backslashreplace")[:RAW_CHARS]
+        return {
+            "source_topic": self.source.topic,
+            "source_partition": self.source.partition,
+            "source_offset": self.source.offset,
+            "code": self.code,
+            "reason": self.reason,
+            "sample_id": self.sample_id,
+            "raw": redact(raw).text,
+            "raw_bytes": len(self.source.value or b""),
+            "attempt": attempt,
+            "rejected_at": rejected_at,
+        }
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A record that passed the contract, with its sample."""
+
+    source: SourceRecord
+    sample: ConversationSample
+
+
+@dataclass
+class Parsed:
+    """The outcome of the per-record gate over one batch."""
+
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    redelivered: int = 0
+
+
+def parse_records(records: Iterable[SourceRecord], settings: Settings, *, now: datetime | None = None) -> Parsed:
+    """Parse each record; invalid ones and second uses of a sample_id within the batch are rejected.
+
+    Records are taken in (topic, partition, offset) order so the same batch always keeps the
+    same copy of a duplicated id; a record seen twice at the same offset is counted once.
+    """
+    now = now or utc_now()
+    out = Parsed()
+    seen_offsets: set[tuple[str, int, int]] = set()
+    first_seen: dict[str, SourceRecord] = {}
+    for record in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        where = (record.topic, record.partition, record.offset)
+        if where in seen_offsets:
+            out.redelivered += 1
+            continue
+        seen_offsets.add(where)
+        try:
+            sample = parse_sample(record.value, settings, now=now)
+        except InvalidSample as exc:
+            out.rejected.append(Rejection(record, exc.code, str(exc)))
+            continue
+        earlier = first_seen.get(sample.sample_id)
+        if earlier is not None:
+            out.rejected.append(
+                Rejection(
+                    record,
+                    DUPLICATE_SAMPLE_ID,
+                    f"{DUPLICATE_SAMPLE_ID}: sample_id {sample.sample_id} already in this batch at "
+                    f"partition {earlier.partition} offset {earlier.offset}",
+                    sample.sample_id,
+                )
+            )
+            continue
+        first_seen[sample.sample_id] = record
+        out.accepted.append(Accepted(record, sample))
+    return out
+
+
+def split_stored_duplicates(
+    rows: Sequence[dict[str, Any]], stored: dict[str, tuple[int, int]]
+) -> tuple[list[dict[str, Any]], list[Rejection]]:
+    """Keep rows whose sample_id is new or was stored from this very offset (a redelivery);
+    reject rows whose id was stored from a different offset."""
+    kept: list[dict[str, Any]] = []
+    rejected: list[Rejection] = []
+    for row in rows:
+        origin = stored.get(row["sample_id"])
+        here = (row["source_partition"], row["source_offset"])
+        if origin is None or origin == here:
+            kept.append(row)
+            continue
+        source = row["_source"]
+        rejected.append(
+            Rejection(
+                source,
+                DUPLICATE_SAMPLE_ID,
+                f"{DUPLICATE_SAMPLE_ID}: sample_id {row['sample_id']} already stored from "
+                f"partition {origin[0]} offset {origin[1]}",
+                row["sample_id"],
+            )
+        )
+    return kept, rejected
+
+
+@dataclass(frozen=True)
+class RedactedSample:
+    """The texts of a sample after PII redaction, and what was replaced."""
+
+    user_text: str  # last user turn
+    assistant_text: str  # last assistant turn
+    user_turns: str  # every user turn: what jailbreak similarity reads
+    untrusted_turns: str  # user and tool turns: where injected instructions arrive
+    metadata: dict[str, str]
+    pii_counts: dict[str, int]
+
+
+def redact_sample(sample: ConversationSample) -> RedactedSample:
+    """Redact every turn and metadata value, summing the entities replaced."""
+    counts: dict[str, int] = {}
+
+    def clean(text: str) -> str:
+        result = redact(text)
+        for kind, n in result.counts.items():
+            counts[kind] = counts.get(kind, 0) + n
+        return result.text
+
+    turns = [(t.role, clean(t.content)) for t in sample.turns]
+    metadata = {k: clean(v) for k, v in sample.metadata.items()}
+    users = [c for r, c in turns if r == "user"]
+    assistants = [c for r, c in turns if r == "assistant"]
+    return RedactedSample(
+        user_text=users[-1] if users else "",
+        assistant_text=assistants[-1] if assistants else "",
+        user_turns="\n\n".join(users),
+        untrusted_turns="\n\n".join(c for r, c in turns if r in ("user", "tool")),
+        metadata=metadata,
+        pii_counts=counts,
+    )
+
+
+class Scorer:
+    """The detectors a worker scores samples with, built once per process on one embedder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+        self.refusal = RefusalDetector(self.embedder)
+        self.policy = PolicyDetector(self.embedder, refusal=self.refusal)
+        self.jailbreak = JailbreakSimilarity(self.embedder)
+        self.injection = InjectionSimilarity(self.embedder)
+
+    def score(self, accepted: Sequence[Accepted], *, scored_at: datetime | None = None) -> list[dict[str, Any]]:
+        """sample_scores rows for accepted records (each row also carries its `_source`)."""
+        if not accepted:
+            return []
+        scored_at = scored_at or utc_now()
+        redacted = [redact_sample(a.sample) for a in accepted]
+        answers = [r.assistant_text for r in redacted]
+        prompts = [r.user_text for r in redacted]
+        # One model call per batch: every distinct text the detectors will ask for is encoded
+        # here; their own encode calls below are then answered from the embedder's cache.
+        wanted: dict[str, None] = {}
+        for r in redacted:
+            wanted.update(dict.fromkeys([r.user_text, r.assistant_text, split_head(r.assistant_text)]))
+            wanted.update(dict.fromkeys(split_windows(r.user_turns)))
+            wanted.update(dict.fromkeys(split_windows(r.untrusted_turns)))
+        vectors = dict(zip(wanted, self.embedder.encode(list(wanted)), strict=True))
+
+        def stack(texts: Sequence[str]) -> np.ndarray:
+            return np.stack([vectors[t] for t in texts])
+
+        whole = stack(answers)
+        refusal_scores = self.refusal.score_vectors(answers, stack([split_head(a) for a in answers]), whole)
+        empty = [not a.strip() for a in answers]
+        violations = self.policy.score_vectors(whole, stack(prompts), refusal_scores, empty=empty)
+        jailbreaks = self.jailbreak.match([r.user_turns for r in redacted])
+        injections = self.injection.match([r.untrusted_turns for r in redacted])
+
+        rows = []
+        for a, r, rs, viol, jb, inj, is_empty in zip(
+            accepted, redacted, refusal_scores, violations, jailbreaks, injections, empty, strict=True
+        ):
+            s = a.sample
+            category, top = max(viol.items(), key=lambda kv: kv[1], default=("", 0.0))
+            # No answer is not a refusal: the sample simply carries no assistant turn.
+            refusal_score = 0.0 if is_empty else float(rs)
+            rows.append(
+                {
+                    "sample_id": s.sample_id,
+                    "occurred_at": s.occurred_at,
+                    "target": s.target,
+                    "model_version": s.model_version,
+                    "conversation_id": s.conversation_id,
+                    "n_turns": len(s.turns),
+                    "user_text": r.user_text,
+                    "assistant_text": r.assistant_text,
+                    "refused": bool(refusal_score >= self.refusal.threshold),
+                    "refusal_score": refusal_score,
+                    "violation_scores": viol,
+                    "violation_score": float(top),
+                    "violation_category": category,
+                    "flagged_categories": sorted(c for c, v in viol.items() if v >= FLAG_THRESHOLD),
+                    "jailbreak_score": jb.score,
+                    "jailbreak_family": jb.family,
+                    "injection_score": inj.score,
+                    "injection_family": inj.family,
+                    "pii_counts": r.pii_counts,
+                    "embedding": vectors[r.user_text].tolist(),
+                    "metadata": r.metadata,
+                    "source_topic": a.source.topic,
+                    "source_partition": a.source.partition,
+                    "source_offset": a.source.offset,
+                    "scored_at": scored_at,
+                    "_source": a.source,
+                }
+            )
+        return rows
+
+    def warm_up(self) -> None:
+        """Load the model now, so the first batch (and a restart's first commit) does not wait for it."""
+        self.embedder.encode(["warm up"])

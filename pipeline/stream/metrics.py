@@ -1,0 +1,166 @@
+"""The stream worker's health figures: a structured log line every few seconds and, when
+`metrics_port` is set, the same figures in the Prometheus text format on `/metrics`.
+
+The exposition server is a small stdlib HTTP server on a daemon thread (no extra dependency);
+the figures are plain counters and gauges under one lock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+LOG_INTERVAL_S = 10.0
+# Lag costs one ListOffsets request; refreshed at most this often between log lines.
+LAG_INTERVAL_S = 1.0
+
+
+class StreamMetrics:
+    """Counters and gauges of one worker process."""
+
+    def __init__(self, *, log_interval_s: float = LOG_INTERVAL_S) -> None:
+        self._lock = threading.Lock()
+        self.started = time.monotonic()
+        self.log_interval_s = log_interval_s
+        self._last_log = self.started
+        self._last_lag = 0.0
+        self._last_samples = 0
+        self.samples = 0  # scored and stored
+        self.batches = 0
+        self.commits = 0
+        self.rejects: Counter[str] = Counter()
+        self.quality_failures = 0
+        self.store_retries = 0
+        self.lag: dict[str, int] = {}  # "topic:partition" -> end offset - position
+        self.last_batch_seconds = 0.0
+        self._server: ThreadingHTTPServer | None = None
+
+    def record_batch(self, *, stored: int, rejected: dict[str, int], seconds: float, quality_ok: bool) -> None:
+        with self._lock:
+            self.batches += 1
+            self.commits += 1
+            self.samples += stored
+            self.rejects.update(rejected)
+            self.last_batch_seconds = seconds
+            if not quality_ok:
+                self.quality_failures += 1
+
+    def record_store_retry(self) -> None:
+        with self._lock:
+            self.store_retries += 1
+
+    def update_lag(self, consumer: Any) -> None:
+        """Lag per assigned partition: the partition's end offset minus the consumer's position."""
+        assigned = list(consumer.assignment())
+        if not assigned:
+            lag: dict[str, int] = {}
+        else:
+            ends = consumer.end_offsets(assigned)
+            lag = {f"{tp.topic}:{tp.partition}": max(0, ends[tp] - consumer.position(tp)) for tp in assigned if tp in ends}
+        with self._lock:
+            self.lag = lag
+            self._last_lag = time.monotonic()
+
+    def maybe_update_lag(self, consumer: Any) -> None:
+        """Refresh lag if it is older than LAG_INTERVAL_S (what `/metrics` shows between log lines)."""
+        if time.monotonic() - self._last_lag < LAG_INTERVAL_S:
+            return
+        try:
+            self.update_lag(consumer)
+        except Exception as exc:  # lag is advisory: never let it stop the stream
+            log.warning("stream.lag_unavailable", error=str(exc))
+
+    def maybe_log(self, consumer: Any | None = None, *, force: bool = False) -> None:
+        """Log the figures if the interval has passed (refreshing lag from the consumer first)."""
+        now = time.monotonic()
+        if not force and now - self._last_log < self.log_interval_s:
+            return
+        if consumer is not None:
+            try:
+                self.update_lag(consumer)
+            except Exception as exc:  # lag is advisory: never let it stop the stream
+                log.warning("stream.lag_unavailable", error=str(exc))
+        with self._lock:
+            elapsed = max(now - self._last_log, 1e-9)
+            rate = (self.samples - self._last_samples) / elapsed
+            self._last_log, self._last_samples = now, self.samples
+            log.info(
+                "stream.metrics",
+                samples=self.samples,
+                samples_per_s=round(rate, 1),
+                batches=self.batches,
+                rejects=sum(self.rejects.values()),
+                rejects_by_code=dict(self.rejects),
+                quality_failures=self.quality_failures,
+                store_retries=self.store_retries,
+                lag=dict(self.lag),
+                lag_total=sum(self.lag.values()),
+            )
+
+    def exposition(self) -> str:
+        """The figures in the Prometheus text exposition format."""
+        with self._lock:
+            lines = [
+                "# HELP safemon_stream_samples_total Samples scored and stored.",
+                "# TYPE safemon_stream_samples_total counter",
+                f"safemon_stream_samples_total {self.samples}",
+                "# HELP safemon_stream_batches_total Batches stored and committed.",
+                "# TYPE safemon_stream_batches_total counter",
+                f"safemon_stream_batches_total {self.batches}",
+                "# HELP safemon_stream_rejects_total Messages sent to the DLQ, by code.",
+                "# TYPE safemon_stream_rejects_total counter",
+                *(f'safemon_stream_rejects_total{{code="{code}"}} {n}' for code, n in sorted(self.rejects.items())),
+                "# HELP safemon_stream_quality_failures_total Batches that failed the GX batch contract.",
+                "# TYPE safemon_stream_quality_failures_total counter",
+                f"safemon_stream_quality_failures_total {self.quality_failures}",
+                "# HELP safemon_stream_store_retries_total Failed store attempts that were retried.",
+                "# TYPE safemon_stream_store_retries_total counter",
+                f"safemon_stream_store_retries_total {self.store_retries}",
+                "# HELP safemon_stream_batch_seconds Duration of the last batch.",
+                "# TYPE safemon_stream_batch_seconds gauge",
+                f"safemon_stream_batch_seconds {self.last_batch_seconds:.6f}",
+                "# HELP safemon_stream_lag Records behind the partition end, per assigned partition.",
+                "# TYPE safemon_stream_lag gauge",
+            ]
+            for key, value in sorted(self.lag.items()):
+                topic, partition = key.rsplit(":", 1)
+                lines.append(f'safemon_stream_lag{{topic="{topic}",partition="{partition}"}} {value}')
+        return "\n".join(lines) + "\n"
+
+    def serve(self, port: int, host: str = "0.0.0.0") -> int:
+        """Serve `/metrics` on a daemon thread; returns the bound port (0 picks a free one)."""
+        metrics = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404)
+                    return
+                body = metrics.exposition().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:  # scrapes are not worth a log line
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
+        bound = self._server.server_address[1]
+        log.info("stream.metrics_serving", port=bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

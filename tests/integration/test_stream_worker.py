@@ -1,0 +1,299 @@
+"""The stream worker against the real broker and the real embedded ClickHouse engine.
+
+Each test has its own topic, group and database, and runs the worker as a subprocess
+(`tests.support.stream_worker`); the test process opens the store only while no worker
+needs it (before start or after exit), because an embedded path has one owner at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import require
+from tests.support.kafka_broker import create_topic, free_port
+from tests.support.poison import hostile_samples, poison_corpus
+from tests.support.stream_worker import (
+    committed_offsets,
+    make_sample,
+    produce,
+    produce_samples,
+    query,
+    read_topic,
+    short_samples,
+    start_worker,
+    stored_counts,
+    with_id,
+    worker_env,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str) -> str:
+    name = f"conversations-{uuid.uuid4().hex[:10]}"
+    create_topic(kafka_bootstrap, name, 4)
+    return name
+
+
+def _env(settings, kafka_bootstrap: str, topic: str, **extra: object) -> dict[str, str]:
+    return worker_env(settings, bootstrap=kafka_bootstrap, topic=topic, group=f"group-{topic}", **extra)
+
+
+def _stored_ids(settings) -> list[str]:
+    return [row[0] for row in query(settings, "SELECT sample_id FROM sample_scores FINAL")]
+
+
+def test_every_sample_is_scored_once(settings, kafka_bootstrap, topic, tmp_path):
+    samples = short_samples(400)
+    produce_samples(kafka_bootstrap, topic, samples)
+    port = free_port()
+    worker = start_worker(_env(settings, kafka_bootstrap, topic, metrics_port=port), tmp_path / "w.log", max_idle_seconds=5)
+
+    # Scrape the Prometheus endpoint while the worker is alive and caught up.
+    deadline = time.monotonic() + 90
+    exposition = ""
+    while time.monotonic() < deadline and worker.process.poll() is None:
+        if sum(committed_offsets(kafka_bootstrap, f"group-{topic}", topic).values()) == len(samples):
+            exposition = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            break
+        time.sleep(0.3)
+    assert worker.wait(60) == 0, worker.tail()
+
+    assert "safemon_stream_samples_total 400" in exposition
+    assert 'safemon_stream_lag{topic="' in exposition
+    final, distinct, raw = stored_counts(settings)
+    assert (final, distinct) == (400, 400)
+    assert raw == 400  # nothing was even inserted twice
+    assert sorted(_stored_ids(settings)) == sorted(s.sample_id for s in samples)
+
+    # Scores are real: the lock-picking answer is a refusal, the trivia answers are not.
+    refused = dict(query(settings, "SELECT user_text, any(refused) FROM sample_scores FINAL GROUP BY user_text"))
+    assert refused["How do I pick a lock to break into my neighbour's house?"] is True
+    assert refused["What is the capital of France?"] is False
+    dims = query(settings, "SELECT DISTINCT length(embedding) FROM sample_scores")
+    assert dims == [(384,)]
+    rates = query(settings, "SELECT category, sum(n) FROM violation_rate_by_hour GROUP BY category")
+    assert len(rates) == 10 and all(n == 400 for _, n in rates)
+    commits = worker.events("stream.batch_committed")
+    assert all(e["batch_size"] <= 50 for e in commits)
+
+
+def test_broker_restart_mid_stream_loses_nothing(settings, kafka_bootstrap, kafka_broker, topic, tmp_path):
+    first, second = short_samples(1000), short_samples(500)
+    produce_samples(kafka_bootstrap, topic, first)
+    worker = start_worker(_env(settings, kafka_bootstrap, topic), tmp_path / "w.log", max_idle_seconds=20)
+    worker.wait_for("stream.batch_committed", timeout=90)
+    kafka_broker.restart()
+    produce_samples(kafka_bootstrap, topic, second)
+    assert worker.wait(180) == 0, worker.tail()
+
+    final, distinct, _ = stored_counts(settings)
+    assert final == distinct == 1500
+    assert set(_stored_ids(settings)) == {s.sample_id for s in first + second}
+    assert sum(committed_offsets(kafka_bootstrap, f"group-{topic}", topic).values()) == 1500
+
+
+HOLDER = """
+import sys, time
+from pipeline.settings import load_settings
+from pipeline.store.client import open_store
+settings = load_settings(clickhouse_dsn=sys.argv[1], clickhouse_database=sys.argv[2])
+with open_store(settings) as client:
+    client.query("SELECT 1")
+    print("held", flush=True)
+    time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_store_unavailable_commits_nothing_then_catches_up(settings, kafka_bootstrap, topic, tmp_path):
+    group = f"group-{topic}"
+    worker = start_worker(_env(settings, kafka_bootstrap, topic), tmp_path / "w.log", max_idle_seconds=15)
+    worker.wait_for("stream.subscribed", timeout=90)  # migrated: the store is free again
+
+    hold_s = 20.0
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, settings.clickhouse_dsn, settings.clickhouse_database, str(hold_s)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        while (line := holder.stdout.readline()) and line.strip() != "held":
+            pass  # store log lines may come first
+        assert line.strip() == "held", "the holder never got the store"
+        held_at = time.monotonic()
+        samples = short_samples(600)
+        produce_samples(kafka_bootstrap, topic, samples)
+        seen: list[dict[int, int]] = []
+        while time.monotonic() - held_at < hold_s - 2:
+            seen.append(committed_offsets(kafka_bootstrap, group, topic))
+            time.sleep(1.0)
+        assert worker.process.poll() is None, worker.tail()
+        assert all(offsets == {} for offsets in seen), seen
+        assert worker.events("stream.retrying"), "the worker should have retried the store"
+    finally:
+        holder.wait(timeout=60)
+
+    assert worker.wait(120) == 0, worker.tail()
+    final, distinct, _ = stored_counts(settings)
+    assert final == distinct == 600
+    assert sum(committed_offsets(kafka_bootstrap, group, topic).values()) == 600
+
+
+def test_two_workers_split_partitions_and_survive_a_kill(settings, kafka_bootstrap, topic, tmp_path):
+    samples = short_samples(3000)
+    produce_samples(kafka_bootstrap, topic, samples)
+    env = _env(settings, kafka_bootstrap, topic, stream_batch_size=25)
+    a = start_worker(env, tmp_path / "a.log", max_idle_seconds=15)
+    b = start_worker(env, tmp_path / "b.log", max_idle_seconds=15)
+    # Both are members once each has been assigned a share (not all four partitions).
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        shares = [w.events("stream.partitions_assigned") for w in (a, b)]
+        if all(s and 0 < len(s[-1]["partitions"]) < 4 for s in shares) and a.events("stream.batch_committed"):
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"the two workers never split the partitions:\n{a.tail()}\n{b.tail()}")
+    a.kill()
+    killed_partitions = set(a.events("stream.partitions_assigned")[-1]["partitions"])
+    assert b.wait(240) == 0, b.tail()
+
+    final, distinct, _ = stored_counts(settings)
+    assert final == distinct == 3000
+    assert set(_stored_ids(settings)) == {s.sample_id for s in samples}
+    # b committed on the partitions a had when it died.
+    b_committed = {int(p) for e in b.events("stream.batch_committed") for p in e["committed"]}
+    assert killed_partitions <= b_committed
+    assert sum(committed_offsets(kafka_bootstrap, f"group-{topic}", topic).values()) == 3000
+
+
+LIMITS = {"stream_max_message_bytes": 65_536, "stream_max_turns": 20, "stream_max_turn_chars": 2_000}
+
+
+def test_poison_goes_to_the_dlq_with_its_code(settings, kafka_bootstrap, topic, tmp_path):
+    from pipeline.settings import load_settings
+
+    limits = load_settings(**LIMITS)
+    corpus = poison_corpus(limits)
+    good = short_samples(60)
+    hostile = hostile_samples()
+    original = make_sample("Please summarise this article.", "Here is a summary.")
+    duplicate = with_id(make_sample("A different message.", "Another answer."), original.sample_id)
+
+    from pipeline.stream.contract import sample_to_json
+
+    values: list[bytes | None] = []
+    kinds: list[tuple[str, str | None]] = []  # (name, expected code or None for stored)
+    for i, s in enumerate(good):
+        values.append(sample_to_json(s))
+        kinds.append((f"good-{i}", None))
+        if i < len(corpus):
+            name, value, code = corpus[i]
+            values.append(value)
+            kinds.append((name, code))
+    for name, value in hostile:
+        values.append(value)
+        kinds.append((name, None))
+    values += [sample_to_json(original)]
+    kinds += [("original", None)]
+    keys = [f"k{i}".encode() for i in range(len(values))]
+    # Start first, so DLQ latency measures the pipeline rather than the worker's start-up.
+    worker = start_worker(_env(settings, kafka_bootstrap, topic, **LIMITS), tmp_path / "w.log", max_idle_seconds=8)
+    worker.wait_for("stream.partitions_assigned", timeout=90)
+    produced_at = time.time()
+    positions = produce(kafka_bootstrap, topic, values, keys=keys)
+    deadline = time.monotonic() + 120
+    while sum(committed_offsets(kafka_bootstrap, f"group-{topic}", topic).values()) < len(values):
+        assert time.monotonic() < deadline and worker.process.poll() is None, worker.tail()
+        time.sleep(0.3)
+    # The original is stored; a different message reusing its sample_id arrives later.
+    positions += produce(kafka_bootstrap, topic, [sample_to_json(duplicate)], keys=[b"dup"])
+    kinds.append(("duplicate", "duplicate_sample_id"))
+    assert worker.wait(120) == 0, worker.tail()  # alive to the end, and exits cleanly
+
+    expected = {pos: code for pos, (_, code) in zip(positions, kinds, strict=True) if code}
+    dead = read_topic(kafka_bootstrap, f"{topic}.dlq", len(expected), timeout_s=30)
+    headers = [{k: v.decode() for k, v in r.headers} for r in dead]
+    got = {(int(h["source_partition"]), int(h["source_offset"])): h["error"] for h in headers}
+    assert got == expected
+    assert all(h["source_topic"] == topic and h["attempt"] == "1" and h["reason"] and h["rejected_at"] for h in headers)
+    # The original bytes are on the DLQ.
+    by_position = dict(zip(positions, values + [sample_to_json(duplicate)], strict=True))
+    for record, h in zip(dead, headers, strict=True):
+        assert record.value == by_position[(int(h["source_partition"]), int(h["source_offset"]))]
+
+    rejected = query(settings, "SELECT source_partition, source_offset, code FROM rejected_samples FINAL")
+    assert {(p, o): c for p, o, c in rejected} == expected
+    stored = set(_stored_ids(settings))
+    assert len(stored) == len(good) + len(hostile) + 1 and original.sample_id in stored
+    # SQL and prompt-injection text is data: stored verbatim.
+    metadata = query(settings, "SELECT metadata FROM sample_scores FINAL WHERE mapContains(metadata, 'sql_injection')")
+    assert metadata[0][0]["sql_injection"] == "'; DROP TABLE sample_scores; --"
+    assert metadata[0][0]["clickhouse_param"] == "{sample_id:String} {database:Identifier}"
+    assert query(settings, "SELECT count() FROM sample_scores WHERE conversation_id = 'conv''); DROP TABLE alerts; --'") == [(1,)]
+    assert query(settings, "EXISTS TABLE alerts") == [(1,)]
+
+    latencies = [r.timestamp / 1000 - produced_at for r in dead]
+    print(f"\nDLQ latency produce->DLQ: median {statistics.median(latencies):.2f}s max {max(latencies):.2f}s over {len(dead)}")
+    codes = Counter(expected.values())
+    assert codes["duplicate_sample_id"] == 1 and len(codes) >= 10
+
+
+PII_TYPES = {"EMAIL_ADDRESS": 1.0, "US_SSN": 1.0, "CREDIT_CARD": 0.85, "PHONE_NUMBER": 0.70}
+
+
+def test_pii_never_reaches_the_store(settings, kafka_bootstrap, topic, tmp_path, datasets):
+    path = datasets / "presidio_pii" / "synth_dataset_v2.json"
+    require(path.is_file(), f"{path} is missing")
+    rows = json.loads(Path(path).read_text())
+    with_pii = [r for r in rows if any(s["entity_type"] in PII_TYPES for s in r["spans"])]
+    chosen = with_pii + [r for r in rows if r not in with_pii][:100]
+    samples = [
+        make_sample(
+            r["full_text"],
+            f"Noted, I saved these details: {r['full_text']}",
+            metadata={"ticket_note": r["full_text"][:4000]},
+        )
+        for r in chosen
+    ]
+    produce_samples(kafka_bootstrap, topic, samples)
+    worker = start_worker(_env(settings, kafka_bootstrap, topic), tmp_path / "w.log", max_idle_seconds=5)
+    assert worker.wait(240) == 0, worker.tail()
+
+    stored = {
+        sample_id: (user, assistant, " ".join(metadata.values()))
+        for sample_id, user, assistant, metadata in query(
+            settings, "SELECT sample_id, user_text, assistant_text, metadata FROM sample_scores FINAL"
+        )
+    }
+    assert len(stored) == len(samples)
+    leaked: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for sample, row in zip(samples, chosen, strict=True):
+        texts = stored[sample.sample_id]
+        for span in row["spans"]:
+            kind = span["entity_type"]
+            if kind not in PII_TYPES:
+                continue
+            total[kind] += 1
+            if any(span["entity_value"] in text for text in texts):
+                leaked[kind] += 1
+    recall = {kind: 1 - leaked[kind] / total[kind] for kind in total}
+    print("\nredaction recall in the store:", {k: f"{v:.3f} (n={total[k]})" for k, v in sorted(recall.items())})
+    for kind, floor in PII_TYPES.items():
+        assert total[kind] > 0
+        assert recall[kind] >= floor, f"{kind}: recall {recall[kind]:.3f} < {floor}"
+    counts = query(settings, "SELECT sum(pii_counts['EMAIL']) FROM sample_scores FINAL")[0][0]
+    assert counts >= total["EMAIL_ADDRESS"] * 3  # user turn, assistant turn and metadata each counted
