@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     drift_window_minutes: int = Field(60, ge=1, description="Length of the current drift window")
     drift_max_samples: int = Field(2000, ge=10, description="Windows are subsampled to at most this many embeddings")
     drift_min_samples: int = Field(100, ge=2, description="Smaller windows are reported as insufficient_data")
+    drift_attack_head: Path | None = Field(None, description="Fitted attack head (bench/eval_drift.py) for the targeted drift test; unset = built-in exemplars")
     drift_permutations: int = Field(1000, ge=50, description="Permutations per MMD test")
 
     # Targets

@@ -126,12 +126,10 @@ def store_run(payload: dict) -> str:
     from pipeline.probes.runner import store
     from pipeline.records import ProbeResult
     from pipeline.store.client import open_store
-    from pipeline.store.migrations import migrate
 
     settings = get_settings()
     results = [ProbeResult(**{**r, "tags": tuple(r["tags"])}) for r in payload["results"]]
-    with open_store(settings) as client:
-        migrate(client)
+    with open_store(settings, migrated=True) as client:
         store(client, _run_from_dict(payload["run"]), results)
     return payload["run"]["run_id"]
 
@@ -162,13 +160,11 @@ def check_stream_windows() -> dict:
     from airflow.sdk import get_current_context
 
     from pipeline.store.client import open_store
-    from pipeline.store.migrations import migrate
     from pipeline.stream.windows import check_all
 
     context = get_current_context()
     end = context["data_interval_end"] or context["logical_date"]
-    with open_store(get_settings()) as client:
-        migrate(client)
+    with open_store(get_settings(), migrated=True) as client:
         checks = check_all(client, get_settings(), end, link=_link(context["dag"].dag_id, context["run_id"]))
     return {
         c.target: {"status": c.status, "n": c.n_current, "regressed": [x.category for x in c.comparisons if x.regressed]}
@@ -184,3 +180,27 @@ def send_alerts(evaluation: dict | None = None) -> dict:
     with open_store(get_settings()) as client:
         report = deliver_pending(client, get_settings())
     return {**asdict(report), "evaluation": evaluation}
+
+
+def check_drift() -> dict:
+    """Task `check` of the drift DAG: each target's embedding window against its reference."""
+    from airflow.sdk import get_current_context
+
+    from pipeline.detectors.embedder import get_embedder
+    from pipeline.drift.attacks import AttackHead, AttackProfile
+    from pipeline.drift.checks import check_all
+    from pipeline.store.client import open_store
+
+    settings = get_settings()
+    context = get_current_context()
+    end = context["data_interval_end"] or context["logical_date"]
+    head = AttackHead.load(settings.drift_attack_head) if settings.drift_attack_head else None
+    attacks = AttackProfile.builtin(get_embedder(settings.embedding_model, settings.embedding_batch_size), head)
+    with open_store(settings, migrated=True) as client:
+        checks = check_all(client, settings, end, attacks, link=_link(context["dag"].dag_id, context["run_id"]))
+    return {
+        f"{c.target}/{c.model_version}": {
+            "status": c.status, "n": c.n_current, "drifted": list(c.comparison.drifted) if c.comparison else [], "error": c.error
+        }
+        for c in checks
+    }

@@ -2,8 +2,99 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+drift_app = typer.Typer(help="Embedding drift tests.", no_args_is_help=True)
+
+
+def read_texts(path: Path) -> list[str]:
+    """The `text` field of every line of a JSONL file; a line without one is an error naming it."""
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}:{number}: needs a string field 'text'")
+        texts.append(record["text"])
+    return texts
+
+
+@drift_app.command("test")
+def drift_test(
+    reference: Annotated[Path, typer.Option(help="Reference texts (JSONL with a `text` field)", exists=True, dir_okay=False)],
+    current: Annotated[Path, typer.Option(help="Current texts (JSONL with a `text` field)", exists=True, dir_okay=False)],
+    method: Annotated[list[str] | None, typer.Option(help="mmd, c2st, attack_share or centroid; repeat for several (default: mmd)")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here")] = None,
+    head: Annotated[Path | None, typer.Option(help="A fitted attack head (.npz) for attack_share")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for permutations and folds")] = 0,
+) -> None:
+    """A one-off drift test between two files of texts."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipeline.detectors.embedder import get_embedder
+    from pipeline.drift.attacks import AttackHead, AttackProfile
+    from pipeline.drift.checks import compare
+    from pipeline.drift.explain import explain
+    from pipeline.drift.methods import DRIFT_METHODS, DriftInputError, clean_embeddings
+    from pipeline.settings import get_settings
+
+    console, err = Console(), Console(stderr=True)
+    methods = method or ["mmd"]
+    settings = get_settings()
+    try:
+        for name in methods:
+            DRIFT_METHODS.get(name)
+        ref_texts, cur_texts = read_texts(reference), read_texts(current)
+    except (KeyError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(2) from None
+    embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+    with console.status(f"embedding {len(ref_texts) + len(cur_texts)} texts"):
+        ref_vecs = clean_embeddings(embedder.encode(ref_texts), "reference")[0] if ref_texts else None
+        cur_vecs = clean_embeddings(embedder.encode(cur_texts), "current")[0] if cur_texts else None
+    n_ref, n_cur = (0 if v is None else len(v) for v in (ref_vecs, cur_vecs))
+    if min(n_ref, n_cur) < settings.drift_min_samples:
+        console.print(f"insufficient_data: reference n={n_ref}, current n={n_cur}, need {settings.drift_min_samples} each")
+        if json_out:
+            json_out.write_text(json.dumps({"status": "insufficient_data", "n_reference": n_ref, "n_current": n_cur}))
+        raise typer.Exit(3)
+    attacks = AttackProfile.builtin(embedder, AttackHead.load(head) if head else None)
+    try:
+        comparison = compare(ref_vecs, cur_vecs, methods, alpha=settings.drift_alpha, min_effect=settings.drift_min_effect,
+                             permutations=settings.drift_permutations, seed=seed, attacks=attacks)  # fmt: skip
+    except DriftInputError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    witness = next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None)
+    explanation = explain(ref_vecs, cur_vecs, attacks, witness=witness, current_ids=[str(i) for i in range(n_cur)])
+    table = Table("method", "statistic", "p", "p_adj (Holm)", "effect", "drifted", title=f"reference n={n_ref} vs current n={n_cur}")
+    for r in comparison.results:
+        p_adj = comparison.p_adjusted.get(r.method)
+        table.add_row(r.method, f"{r.statistic:.4g}", f"{r.p_value:.3g}", "" if p_adj is None else f"{p_adj:.3g}",
+                      f"{r.effect_size:.3g}", "yes" if r.method in comparison.drifted else "no")  # fmt: skip
+    console.print(table)
+    if explanation.summary():
+        console.print(explanation.summary())
+    if json_out:
+        json_out.write_text(json.dumps({
+            "status": "checked", "n_reference": n_ref, "n_current": n_cur, "drifted": list(comparison.drifted),
+            "results": [{"method": r.method, "statistic": r.statistic, "p_value": None if r.p_value != r.p_value else r.p_value,
+                         "p_adjusted": comparison.p_adjusted.get(r.method),
+                         "effect_size": r.effect_size} for r in comparison.results],
+            "explanation": {**explanation.to_dict(), "current_rows": [int(i) for i in explanation.sample_ids]},
+        }, indent=2, default=float))  # fmt: skip
+    raise typer.Exit(1 if comparison.drifted else 0)
 
 
 def register(app: typer.Typer) -> None:
     """Add the drift commands to the main app."""
+    app.add_typer(drift_app, name="drift")

