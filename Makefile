@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast kafka-up kafka-down clean
+.PHONY: install demo test bench-env kafka-up kafka-down clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) is required"; exit 1; }
@@ -22,7 +22,12 @@ demo: install
 	$(BIN)/safemon demo
 
 test: install
+	deploy/chromium.sh
 	$(BIN)/python -m pytest
+
+bench-env:
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet "evidently==0.7.23" "pandas<3"
 
 kafka-up:
 	deploy/kafka/kafka.sh start

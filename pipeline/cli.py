@@ -65,7 +65,7 @@ def db_migrate() -> None:
 
     settings = _settings()
     with open_store(settings) as client:
-        applied = migrate(client)
+        applied = migrate(client, cluster=settings.clickhouse_cluster)
     console.print(f"applied {len(applied)} migration(s)" + (f": {', '.join(applied)}" if applied else "; schema is current"))
 
 

@@ -1,8 +1,12 @@
-"""Posting alerts to Slack: a bot token (chat.postMessage) or, failing that, an incoming webhook."""
+"""Posting alerts to Slack: a bot token (chat.postMessage) or, failing that, an incoming webhook.
+
+With a bot token an alert can carry a trend chart, uploaded with `files_upload_v2` into the
+alert's thread; incoming webhooks cannot upload files, so webhook alerts have no picture.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from slack_sdk import WebClient
@@ -34,6 +38,7 @@ class Delivery:
 
     channel: str | None
     ts: str | None
+    chart_file_id: str | None = None  # the uploaded trend chart, when there was one
 
 
 def configured(settings: Settings) -> bool:
@@ -92,16 +97,39 @@ class SlackSink:
         """Whether deliveries return a `ts` that replies can thread on (bot token only)."""
         return self._web is not None
 
-    def post(self, alert: Alert, thread_ts: str | None = None) -> Delivery:
-        """Post `alert`; with `thread_ts`, as a short follow-up in that message's thread."""
+    def post(self, alert: Alert, thread_ts: str | None = None, chart: bytes | None = None) -> Delivery:
+        """Post `alert`; with `thread_ts`, as a short follow-up in that message's thread.
+
+        `chart` (a PNG) is uploaded into the alert's thread after the message (bot token
+        only; a webhook delivery ignores it). A failed upload is logged and does not fail
+        the delivery: the message is out, and retrying it would post it twice.
+        """
         text, blocks = build_followup(alert) if thread_ts else build_message(alert)
         logger = log.bind(alert_id=alert.alert_id, kind=alert.kind.value, run_id=alert.run_id, threaded=bool(thread_ts))
         if self._web is not None:
             delivery = self._post_web(text, blocks, thread_ts)
+            if chart is not None and delivery.channel and delivery.ts:
+                delivery = replace(delivery, chart_file_id=self._upload_chart(alert, chart, delivery.channel, thread_ts or delivery.ts))
         else:
             delivery = self._post_webhook(text, blocks)
-        logger.info("slack.posted", channel=delivery.channel, ts=delivery.ts, via="web" if self._web else "webhook")
+        logger.info("slack.posted", channel=delivery.channel, ts=delivery.ts, via="web" if self._web else "webhook", chart=delivery.chart_file_id)
         return delivery
+
+    def _upload_chart(self, alert: Alert, chart: bytes, channel: str, thread_ts: str) -> str | None:
+        assert self._web is not None
+        try:
+            response = self._web.files_upload_v2(
+                channel=channel,
+                thread_ts=thread_ts,
+                file=chart,
+                filename=f"trend-{alert.alert_id}.png",
+                title=f"Trend: {', '.join(alert.categories) or alert.kind.value}",
+            )
+        except (SlackApiError, SlackClientError, OSError) as exc:
+            log.warning("slack.chart_upload_failed", alert_id=alert.alert_id, error=self._redact(_reason(exc)))
+            return None
+        files = response.get("files") or [response.get("file") or {}]
+        return files[0].get("id") if files else None
 
     def _post_web(self, text: str, blocks: list[dict], thread_ts: str | None) -> Delivery:
         assert self._web is not None and self._channel is not None

@@ -27,7 +27,6 @@ from pipeline.store import alerts as alert_store
 from pipeline.store import probes as probe_store
 from pipeline.store.alerts import StoredAlert
 from pipeline.store.client import open_store
-from pipeline.store.migrations import migrate
 
 log = structlog.get_logger()
 
@@ -197,8 +196,7 @@ def run_once(
     """The whole chain in one process (the CLI and the demo; Airflow runs the steps as tasks)."""
     run, attempts = execute(target, suite, settings, run_id, on_done)
     results = score(run, attempts, settings)
-    with open_store(settings) as client:
-        migrate(client)
+    with open_store(settings, migrated=True) as client:
         store(client, run, results)
         evaluation = evaluate(client, run, settings, pinned_model_version=target.baseline_model_version, link=link)
         delivery = deliver_pending(client, settings)

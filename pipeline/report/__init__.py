@@ -1,1 +1,1 @@
-"""Output people look at: console summaries (and, later, the HTML report)."""
+"""Output people look at: console summaries, the HTML report, the generated README sections."""

@@ -45,22 +45,31 @@ def _is_lock_error(exc: BaseException) -> bool:
 
 
 def _connect(settings: Settings, readonly: bool) -> Client:
-    dsn = resolve_dsn(settings.clickhouse_dsn)
-    session_settings: dict[str, Any] = {"readonly": 2} if readonly else {}
+    # A read-only server user (deploy/clickhouse: a readonly profile with quotas and
+    # max_execution_time) is preferred for people's SQL: the server enforces it, whatever
+    # the client sends. Without one, the session itself is made read-only.
+    readonly_user = readonly and settings.clickhouse_readonly_dsn is not None
+    dsn = resolve_dsn(settings.clickhouse_readonly_dsn if readonly_user else settings.clickhouse_dsn)  # type: ignore[arg-type]
     embedded = dsn.startswith("chdb://")
-    client = clickhouse_connect.get_client(dsn=dsn, settings=None if embedded else session_settings or None)
+    session_settings: dict[str, Any] = {"readonly": 2} if readonly and not readonly_user and not embedded else {}
+    client = clickhouse_connect.get_client(dsn=dsn, settings=session_settings or None)
     # A read-only server user cannot create it; the embedded store is ours to set up.
     if embedded or not readonly:
         client.command(f"CREATE DATABASE IF NOT EXISTS `{settings.clickhouse_database}`")
     client.database = settings.clickhouse_database
+    # The embedded engine has no users: readonly=2 (reads, and settings other than readonly).
     if readonly and embedded:
         client.set_client_setting("readonly", "2")
+    log.debug("store.opened", readonly=readonly, via="readonly_dsn" if readonly_user else "dsn", embedded=embedded)
     return client
 
 
 @contextmanager
-def open_store(settings: Settings, *, readonly: bool = False) -> Iterator[Client]:
-    """Open a client for one unit of work, retrying while the embedded store is locked."""
+def open_store(settings: Settings, *, readonly: bool = False, migrated: bool = False) -> Iterator[Client]:
+    """Open a client for one unit of work, retrying while the embedded store is locked.
+
+    With `migrated`, pending migrations are applied first (entry points that write).
+    """
     retrying = Retrying(
         retry=retry_if_exception(_is_lock_error),
         wait=wait_exponential_jitter(initial=0.1, max=2.0),
@@ -79,6 +88,10 @@ def open_store(settings: Settings, *, readonly: bool = False) -> Iterator[Client
             f"another process holds the embedded store ({exc.last_attempt.exception()})"
         ) from None
     try:
+        if migrated:
+            from pipeline.store.migrations import migrate
+
+            migrate(client, cluster=settings.clickhouse_cluster)
         yield client
     finally:
         client.close()

@@ -1,0 +1,282 @@
+"""The SQL people run: every cookbook recipe on the real engine, the read-only path, the
+server users' config, and the cluster rewrite of the migrations."""
+
+from __future__ import annotations
+
+import io
+import uuid
+import xml.etree.ElementTree as ET
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from pipeline.logs import configure_logging
+from pipeline.records import utc_now
+from pipeline.settings import Settings, get_settings, load_settings
+from pipeline.store.client import open_store
+from pipeline.store.cookbook import all_recipes, recipes, run_recipe
+from pipeline.store.migrations import clusterize, discover, migrate
+from tests.conftest import ROOT
+from tests.support.sample_rows import insert_scores
+
+DEMO_DATABASE = "safemon_demo"
+DRIFT_METHODS = ("mmd", "c2st")
+
+
+def _drift_columns(client) -> dict[str, str]:
+    """The drift table's columns the report reads, by role (from the history module's choices)."""
+    from pipeline.report import history
+
+    names = {r[0] for r in client.query(
+        "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'"
+    ).result_rows}  # fmt: skip
+    return {
+        "at": next(c for c in history._DRIFT_TIME if c in names),
+        "p": next(c for c in history._DRIFT_P if c in names),
+        "effect": next(c for c in history._DRIFT_EFFECT if c in names),
+    }
+
+
+def fill_store(store_path: Path) -> Settings:
+    """The demo's two probe runs and alert, plus six hours of scored stream samples, a few
+    rejected messages and drift checks, in `safemon_demo` of the session's store. Filled once
+    per process."""
+    from pipeline.demo import run_demo
+
+    settings = load_settings(clickhouse_dsn=f"chdb://{store_path}", clickhouse_database=DEMO_DATABASE, clickhouse_lock_timeout_s=30)
+    with open_store(settings) as client:
+        filled = client.command(f"EXISTS TABLE {DEMO_DATABASE}.filled_for_tests")
+    if filled:
+        return settings
+    assert run_demo(settings, Console(file=io.StringIO())) == 0
+    now = utc_now()
+    with open_store(settings) as client:
+        migrate(client)
+        insert_scores(client, "prod-chat", now - timedelta(hours=6), 6 * 60 - 1, 1800, {"cybercrime": 0.08, "hate": 0.03}, seed=1)
+        client.insert(
+            "rejected_samples",
+            [["conversations.v1", 0, i, "schema", "missing sample_id", "", "{}", 2, 1, now - timedelta(minutes=i)] for i in range(5)],
+            column_names=["source_topic", "source_partition", "source_offset", "code", "reason", "sample_id", "raw", "raw_bytes", "attempt", "rejected_at"],
+        )
+        if not client.command("EXISTS TABLE drift_results"):
+            # Until the drift migration lands: a stand-in with the columns the report reads.
+            client.command(
+                "CREATE TABLE drift_results (window_end DateTime64(3, 'UTC'), target LowCardinality(String), "
+                "method LowCardinality(String), p_value Float64, effect_size Float64) ENGINE = MergeTree ORDER BY (target, method, window_end)"
+            )
+            client.command(
+                "CREATE VIEW latest_drift AS SELECT target, method, argMax(p_value, window_end) AS p_value, "
+                "argMax(effect_size, window_end) AS effect_size, max(window_end) AS last_window_end FROM drift_results GROUP BY target, method"
+            )
+        cols = _drift_columns(client)
+        rows = [
+            ["prod-chat", method, now - timedelta(hours=h), 0.5 / (1 + 2 * (6 - h)) if method == "mmd" else 0.4, 0.01 * (7 - h)]
+            for h in range(6, 0, -1) for method in DRIFT_METHODS
+        ]  # fmt: skip
+        names = ["target", "method", cols["at"], cols["p"], cols["effect"]]
+        if client.command("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results' AND name = 'status'"):
+            rows, names = [[*r, "checked"] for r in rows], [*names, "status"]
+        client.insert("drift_results", rows, column_names=names)
+        client.command("CREATE TABLE filled_for_tests (x UInt8) ENGINE = Memory")
+    return settings
+
+
+@pytest.fixture(scope="module")
+def filled(store_path) -> Settings:
+    return fill_store(store_path)
+
+
+# Every recipe -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [r.name for r in all_recipes()])
+def test_every_recipe_runs_read_only_and_answers(filled, name) -> None:
+    with open_store(filled, readonly=True) as client:
+        columns, rows = run_recipe(client, name)
+    # The filled store holds data for every question, so each has an answer.
+    assert columns and rows, f"{name} returned nothing"
+    assert all(len(r) == len(columns) for r in rows)
+
+
+def test_there_are_ten_questions_with_their_parameters_bound_server_side() -> None:
+    found = all_recipes()
+    assert len(found) == 10 and len({r.name for r in found}) == 10
+    for recipe in found:
+        assert set(recipe.bindings()) == set(recipe.defaults)
+        assert "%s" not in recipe.sql and "{" + "}" not in recipe.sql
+    with pytest.raises(KeyError, match="valid: .*regressed_after_deploy"):
+        recipes.get("no_such_question")
+    with pytest.raises(KeyError, match="valid: "):
+        recipes.get("asr_by_day").parameters({"tenant": "x"})
+    assert recipes.get("asr_by_day").parameters({"days": "7"})["days"] == 7
+
+
+def test_regressed_categories_are_the_ones_the_demo_alerted_on(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        alerted = set(client.query("SELECT arrayJoin(categories) FROM alerts FINAL WHERE kind = 'regression'").result_rows)
+        columns, rows = run_recipe(client, "regressed_after_deploy", {"target": "demo-assistant", "min_rise": "1.0"})
+    found = [dict(zip(columns, r, strict=True)) for r in rows]
+    assert {(r["category"],) for r in found} == alerted
+    for row in found:
+        assert (row["before_version"], row["after_version"]) == ("v1", "v2")
+        assert row["alerted"] and row["asr_after"] > row["asr_before"]
+        assert row["ci_low_after"] <= row["asr_after"] <= row["ci_high_after"]
+
+
+def test_newly_failing_probes_match_a_direct_diff_of_the_two_runs(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        direct = set(client.query(
+            """
+            SELECT probe_id FROM probe_results FINAL WHERE target = 'demo-assistant'
+            GROUP BY probe_id
+            HAVING argMaxIf(verdict, run_started_at, model_version = 'v2') IN ('attack_success', 'over_refusal')
+               AND argMaxIf(verdict, run_started_at, model_version = 'v1') IN ('refused', 'complied_ok')
+            """
+        ).result_rows)  # fmt: skip
+        columns, rows = run_recipe(client, "newly_failing_probes", {"target": "demo-assistant", "limit": 1000})
+    assert direct and {(r[columns.index("probe_id")],) for r in rows} == direct
+
+
+def test_alert_samples_are_the_alerted_run_s_successful_attacks(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        alert_id, run_id, categories = client.query("SELECT alert_id, run_id, categories FROM alerts FINAL LIMIT 1").result_rows[0]
+        expected = client.query(
+            "SELECT count() FROM probe_results FINAL WHERE run_id = {r:String} AND category IN {c:Array(String)} AND verdict = 'attack_success'",
+            parameters={"r": run_id, "c": list(categories)},
+        ).result_rows[0][0]
+        columns, rows = run_recipe(client, "alert_samples", {"alert_id": alert_id})
+        _, latest = run_recipe(client, "alert_samples")
+    assert len(rows) == expected > 0
+    assert {r[columns.index("category")] for r in rows} <= set(categories)
+    assert sorted(latest) == sorted(rows)  # the default is the newest alert
+
+
+def test_jailbreak_p95_covers_every_hour_of_the_stream(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        columns, rows = run_recipe(client, "jailbreak_similarity_p95_by_hour", {"target": "prod-chat", "hours": 12})
+        total = client.query("SELECT count() FROM sample_scores FINAL WHERE target = 'prod-chat'").result_rows[0][0]
+    assert sum(r[columns.index("n")] for r in rows) == total
+    assert len(rows) in (6, 7)  # six hours of samples, possibly split across an hour boundary
+
+
+# Read-only ------------------------------------------------------------------------------
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def readonly_env(filled, monkeypatch):
+    # The main DSN points at nothing: a working `safemon sql` proves the read-only DSN is used.
+    monkeypatch.setenv("SAFEMON_CLICKHOUSE_DSN", "clickhouse://nobody:nothing@127.0.0.1:9/safemon")
+    monkeypatch.setenv("SAFEMON_CLICKHOUSE_READONLY_DSN", filled.clickhouse_dsn)
+    monkeypatch.setenv("SAFEMON_CLICKHOUSE_DATABASE", DEMO_DATABASE)
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+    configure_logging()  # the CLI bound its logs to the runner's stream, which is closed now
+
+
+def test_safemon_sql_uses_the_read_only_dsn_and_refuses_writes(readonly_env) -> None:
+    from pipeline.cli import app
+
+    read = runner.invoke(app, ["sql", "SELECT count() AS runs FROM probe_runs FINAL", "--format", "csv"])
+    assert read.exit_code == 0, read.output
+    assert read.output.splitlines()[-1] == "2"
+    refused = runner.invoke(app, ["sql", "INSERT INTO alerts (alert_id) VALUES ('x')"])
+    assert refused.exit_code == 2
+    # A statement that passes the keyword check but tries to lift the limit is refused by the engine.
+    lifted = runner.invoke(app, ["sql", "SELECT 1 SETTINGS readonly = 0"])
+    assert lifted.exit_code == 1, lifted.output
+    cookbook = runner.invoke(app, ["cookbook", "run", "recent_alerts", "-p", "days=30", "--format", "json"])
+    assert cookbook.exit_code == 0, cookbook.output
+    assert '"kind": "regression"' in cookbook.output
+
+
+def test_the_read_only_connection_refuses_writes_at_the_engine(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        for statement in (
+            "INSERT INTO alerts (alert_id) VALUES ('x')",
+            "CREATE TABLE scratch (x UInt8) ENGINE = Memory",
+            "DROP TABLE probe_runs",
+            "ALTER TABLE probe_runs DELETE WHERE 1",
+        ):
+            with pytest.raises(Exception, match="(?i)readonly"):
+                client.command(statement)
+    with open_store(filled) as client:
+        assert client.query("SELECT count() FROM probe_runs FINAL").result_rows[0][0] == 2
+
+
+def test_server_users_read_only_profile_quota_and_writer_grants() -> None:
+    root = ET.parse(ROOT / "deploy" / "clickhouse" / "users.d" / "safemon.xml").getroot()
+    reader = root.find("users/safemon_readonly")
+    profile = root.find(f"profiles/{reader.findtext('profile')}")
+    assert profile.findtext("readonly") == "1"
+    assert 0 < int(profile.findtext("max_execution_time")) <= 300
+    assert root.find(f"quotas/{reader.findtext('quota')}/interval/queries") is not None
+    assert [q.text for q in reader.findall("grants/query")] == ["GRANT SELECT ON safemon.*"]
+    writer_grants = " ".join(q.text for q in root.findall("users/safemon_writer/grants/query"))
+    assert "INSERT" in writer_grants and "SELECT" in writer_grants
+    for forbidden in ("DROP", "ALTER", "TRUNCATE", "ALL"):
+        assert forbidden not in writer_grants
+    for user in root.find("users"):
+        assert user.find("password").get("from_env"), "passwords come from the server's environment"
+
+
+# Cluster --------------------------------------------------------------------------------
+
+
+def test_cluster_rewrite_of_every_shipped_migration() -> None:
+    for migration in discover():
+        for statement in migration.statements():
+            out = clusterize(statement, "safemon")
+            assert "ON CLUSTER 'safemon'" in out.split("\n", 1)[0], out[:200]
+            if "ENGINE" in statement:
+                assert "ENGINE = Replicated" in out and "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'" in out
+                assert "non_replicated_deduplication_window" not in out
+            # Only the head and the engine change: the columns and the queries are untouched.
+            assert out.replace("ON CLUSTER 'safemon' ", "").count("\n") == statement.count("\n")
+    assert clusterize("SELECT 1", "safemon") == "SELECT 1"
+    replacing = clusterize("CREATE TABLE t (v UInt8, u DateTime) ENGINE = ReplacingMergeTree(u) ORDER BY v", "c1")
+    assert replacing == (
+        "CREATE TABLE t ON CLUSTER 'c1' (v UInt8, u DateTime) ENGINE = ReplicatedReplacingMergeTree("
+        "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}', u) ORDER BY v"
+    )
+    plain = clusterize("CREATE TABLE IF NOT EXISTS t (v UInt8) ENGINE = MergeTree ORDER BY v", "c1")
+    assert "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}') ORDER" in plain
+    with pytest.raises(Exception, match="cluster name"):
+        clusterize("CREATE TABLE t (v UInt8) ENGINE = Memory", "x'; DROP")
+
+
+def test_migrate_without_a_cluster_stays_local(settings) -> None:
+    with open_store(settings) as client:
+        migrate(client, cluster="")
+        engine = client.query("SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'alerts'").result_rows[0][0]
+    assert engine == "ReplacingMergeTree"
+
+
+def test_migrate_on_a_cluster_sends_the_rewritten_statements(tmp_path) -> None:
+    class Recorder:
+        database = f"db_{uuid.uuid4().hex[:6]}"
+
+        def __init__(self) -> None:
+            self.commands: list[str] = []
+
+        def command(self, sql: str) -> None:
+            self.commands.append(sql)
+
+        def query(self, sql: str):
+            return type("R", (), {"result_rows": []})()
+
+        def insert(self, *args, **kwargs) -> None:
+            pass
+
+    (tmp_path / "0001_create_things.sql").write_text("CREATE TABLE IF NOT EXISTS things (x UInt8) ENGINE = MergeTree ORDER BY x;\n")
+    recorder = Recorder()
+    assert migrate(recorder, tmp_path, cluster="safemon") == ["0001_create_things"]  # type: ignore[arg-type]
+    assert all("ON CLUSTER 'safemon'" in c for c in recorder.commands)
+    assert recorder.commands[0].startswith(f"CREATE DATABASE IF NOT EXISTS `{recorder.database}` ON CLUSTER")
+    assert any("ReplicatedReplacingMergeTree" in c for c in recorder.commands if "schema_migrations" in c)
+    assert any("ReplicatedMergeTree(" in c for c in recorder.commands if "things" in c)

@@ -1,0 +1,109 @@
+"""`safemon report` from a store filled by the demo, loaded in a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from typer.testing import CliRunner
+
+from pipeline.logs import configure_logging
+from pipeline.report.browser import find_chromium, render_page
+from pipeline.report.history import load_history
+from pipeline.report.page import parse_span, write_report
+from pipeline.settings import get_settings
+from pipeline.store.client import open_store
+from tests.conftest import ROOT, require
+from tests.integration.test_cookbook import fill_store
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+SCREENSHOT = ARTIFACTS / "report.png"
+WIDTH, HEIGHT = 1280, 2600
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def filled(store_path):
+    return fill_store(store_path)
+
+
+@pytest.fixture(scope="module")
+def report_file(filled, tmp_path_factory):
+    from pipeline.cli import app
+
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    env = {"SAFEMON_CLICKHOUSE_DSN": filled.clickhouse_dsn, "SAFEMON_CLICKHOUSE_DATABASE": filled.clickhouse_database}
+    get_settings.cache_clear()
+    try:
+        result = runner.invoke(app, ["report", "--since", "30d", "--out", str(out)], env=env)
+    finally:
+        get_settings.cache_clear()
+        configure_logging()  # the CLI bound its logs to the runner's stream, which is closed now
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out}" in result.output.replace("\n", "")
+    return out
+
+
+def test_report_renders_every_chart_in_chromium_with_a_non_blank_screenshot(report_file) -> None:
+    require(find_chromium() is not None, "Chromium is not installed (deploy/chromium.sh installs it)")
+    page = render_page(report_file, SCREENSHOT, width=WIDTH, height=HEIGHT)
+    body = re.search(r"<body[^>]*>", page.dom).group(0)
+    total = int(re.search(r'data-charts="(\d+)"', body).group(1))
+    rendered = int(re.search(r'data-charts-rendered="(\d+)"', body).group(1))
+    assert total >= 4 and rendered == total, body
+    for kind in ("asr", "violations", "drift", "alerts"):
+        assert re.search(rf'data-chart="{kind}"[^>]*data-rendered="yes"', page.dom), f"{kind} chart not rendered"
+    image = imread(page.screenshot)
+    assert image.shape[:2] == (HEIGHT, WIDTH)
+    grey = image[..., :3].mean(axis=2)
+    inked = float((grey < 0.9).mean())
+    # Charts, bands and tables cover a real part of the page; a blank or error page does not.
+    assert inked > 0.03 and float(grey.std()) > 0.08, (inked, float(grey.std()))
+    assert len(np.unique((image[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)) > 50  # colours, not just text
+
+
+def test_report_is_self_contained(report_file) -> None:
+    html = report_file.read_text()
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", html)
+    assert "<link" not in html and "@import" not in html and "url(http" not in html
+    assert html.count('<figure class="chart"') >= 4
+
+
+def test_report_history_marks_the_model_version_change_and_the_alert(filled) -> None:
+    now = datetime.now(UTC)
+    with open_store(filled, readonly=True) as client:
+        history = load_history(client, timedelta(days=30), now)
+        runs = client.query("SELECT model_version, started_at FROM probe_runs FINAL ORDER BY started_at").result_rows
+    assert [tuple(r) for r in history.deploys[["model_version"]].itertuples(index=False)] == [("v2",)]
+    assert history.deploys["at"].iloc[0].to_pydatetime().replace(tzinfo=None) == runs[1][1].replace(tzinfo=None)
+    assert history.asr.run_id.nunique() == 2 and history.latest_runs.run_id.iloc[0] == history.asr.sort_values("at").run_id.iloc[-1]
+    assert (history.asr.ci_low <= history.asr.rate + 1e-12).all() and (history.asr.rate <= history.asr.ci_high + 1e-12).all()
+    assert list(history.alerts.kind) == ["regression"]
+    assert set(history.drift.method) == {"mmd", "c2st"}
+    # The hourly stream rates add up to the rows stored.
+    with open_store(filled, readonly=True) as client:
+        total = client.query("SELECT count() FROM sample_scores FINAL").result_rows[0][0]
+    per_category = history.violations.groupby("category")["n"].sum()
+    assert (per_category == total).all()
+
+
+def test_report_on_an_empty_store_says_so(settings, client, tmp_path) -> None:
+    summary = write_report(settings, timedelta(days=1), tmp_path / "empty.html")
+    html = summary.path.read_text()
+    assert summary.charts == 0
+    for what in ("probe runs", "scored production samples", "drift checks", "alerts"):
+        assert f"No {what} in this period." in html
+
+
+@pytest.mark.parametrize(("text", "expected"), [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)), ("2w", timedelta(weeks=2))])
+def test_parse_span(text, expected) -> None:
+    assert parse_span(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "30", "0d", "-1d", "1y", "d30"])
+def test_parse_span_refuses_nonsense(text) -> None:
+    with pytest.raises(ValueError, match="span"):
+        parse_span(text)
