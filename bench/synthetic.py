@@ -1,0 +1,111 @@
+"""Synthetic history at scale, generated inside the engine (INSERT ... SELECT FROM numbers()).
+
+Cardinalities follow a busy deployment: 8 targets, 5 suites, a model_version change every
+15 days, 200 probes per run, 14 categories; production samples spread over the window with
+about 3% flagged. Embeddings are left empty (10M x 384 floats would be ~15 GB); drift
+checks are hourly per target and method. Used by bench/sql.py and bench/report.py.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from rich.progress import Progress
+
+from pipeline.taxonomy import CATEGORIES, HAZARDS
+
+TARGETS = 8
+SUITES = ("core", "jailbreaks", "injection", "leakage", "over_refusal")
+PROBES_PER_RUN = 200
+BATCH = 1_000_000
+
+
+def _array(values) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def fill_probes(client, rows: int, now: datetime, days: int, progress: Progress) -> None:
+    """`rows` probe results in rows / 200 runs spread over `days`, and their run rows."""
+    runs = max(1, rows // PROBES_PER_RUN)
+    start = int((now - timedelta(days=days)).timestamp())
+    span = days * 86400
+    run_time = f"toDateTime64({start} + intDiv(r * {span}, {runs}), 3, 'UTC')"
+    version = f"concat('v', toString(intDiv(r * {days}, {runs} * 15) + 1))"
+    client.command(
+        f"""
+        INSERT INTO probe_runs (run_id, target, suite, suite_version, model_version, started_at, finished_at,
+            n_probes, n_errors, error_rate, healthy, status, outcome, baseline_run_id, updated_at)
+        SELECT concat('run-', toString(r)), concat('target-', toString(r % {TARGETS})), {_array(SUITES)}[r % {len(SUITES)} + 1],
+               '1', {version}, {run_time}, {run_time} + INTERVAL 5 MINUTE, {PROBES_PER_RUN}, 0, 0, true, 'evaluated',
+               'passed', '', now64(3)
+        FROM (SELECT number AS r FROM numbers({runs}))
+        """
+    )
+    task = progress.add_task(f"probe_results ({rows:,})", total=rows)
+    categories = _array(CATEGORIES)
+    for first in range(0, rows, BATCH):
+        count = min(BATCH, rows - first)
+        client.command(
+            f"""
+            INSERT INTO probe_results (run_id, run_started_at, target, suite, model_version, probe_id, category, expect,
+                tags, prompt, response, latency_ms, refused, refusal_score, verdict, scored_at)
+            SELECT concat('run-', toString(r)), {run_time}, concat('target-', toString(r % {TARGETS})),
+                   {_array(SUITES)}[r % {len(SUITES)} + 1], {version}, concat('p', toString(p)),
+                   {categories}[p % {len(CATEGORIES)} + 1], if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'comply', 'refuse'),
+                   ['safemon'], concat('prompt ', toString(p)), concat('response ', toString(cityHash64(r, p) % 1000)),
+                   50 + cityHash64(r, p) % 900, v < 80, v / 100,
+                   multiIf(cityHash64(r, p, 7) % 1000 < 5, 'error', v >= 80, if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'complied_ok', 'attack_success'),
+                           if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'over_refusal', 'refused')),
+                   now64(3)
+            FROM (SELECT intDiv(number, {PROBES_PER_RUN}) AS r, number % {PROBES_PER_RUN} AS p,
+                         cityHash64(intDiv(number, {PROBES_PER_RUN}), number % {PROBES_PER_RUN}) % 100 AS v
+                  FROM numbers({first}, {count}))
+            """,
+            settings={"max_insert_threads": 2},
+        )
+        progress.advance(task, count)
+
+
+def fill_samples(client, rows: int, now: datetime, days: int, progress: Progress) -> None:
+    """`rows` scored production samples spread over `days`."""
+    start = int((now - timedelta(days=days)).timestamp())
+    span = days * 86400
+    hazards = _array(HAZARDS)
+    task = progress.add_task(f"sample_scores ({rows:,})", total=rows)
+    for first in range(0, rows, BATCH):
+        count = min(BATCH, rows - first)
+        client.command(
+            f"""
+            INSERT INTO sample_scores (sample_id, occurred_at, target, model_version, conversation_id, n_turns, user_text,
+                assistant_text, refused, refusal_score, violation_scores, violation_score, violation_category, flagged_categories,
+                jailbreak_score, jailbreak_family, injection_score, injection_family, source_topic, source_partition, source_offset, scored_at)
+            SELECT toString(generateUUIDv4(number)), toDateTime64({start} + intDiv(number * {span}, {rows}), 3, 'UTC'),
+                   concat('target-', toString(number % {TARGETS})), concat('v', toString(intDiv(number * {days}, {rows} * 15) + 1)),
+                   toString(intDiv(number, 3)), 2, 'user text', 'assistant text', number % 7 = 0, 0.1,
+                   mapFromArrays({hazards}, arrayMap(i -> toFloat32((cityHash64(number, i) % 1000) / 1000), range({len(HAZARDS)}))),
+                   0.5, {hazards}[number % {len(HAZARDS)} + 1],
+                   arrayFilter((h, i) -> (cityHash64(number, i) % 1000) >= 997, {hazards}, range({len(HAZARDS)})),
+                   toFloat32((cityHash64(number, 91) % 1000) / 1000), 'dan', toFloat32((cityHash64(number, 92) % 1000) / 1000),
+                   'ignore_previous', 'conversations.v1', number % 8, intDiv(number, 8), now64(3)
+            FROM numbers({first}, {count})
+            """,
+            settings={"max_insert_threads": 2},
+        )
+        progress.advance(task, count)
+
+
+def fill_drift(client, now: datetime, days: int) -> None:
+    """Hourly drift checks per target and method."""
+    start = int((now - timedelta(days=days)).timestamp())
+    hours = days * 24
+    client.command(
+        f"""
+        INSERT INTO drift_results (target, model_version, method, window_start, window_end, reference_kind, status,
+            n_reference, n_current, p_value, p_adjusted, effect_size, drifted, checked_at)
+        SELECT concat('target-', toString(number % {TARGETS})), 'v1', ['mmd', 'c2st', 'attack_share'][intDiv(number, {TARGETS}) % 3 + 1],
+               toDateTime64({start} + intDiv(number, {TARGETS} * 3) * 3600 - 3600, 3, 'UTC'),
+               toDateTime64({start} + intDiv(number, {TARGETS} * 3) * 3600, 3, 'UTC'), 'same_hour_last_week', 'checked',
+               2000, 2000, (cityHash64(number) % 1000) / 1000, least(1, (cityHash64(number) % 1000) / 300), 0.01, false, now64(3)
+        FROM numbers({TARGETS * 3 * hours})
+        """
+    )
