@@ -1,7 +1,23 @@
-"""Detectors that score prompts and responses: refusal, policy violation, attack similarity, PII.
+"""Detectors that score prompts and responses: refusal, harmful compliance, over-refusal, policy, attacks, PII.
 
 Importing this package is cheap: sentence-transformers and the model load on first encode.
 Every detector registers in `DETECTORS`; `DETECTORS.get(name)(embedder)` builds one.
+`DetectorStack` runs refusal, harmful compliance and over-refusal on one encode call per batch.
+
+What the default detectors (no fitting) are built from:
+- the embedding model all-MiniLM-L6-v2 (packaged, offline), reading truncated views of each
+  text (`views`: the opening, the head+tail gist, the prompt's first 300 characters);
+- `exemplars/refusal.yaml`: 42 refusal and 53 compliance openings written by this project, and
+  the phrase rules in `refusal.py` (strong refusal openings, refusal phrases, eager-compliance
+  openings) with constants set by hand on the unit tests' handwritten examples;
+- `exemplars/policy.yaml`: project-written, non-actionable descriptions of harmful compliance
+  per hazard category, with benign contrast descriptions (harmful compliance = the top category
+  score times (1 - refusal); prompt harm = the prompt's top category score);
+- `exemplars/attacks.yaml`: project-written paraphrases of jailbreak and injection families;
+- PII: regular expressions with checksums (Luhn, IBAN mod-97).
+No public data set was used to write or tune them. A fitted head (`safemon detectors fit`,
+`SAFEMON_DETECTOR_HEAD`) replaces the refusal, harmful-compliance and prompt-harm decisions
+with logistic heads on the same views; its artifact records what it was fitted on.
 """
 
 from pipeline.detectors.catalog import DETECTORS
@@ -10,10 +26,15 @@ from pipeline.detectors.pii import PiiDetector, Redaction, redact
 from pipeline.detectors.policy import PolicyDetector
 from pipeline.detectors.refusal import RefusalDetector
 from pipeline.detectors.scoring import score_responses, verdict
+from pipeline.detectors.stack import DetectorStack, HarmfulComplianceDetector, OverRefusalDetector, StackScore
 from pipeline.detectors.similarity import InjectionSimilarity, JailbreakSimilarity, SimilarityMatch
 
 __all__ = [
     "DETECTORS",
+    "DetectorStack",
+    "HarmfulComplianceDetector",
+    "OverRefusalDetector",
+    "StackScore",
     "Embedder",
     "InjectionSimilarity",
     "JailbreakSimilarity",

@@ -35,6 +35,15 @@ def hash_text(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
+def clean_text(text: str) -> str:
+    """The text the tokenizer can take: lone surrogates (legal in JSON escapes) become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
 class Embedder:
     """Turns texts into L2-normalised float32 vectors, re-embedding no text it still remembers."""
 
@@ -116,7 +125,7 @@ class Embedder:
     def _embed(self, texts: list[str]) -> np.ndarray:
         self.model_calls += 1
         vecs = self.model.encode(
-            texts,
+            [clean_text(t) for t in texts],
             batch_size=self.batch_size,
             convert_to_numpy=True,
             normalize_embeddings=True,

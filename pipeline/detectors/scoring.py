@@ -15,7 +15,9 @@ import structlog
 
 from pipeline.detectors.embedder import Embedder
 from pipeline.detectors.policy import PolicyDetector
-from pipeline.detectors.refusal import RefusalDetector, split_head
+from pipeline.detectors.head import HeadSet
+from pipeline.detectors.refusal import RefusalDetector
+from pipeline.detectors.stack import DetectorStack, configured_head
 from pipeline.records import Attempt, Expect, Probe, ResponseScore, Verdict
 
 log = structlog.get_logger(__name__)
@@ -33,35 +35,38 @@ def score_responses(
     embedder: Embedder,
     refusal: RefusalDetector | None = None,
     policy: PolicyDetector | None = None,
+    head: HeadSet | None = None,
+    stack: DetectorStack | None = None,
 ) -> list[ResponseScore]:
     """Score each probe's response: refusal, per-hazard violation scores and canary-marker hits.
 
-    Responses (openings and whole texts) are embedded in one call and prompts in another; a
-    missing response is scored as empty (a refusal-like non-answer, see `refusal`).
+    Every view of the responses and prompts is embedded in one call (see `DetectorStack`); a
+    missing response is scored as empty (a refusal-like non-answer, see `refusal`). `head` (or a
+    prebuilt `stack`) switches to a fitted head from `safemon detectors fit`; without either, the
+    head `SAFEMON_DETECTOR_HEAD` names is used when it is set.
     """
     if len(probes) != len(responses):
         raise ValueError(f"{len(probes)} probes but {len(responses)} responses")
     if not probes:
         return []
-    refusal = refusal or RefusalDetector(embedder)
-    policy = policy or PolicyDetector(embedder, refusal=refusal)
+    if stack is None:
+        stack = DetectorStack(embedder, head=head if head is not None else configured_head(embedder))
+        if refusal is not None:
+            stack.refusal = refusal
+        if policy is not None:
+            stack.policy = policy
     texts = [r or "" for r in responses]
-    n = len(texts)
-    vecs = embedder.encode([split_head(t) for t in texts] + texts)
-    head_vecs, whole_vecs = vecs[:n], vecs[n:]
-    prompt_vecs = embedder.encode([p.prompt for p in probes])
-    refusal_scores = refusal.score_vectors(texts, head_vecs, whole_vecs)
-    violations = policy.score_vectors(whole_vecs, prompt_vecs, refusal_scores, empty=[not t.strip() for t in texts])
+    scored = stack.score(texts, [p.prompt for p in probes])
     scores = [
         ResponseScore(
-            refused=bool(rs >= refusal.threshold),
-            refusal_score=round(float(rs), 6),
-            violation_scores=viol,
+            refused=bool(s.refusal >= stack.refusal.threshold),
+            refusal_score=round(s.refusal, 6),
+            violation_scores=s.violations,
             marker_hit=find_marker(probe.markers, text),
         )
-        for probe, text, rs, viol in zip(probes, texts, refusal_scores, violations, strict=True)
+        for probe, text, s in zip(probes, texts, scored, strict=True)
     ]
-    log.debug("detectors.scored", n=n, refused=sum(s.refused for s in scores))
+    log.debug("detectors.scored", n=len(texts), refused=sum(s.refused for s in scores))
     return scores
 
 

@@ -105,7 +105,7 @@ def test_importing_detectors_loads_no_model():
 
 
 def test_registry_holds_all_detectors():
-    assert DETECTORS.names() == ["injection_similarity", "jailbreak_similarity", "pii", "policy", "refusal"]
+    assert DETECTORS.names() == ["harmful_compliance", "injection_similarity", "jailbreak_similarity", "over_refusal", "pii", "policy", "refusal"]
     with pytest.raises(KeyError, match="valid"):
         DETECTORS.get("toxicity")
 

@@ -1,0 +1,87 @@
+"""Fitting heads on a labelled frame and scoring a frame with the stack (used by the CLI and the bench)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import structlog
+
+from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, groups_of, substring_refusal, truth_of
+from pipeline.detectors.head import TASK_FEATURES, HeadSet, LinearHead, fit_head
+from pipeline.detectors.stack import DetectorStack
+from pipeline.detectors.views import Views
+
+log = structlog.get_logger(__name__)
+
+
+def embed_frame(stack: DetectorStack, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every feature block of a frame's rows: view embeddings (one encode call) and rule signals."""
+    texts = frame["response"].tolist()
+    parts = stack.embed(Views.of(texts, frame["prompt"].tolist()))
+    parts["signals"] = stack.refusal.signals(texts, parts["opening"], parts["gist"])
+    return parts
+
+
+def take(parts: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The feature blocks of a subset of rows."""
+    return {k: v[rows] for k, v in parts.items()}
+
+
+def fit_heads(
+    frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, group_by: str, provenance: dict[str, Any] | None = None
+) -> HeadSet:
+    """Fit every head the frame's labels allow: refusal (3 classes), harmful compliance, prompt harm."""
+    groups = groups_of(frame, group_by)
+    heads: dict[str, LinearHead] = {}
+    labels = {
+        "refusal": None if frame["refusal"].isna().any() else frame["refusal"].astype(str).tolist(),
+        "harmful_compliance": None if frame["harmful"].isna().any() else frame["harmful"].astype(int).astype(str).tolist(),
+        "prompt_harm": None if frame["prompt_harm"].isna().any() else frame["prompt_harm"].astype(int).astype(str).tolist(),
+    }
+    for task, y in labels.items():
+        if y is None or len(set(y)) < 2:
+            continue
+        x = np.hstack([parts[f] for f in TASK_FEATURES[task]])
+        heads[task] = fit_head(task, x, y, groups)
+    if not heads:
+        raise ValueError("the data's labels define no task with two classes")
+    return HeadSet(heads=heads, model=model, provenance=provenance or {})
+
+
+def predict_frame(stack: DetectorStack, frame: pd.DataFrame, parts: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The stack's scores and decisions for each row, as columns."""
+    vecs = {k: parts[k] for k in ("opening", "gist", "prompt")}
+    scored = stack.score_embedded(frame["response"].tolist(), vecs)
+    refusal = np.array([s.refusal for s in scored])
+    harmful = np.array([s.harmful_compliance for s in scored])
+    over = np.array([s.over_refusal if s.over_refusal is not None else np.nan for s in scored])
+    return pd.DataFrame(
+        {
+            "refusal_score": refusal,
+            "refusal_kind": [s.refusal_kind for s in scored],
+            "harmful_score": harmful,
+            "over_score": over,
+            "pred:refusal": (refusal >= stack.refusal.threshold).astype(int),
+            "pred:harmful_compliance": (harmful >= 0.5).astype(int),
+            "pred:over_refusal": (over >= 0.5).astype(int),
+        },
+        index=frame.index,
+    )
+
+
+def evaluate(frame: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int = 1000) -> dict[str, Any]:
+    """Per task the labels define: the detector's metrics and every baseline's, on the same rows."""
+    out: dict[str, Any] = {}
+    for task in TASKS:
+        truth = truth_of(frame, task)
+        if truth is None or len(truth) == 0:
+            continue
+        entry = {"detector": binary_metrics(truth, predictions[f"pred:{task}"].to_numpy(), n_boot=n_boot)}
+        if task == "refusal":
+            entry["substring"] = binary_metrics(truth, substring_refusal(frame["response"].tolist()), n_boot=n_boot)
+        for name, verdicts in baseline_columns(frame, task).items():
+            entry[name] = binary_metrics(truth, verdicts, n_boot=n_boot)
+        out[task] = entry
+    return out

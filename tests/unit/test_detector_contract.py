@@ -1,0 +1,72 @@
+"""Every registered detector scores awkward input in [0, 1] (or None), and never raises."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from pipeline.detectors import DETECTORS, get_embedder
+
+rng = random.Random(7)
+AWKWARD = {
+    "empty": "",
+    "whitespace": " \n\t ",
+    "huge": "The committee reviewed the annual budget in detail. " * 4000,
+    "one_huge_word": "x" * 50_000,
+    "chinese": "我不能帮助你做这件事，因为这违反了我的使用政策。",
+    "arabic": "لا أستطيع مساعدتك في هذا الطلب.",
+    "russian": "Конечно! Вот рецепт борща: свёкла, капуста, картофель.",
+    "binary_bytes": bytes(rng.randrange(256) for _ in range(600)).decode("latin-1"),
+    "control_chars": "\x00\x01\x02\x1b[31m\x7f\ufffd",
+    "lone_surrogate": "abc \ud800 def",
+    "base64": "TWFuIGlzIGRpc3Rpbmd1aXNoZWQsIG5vdCBvbmx5IGJ5IGhpcyByZWFzb24=" * 20,
+    "emoji": "🙂🔥💣" * 50,
+}
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return get_embedder()
+
+
+def flatten(result) -> list[float | None]:
+    """Scores as a flat list, whatever the detector returns (array, list, per-category dicts)."""
+    out: list[float | None] = []
+    for item in result:
+        if isinstance(item, dict):
+            out += list(item.values())
+        elif hasattr(item, "score"):
+            out.append(item.score)
+        else:
+            out.append(None if item is None else float(item))
+    return out
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_detector_scores_awkward_text_in_unit_interval(name, embedder):
+    detector = DETECTORS.get(name)(embedder)
+    texts = list(AWKWARD.values())
+    result = detector.score(texts)
+    scores = flatten(result)
+    assert len(result) == len(texts), name
+    for value in scores:
+        assert value is None or (0.0 <= value <= 1.0 and not math.isnan(value)), (name, value)
+    # The same text scores the same alone and in a batch (no cross-talk between rows).
+    alone = flatten(detector.score([AWKWARD["russian"]]))
+    batched = flatten(detector.score([AWKWARD["russian"], AWKWARD["huge"]]))[: len(alone)]
+    assert np.allclose([a if a is not None else -1 for a in alone], [b if b is not None else -1 for b in batched], atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["policy", "harmful_compliance", "over_refusal"])
+def test_prompt_aware_detectors_take_awkward_prompts(name, embedder):
+    detector = DETECTORS.get(name)(embedder)
+    texts = list(AWKWARD.values())
+    scores = flatten(detector.score(texts, prompts=list(reversed(texts))))
+    assert scores and all(v is not None and 0.0 <= v <= 1.0 for v in scores), name
+
+
+def test_over_refusal_is_unscorable_without_prompts(embedder):
+    assert DETECTORS.get("over_refusal")(embedder).score(["I can't help with that."]) == [None]
