@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
-import sys
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -87,17 +84,9 @@ def sql(
         raise _fail(str(exc), 2) from None
     except Exception as exc:  # the engine's own message is the useful part
         raise _fail(str(exc).splitlines()[0]) from None
-    if output == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    elif output == "json":
-        sys.stdout.write(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2) + "\n")
-    else:
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-        console.print(table)
+    from pipeline.report.console import print_rows
+
+    print_rows(console, columns, rows, output)
 
 
 @probe_app.command("run")

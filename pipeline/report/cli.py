@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from pathlib import Path
@@ -157,17 +156,9 @@ def cookbook_run(
     except Exception as exc:  # the engine's own message is the useful part
         err.print(f"[red]error:[/red] {str(exc).splitlines()[0]}")
         raise typer.Exit(1) from None
-    if output == "csv":
-        writer = csv.writer(sys.stdout)
-        writer.writerow(columns)
-        writer.writerows(rows)
-    elif output == "json":
-        sys.stdout.write(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2) + "\n")
-    else:
-        table = Table(*columns, title=recipe.question)
-        for row in rows:
-            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-        console.print(table)
+    from pipeline.report.console import print_rows
+
+    print_rows(console, columns, rows, output, title=recipe.question)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import csv
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from rich.console import Console, Group
@@ -22,6 +25,21 @@ def probe_progress(console: Console, total: int, label: str) -> Iterator[Callabl
     ) as progress:
         task = progress.add_task(label, total=total)
         yield lambda _attempt: progress.advance(task)
+
+
+def print_rows(console: Console, columns: Sequence[str], rows: Sequence[tuple], output: str, title: str | None = None) -> None:
+    """Query results as a rich table, CSV or JSON on stdout."""
+    if output == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    elif output == "json":
+        sys.stdout.write(json.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str, indent=2) + "\n")
+    else:
+        table = Table(*columns, title=title)
+        for row in rows:
+            table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        console.print(table)
 
 
 def _rate(stat) -> str:
