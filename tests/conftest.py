@@ -25,6 +25,15 @@ def require(condition: bool, reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _default_logging():
+    """CLI tests configure structlog globally (level, stream); give every test the defaults back."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
+
+
 @pytest.fixture(scope="session")
 def datasets() -> Path:
     require(DATASETS.is_dir(), f"{DATASETS} is missing")

@@ -12,19 +12,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
 import structlog
 
-from pipeline.detectors import (
-    InjectionSimilarity,
-    JailbreakSimilarity,
-    PolicyDetector,
-    RefusalDetector,
-    get_embedder,
-    redact,
-)
-from pipeline.detectors.refusal import split_head
-from pipeline.detectors.similarity import split_windows
+from pipeline.detectors import InjectionSimilarity, JailbreakSimilarity, redact
+from pipeline.detectors.stack import DetectorStack
 from pipeline.records import ConversationSample, utc_now
 from pipeline.settings import Settings
 from pipeline.stream.contract import DUPLICATE_SAMPLE_ID, InvalidSample, parse_sample
@@ -209,9 +200,9 @@ class Scorer:
     """The detectors a worker scores samples with, built once per process on one embedder."""
 
     def __init__(self, settings: Settings) -> None:
-        self.embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
-        self.refusal = RefusalDetector(self.embedder)
-        self.policy = PolicyDetector(self.embedder, refusal=self.refusal)
+        # The same stack (and fitted head, when SAFEMON_DETECTOR_HEAD is set) as the probe path.
+        self.stack = DetectorStack.from_settings(settings)
+        self.embedder = self.stack.embedder
         self.jailbreak = JailbreakSimilarity(self.embedder)
         self.injection = InjectionSimilarity(self.embedder)
 
@@ -223,33 +214,23 @@ class Scorer:
         redacted = [redact_sample(a.sample) for a in accepted]
         answers = [r.assistant_text for r in redacted]
         prompts = [r.user_text for r in redacted]
-        # One model call per batch: every distinct text the detectors will ask for is encoded
-        # here; their own encode calls below are then answered from the embedder's cache.
-        wanted: dict[str, None] = {}
-        for r in redacted:
-            wanted.update(dict.fromkeys([r.user_text, r.assistant_text, split_head(r.assistant_text)]))
-            wanted.update(dict.fromkeys(split_windows(r.user_turns)))
-            wanted.update(dict.fromkeys(split_windows(r.untrusted_turns)))
-        vectors = dict(zip(wanted, self.embedder.encode(list(wanted)), strict=True))
-
-        def stack(texts: Sequence[str]) -> np.ndarray:
-            return np.stack([vectors[t] for t in texts])
-
-        whole = stack(answers)
-        refusal_scores = self.refusal.score_vectors(answers, stack([split_head(a) for a in answers]), whole)
+        # Each distinct text is embedded once: the stack encodes its views of the batch in one
+        # call, and the similarity windows that repeat a text are answered from the cache.
+        scores = self.stack.score(answers, prompts)
         empty = [not a.strip() for a in answers]
-        violations = self.policy.score_vectors(whole, stack(prompts), refusal_scores, empty=empty)
         jailbreaks = self.jailbreak.match([r.user_turns for r in redacted])
         injections = self.injection.match([r.untrusted_turns for r in redacted])
+        user_vectors = self.embedder.encode(prompts)  # kept for drift
 
         rows = []
-        for a, r, rs, viol, jb, inj, is_empty in zip(
-            accepted, redacted, refusal_scores, violations, jailbreaks, injections, empty, strict=True
+        for a, r, score, jb, inj, is_empty, vector in zip(
+            accepted, redacted, scores, jailbreaks, injections, empty, user_vectors, strict=True
         ):
             s = a.sample
+            viol = score.violations
             category, top = max(viol.items(), key=lambda kv: kv[1], default=("", 0.0))
             # No answer is not a refusal: the sample simply carries no assistant turn.
-            refusal_score = 0.0 if is_empty else float(rs)
+            refusal_score = 0.0 if is_empty else score.refusal
             rows.append(
                 {
                     "sample_id": s.sample_id,
@@ -260,7 +241,7 @@ class Scorer:
                     "n_turns": len(s.turns),
                     "user_text": r.user_text,
                     "assistant_text": r.assistant_text,
-                    "refused": bool(refusal_score >= self.refusal.threshold),
+                    "refused": bool(refusal_score >= self.stack.refusal.threshold),
                     "refusal_score": refusal_score,
                     "violation_scores": viol,
                     "violation_score": float(top),
@@ -271,7 +252,7 @@ class Scorer:
                     "injection_score": inj.score,
                     "injection_family": inj.family,
                     "pii_counts": r.pii_counts,
-                    "embedding": vectors[r.user_text].tolist(),
+                    "embedding": vector.tolist(),
                     "metadata": r.metadata,
                     "source_topic": a.source.topic,
                     "source_partition": a.source.partition,
