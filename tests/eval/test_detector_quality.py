@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 from collections import Counter
 from pathlib import Path
@@ -19,11 +18,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from tests.conftest import DATASETS, require
 from pipeline.detectors import RefusalDetector, get_embedder, redact
 
 log = structlog.get_logger(__name__)
 
-DATASETS = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
 XSTEST_MODELS = ("gpt4", "llama2orig", "mistralinstruct")
 ROWS_PER_MODEL = 200  # 600 completions keep the run near 30 s on 2 CPU cores
 REFUSAL_LABELS = {"2_full_refusal", "3_partial_refusal"}
@@ -44,12 +43,9 @@ PII_RECALL_FLOORS = {
 }
 
 
-def require(path: Path) -> Path:
-    """Skip when the public data is absent in a user's checkout; fail when it is absent in CI."""
-    if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing (CI=true requires ../shared/datasets)")
-        pytest.skip(f"{path} not present (public datasets live in ../shared/datasets)")
+def dataset_file(path: Path) -> Path:
+    """A file of the public data: skip in a user's checkout without it, fail under CI=true."""
+    require(path.exists(), f"{path} is missing (public datasets live in ../shared/datasets)")
     return path
 
 
@@ -69,7 +65,7 @@ def f1_accuracy(truth: list[bool], pred: list[bool]) -> tuple[float, float]:
 
 def xstest_sample() -> list[tuple[dict[str, str], dict[str, str]]]:
     """(completion row, string-match row) pairs: a fixed, seeded sample per model."""
-    root = require(DATASETS / "xstest")
+    root = dataset_file(DATASETS / "xstest")
     pairs = []
     for model in XSTEST_MODELS:
         rows = read_csv(root / "model_completions" / f"xstest_v2_completions_{model}.csv")
@@ -107,7 +103,7 @@ def test_refusal_detector_on_xstest_beats_floor_and_reports_baseline(record_prop
 
 
 def test_pii_recall_per_entity_type(record_property):
-    path = require(DATASETS / "presidio_pii" / "synth_dataset_v2.json")
+    path = dataset_file(DATASETS / "presidio_pii" / "synth_dataset_v2.json")
     rows = json.loads(path.read_text(encoding="utf-8"))
     found: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -131,7 +127,7 @@ def test_pii_recall_per_entity_type(record_property):
 def test_pii_redaction_leaves_non_target_entities_mostly_intact():
     # Precision proxy: dates, ages, ZIP codes and street addresses are not what redact() is for;
     # if it ate many of them it would be firing on ordinary numbers.
-    path = require(DATASETS / "presidio_pii" / "synth_dataset_v2.json")
+    path = dataset_file(DATASETS / "presidio_pii" / "synth_dataset_v2.json")
     rows = json.loads(path.read_text(encoding="utf-8"))
     kept = altered = 0
     for row in rows:

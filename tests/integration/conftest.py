@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.conftest import require
 from tests.support.kafka_broker import KafkaBroker, KafkaUnavailable
 
 # --- Kafka -------------------------------------------------------------------------------
@@ -21,9 +22,7 @@ def _kafka_session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         broker.start()
     except KafkaUnavailable as exc:
         # CI must never turn a missing toolchain into a green run of skipped tests.
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Kafka broker unavailable under CI: {exc}")
-        pytest.skip(f"Kafka broker unavailable: {exc}")
+        require(False, f"Kafka broker unavailable: {exc}")
     yield broker
     broker.stop()
 
@@ -31,8 +30,10 @@ def _kafka_session_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture
 def kafka_broker(request: pytest.FixtureRequest) -> Iterator[KafkaBroker]:
     """The session's own broker, for tests that stop, kill or restart it."""
-    if os.environ.get("SAFEMON_KAFKA_BOOTSTRAP"):
-        pytest.skip("needs a broker this session controls; SAFEMON_KAFKA_BOOTSTRAP names an external one")
+    require(
+        not os.environ.get("SAFEMON_KAFKA_BOOTSTRAP"),
+        "needs a broker this session controls; SAFEMON_KAFKA_BOOTSTRAP names an external one",
+    )
     broker: KafkaBroker = request.getfixturevalue("_kafka_session_broker")
     yield broker
     # A test that killed or stopped the broker must not break the tests after it.

