@@ -23,12 +23,14 @@ _POSTED = ("pending", "sent", "logged")
 
 def fingerprint(kind: AlertKind, target: str, suite: str) -> str:
     """The stable identity of a condition, shared by every alert about it."""
-    family = "data_quality" if kind == AlertKind.DATA_QUALITY else "regression"
+    # A recovery closes a regression chain, so it shares the regression's identity.
+    family = {AlertKind.DATA_QUALITY: "data_quality", AlertKind.DRIFT: "drift"}.get(kind, "regression")
     return hashlib.sha256(f"{family}|{target}|{suite}".encode()).hexdigest()[:16]
 
 
-def _alert_id(fp: str, run_id: str, kind: AlertKind) -> str:
-    # Deterministic, so a retried evaluate task rewrites the same alert instead of adding one.
+def alert_id(fp: str, run_id: str, kind: AlertKind) -> str:
+    """The id of the alert a run or window decides: deterministic, so a retried check
+    rewrites the same alert instead of adding one."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"safemon:{fp}:{run_id}:{kind}"))
 
 
@@ -116,7 +118,7 @@ def decide_regression(
         categories = tuple(c.category for c in regressed)
         worst = max(regressed, key=lambda c: c.effect)
         alert = Alert(
-            alert_id=_alert_id(fp, subject.run_id, kind),
+            alert_id=alert_id(fp, subject.run_id, kind),
             kind=kind,
             severity="critical",
             title=f"Safety regression on {subject.target} ({subject.model_version}, {subject.suite}): {', '.join(categories)}",
@@ -137,7 +139,7 @@ def decide_regression(
     if firing is not None:
         previous = set(firing.alert.categories)
         alert = Alert(
-            alert_id=_alert_id(fp, subject.run_id, AlertKind.RECOVERY),
+            alert_id=alert_id(fp, subject.run_id, AlertKind.RECOVERY),
             kind=AlertKind.RECOVERY,
             severity="info",
             title=f"Recovered on {subject.target} ({subject.model_version}, {subject.suite}): {', '.join(sorted(previous))}",
@@ -164,7 +166,7 @@ def decide_unhealthy(
     kind = AlertKind.DATA_QUALITY
     fp = fingerprint(kind, run.target, run.suite)
     alert = Alert(
-        alert_id=_alert_id(fp, run.run_id, kind),
+        alert_id=alert_id(fp, run.run_id, kind),
         fingerprint=fp,
         kind=kind,
         severity="warning",

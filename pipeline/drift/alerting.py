@@ -8,12 +8,10 @@ without drift closes the chain with a recovery.
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from pipeline.alerts.rules import Subject
+from pipeline.alerts.rules import Subject, alert_id, fingerprint
 from pipeline.records import Alert, AlertKind, Sample
 from pipeline.store.alerts import StoredAlert
 
@@ -22,12 +20,7 @@ SUITE = "drift"
 
 def drift_fingerprint(target: str) -> str:
     """The identity of "traffic of this target drifted", shared by the whole chain."""
-    return hashlib.sha256(f"drift|{target}|{SUITE}".encode()).hexdigest()[:16]
-
-
-def _alert_id(fp: str, run_id: str, kind: AlertKind) -> str:
-    # Deterministic, so a retried check decides the same alert rather than a second one.
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"safemon:{fp}:{run_id}:{kind}"))
+    return fingerprint(AlertKind.DRIFT, target, SUITE)
 
 
 def decide_drift(
@@ -56,7 +49,7 @@ def decide_drift(
     if drifted:
         verb = "persists" if open_chain else "detected"
         alert = Alert(
-            alert_id=_alert_id(fp, subject.run_id, AlertKind.DRIFT),
+            alert_id=alert_id(fp, subject.run_id, AlertKind.DRIFT),
             kind=AlertKind.DRIFT,
             severity="warning",
             title=f"Embedding drift {verb} on {subject.target} ({subject.model_version}): {', '.join(drifted)}",
@@ -68,7 +61,7 @@ def decide_drift(
         return StoredAlert(alert, status="pending")
     if open_chain:
         alert = Alert(
-            alert_id=_alert_id(fp, subject.run_id, AlertKind.RECOVERY),
+            alert_id=alert_id(fp, subject.run_id, AlertKind.RECOVERY),
             kind=AlertKind.RECOVERY,
             severity="info",
             title=f"Drift over on {subject.target} ({subject.model_version})",
