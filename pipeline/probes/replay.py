@@ -27,6 +27,8 @@ from typing import Any
 
 import structlog
 
+from pipeline.signals import stop_on_signals
+
 log = structlog.get_logger(__name__)
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -305,11 +307,12 @@ class ReplayServer:
 
 def serve(file: str | Path, port: int, host: str = "127.0.0.1", latency_ms: float = 0.0) -> None:
     """Serve a recording until interrupted (the `safemon target replay` command)."""
-    server = ReplayServer(file, host=host, port=port, latency_ms=latency_ms)
-    server.start()
-    try:
-        threading.Event().wait()  # the server runs on its thread; this one waits for Ctrl-C
-    except KeyboardInterrupt:
-        log.info("replay.interrupted")
-    finally:
-        server.stop()
+    with stop_on_signals() as stop:
+        server = ReplayServer(file, host=host, port=port, latency_ms=latency_ms)
+        server.start()
+        try:
+            while not stop.wait(0.2):  # the server runs on its thread; this one waits for Ctrl-C
+                pass
+            log.info("replay.interrupted")
+        finally:
+            server.stop()

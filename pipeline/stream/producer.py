@@ -23,6 +23,7 @@ from kafka.errors import KafkaTimeoutError
 
 from pipeline.records import ConversationSample
 from pipeline.settings import Settings
+from pipeline.signals import stop_on_signals
 from pipeline.stream.contract import sample_to_json
 
 if TYPE_CHECKING:
@@ -178,23 +179,24 @@ def replay_file(
     try:
         partitions = require_topic(producer, topic)
         bound.info("replay.started", partitions=len(partitions), messages=total)
-        with _progress(console, total) as advance:
-            try:
-                while True:
-                    sent_this_pass = 0
-                    for value in read_messages(path):
-                        if rate is not None:
-                            # Pace against the start time, not the last send, so delays do not accumulate.
-                            delay = started + queued / rate - time.monotonic()
-                            if delay > 0:
-                                time.sleep(delay)
-                        deliveries.send(producer, value, key_of(value))
-                        queued += 1
-                        sent_this_pass += 1
-                        advance()
-                    if not loop or sent_this_pass == 0:
+        with _progress(console, total) as advance, stop_on_signals() as stop:
+            while not stop.is_set():
+                sent_this_pass = 0
+                for value in read_messages(path):
+                    if rate is not None:
+                        # Pace against the start time, not the last send, so delays do not accumulate.
+                        delay = started + queued / rate - time.monotonic()
+                        if delay > 0:
+                            stop.wait(delay)
+                    if stop.is_set():
                         break
-            except KeyboardInterrupt:
+                    deliveries.send(producer, value, key_of(value))
+                    queued += 1
+                    sent_this_pass += 1
+                    advance()
+                if not loop or sent_this_pass == 0:
+                    break
+            if stop.is_set():
                 bound.info("replay.interrupted", queued=queued)
         producer.flush()
     finally:
