@@ -25,7 +25,8 @@ test: install
 	deploy/chromium.sh
 	$(BIN)/python -m pytest
 
-bench-env:
+bench-env: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,profile]'
 	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet "evidently==0.7.23" "pandas<3"
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from pipeline.logs import configure_logging
 from pipeline.settings import ConfigError, Settings, get_settings
 from pipeline.detectors.cli import register as register_detectors
+from pipeline.detectors.embeddings_cli import register as register_embeddings
 from pipeline.drift.cli import register as register_drift
 from pipeline.report.cli import register as register_report
 from pipeline.stream.cli import register as register_stream
@@ -28,6 +29,7 @@ for sub, name in ((db_app, "db"), (probe_app, "probe"), (suites_app, "suites"), 
 
 register_stream(app)
 register_detectors(app)
+register_embeddings(app)
 register_drift(app)
 register_report(app)
 

@@ -186,7 +186,7 @@ def check_drift() -> dict:
     """Task `check` of the drift DAG: each target's embedding window against its reference."""
     from airflow.sdk import get_current_context
 
-    from pipeline.detectors.embedder import get_embedder
+    from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.drift.attacks import AttackHead, AttackProfile
     from pipeline.drift.checks import check_all
     from pipeline.store.client import open_store
@@ -195,7 +195,7 @@ def check_drift() -> dict:
     context = get_current_context()
     end = context["data_interval_end"] or context["logical_date"]
     head = AttackHead.load(settings.drift_attack_head) if settings.drift_attack_head else None
-    attacks = AttackProfile.builtin(get_embedder(settings.embedding_model, settings.embedding_batch_size), head)
+    attacks = AttackProfile.builtin(embedder_from_settings(settings), head)
     with open_store(settings, migrated=True) as client:
         checks = check_all(client, settings, end, attacks, link=_link(context["dag"].dag_id, context["run_id"]))
     return {

@@ -92,7 +92,7 @@ def eval_detectors(
     boot: Annotated[int, typer.Option(help="Bootstrap resamples per interval")] = 1000,
 ) -> None:
     """Evaluate the detectors (and the file's baselines) on labelled responses."""
-    from pipeline.detectors.embedder import get_embedder
+    from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.detectors.evaluation import deduplicate, load_labelled
     from pipeline.detectors.head import HeadError, HeadSet
     from pipeline.detectors.stack import DetectorStack, load_head
@@ -100,7 +100,7 @@ def eval_detectors(
     from pipeline.settings import get_settings
 
     settings = get_settings()
-    embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+    embedder = embedder_from_settings(settings)
     try:
         heads = HeadSet.load(detectors, expect_model=embedder.model_name) if detectors else load_head(settings, embedder)
         frame = deduplicate(load_labelled(data, data_format))

