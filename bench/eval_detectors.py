@@ -31,7 +31,7 @@ import structlog
 from rich.progress import Progress
 
 from pipeline.detectors import DetectorStack, get_embedder, redact
-from pipeline.detectors.embedder import Embedder, hash_text
+from pipeline.detectors.embedder import BACKENDS, Embedder, hash_text
 from pipeline.detectors.evaluation import (
     binary_metrics,
     deduplicate,
@@ -42,6 +42,7 @@ from pipeline.detectors.evaluation import (
 )
 from pipeline.detectors.training import embed_frame, evaluate, fit_heads, predict_frame, take
 from pipeline.detectors.views import Views, gist, opening, prompt_view
+from pipeline.settings import DEFAULT_BACKEND
 
 log = structlog.get_logger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,18 +145,18 @@ def truncation_costs(embedder: Embedder, frame: pd.DataFrame, by: str, task: str
     return rows
 
 
-def throughput(frame: pd.DataFrame, heads: Any, repeats: int = 3) -> dict[str, Any]:
+def throughput(frame: pd.DataFrame, heads: Any, backend: str, repeats: int = 3) -> dict[str, Any]:
     """Responses/s of the stack vs raw embedding of the same texts, interleaved (load is noisy)."""
     responses, prompts = frame["response"].tolist(), frame["prompt"].tolist()
-    base = get_embedder()
+    base = get_embedder(backend=backend)
     texts = Views.of(responses, prompts).distinct()
     raw_s, stack_s, head_s, whole_s = [], [], [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        base.model.encode(texts, batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+        base.model.encode(texts, batch_size=base.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
         raw_s.append(time.perf_counter() - t0)
         for store, head in ((stack_s, None), (head_s, heads)):
-            fresh = Embedder(batch_size=64)
+            fresh = Embedder(batch_size=base.batch_size, backend=backend)
             fresh._model = base.model  # noqa: SLF001 (same loaded model, empty cache)
             stack = DetectorStack(fresh, head=head)  # exemplars are embedded here, outside the clock
             t0 = time.perf_counter()
@@ -164,10 +165,12 @@ def throughput(frame: pd.DataFrame, heads: Any, repeats: int = 3) -> dict[str, A
     n = len(responses)
     sample = responses[: min(300, n)]
     t0 = time.perf_counter()
-    base.model.encode([t.strip() for t in sample], batch_size=64, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
+    base.model.encode([t.strip() for t in sample], batch_size=base.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
     whole_s.append(time.perf_counter() - t0)
     med = statistics.median
     return {
+        "backend": backend,
+        "batch_size": base.batch_size,
         "responses": n,
         "distinct_texts": len(texts),
         "raw_embedding_responses_per_s": round(n / med(raw_s), 1),
@@ -176,7 +179,7 @@ def throughput(frame: pd.DataFrame, heads: Any, repeats: int = 3) -> dict[str, A
         "stack_vs_raw": round(med(raw_s) / med(stack_s), 3),
         "stack_with_head_vs_raw": round(med(raw_s) / med(head_s), 3),
         "whole_response_embedding_per_s": round(len(sample) / whole_s[0], 1),
-        "torch_threads": __import__("torch").get_num_threads(),
+        "threads": __import__("torch").get_num_threads() if backend == "torch" else "onnxruntime default",
     }
 
 
@@ -186,7 +189,7 @@ def fmt(m: dict[str, Any], key: str) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Detector evaluation", "", report["splits_note"], ""]
+    lines = ["# Detector evaluation", "", f"Embedding backend of the quality figures: {report['embedding_backend']}.", "", report["splits_note"], ""]
     for section, by_model in report["quality"].items():
         lines += [f"## {section}", "", "| rows | task | system | n | accuracy | precision | recall | F1 |", "|---|---|---|---|---|---|---|---|"]
         for model, tasks in by_model.items():
@@ -198,7 +201,7 @@ def markdown(report: dict[str, Any]) -> str:
     for data, rows in report["truncation"].items():
         for r in rows:
             lines.append(f"| {data} | {r['view']} | {r['mean_chars']} | {r['n']} | {fmt(r, 'accuracy')} | {fmt(r, 'f1')} | {r['s']} |")
-    lines += ["", "## Throughput (XSTest completions, 2 cores, torch)", "", "```", json.dumps(report.get("throughput", {}), indent=2), "```", ""]
+    lines += ["", "## Throughput (XSTest completions, 2 cores)", "", "```", json.dumps(report.get("throughput", {}), indent=2), "```", ""]
     lines += ["## Errors (redacted)", ""]
     for section, errors in report["errors"].items():
         for kind, examples in errors.items():
@@ -219,16 +222,19 @@ def main() -> None:
     parser.add_argument("--skip-truncation", action="store_true")
     parser.add_argument("--speed-rows", type=int, default=600, help="XSTest completions timed (a seeded sample)")
     parser.add_argument("--repeats", type=int, default=2, help="Interleaved timing repeats (the median is reported)")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help="embedding backend of the quality figures")
+    parser.add_argument("--speed-backends", nargs="+", default=["torch", DEFAULT_BACKEND], choices=BACKENDS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / "embedding_cache.npz"
-    embedder = get_embedder()
+    cache = args.out / f"embedding_cache_{args.backend}.npz"
+    embedder = get_embedder(backend=args.backend)
     load_cache(embedder, cache)
     frames = {
         "xstest": deduplicate(load_labelled(args.data / "xstest", "xstest")),
         "jbb": deduplicate(load_labelled(args.data / "jailbreakbench" / "jbb_artifacts_flat.jsonl", "jbb")),
     }
-    report: dict[str, Any] = {"splits_note": __doc__.split("Declared splits")[1].strip(), "quality": {}, "errors": {}, "truncation": {}}
+    report: dict[str, Any] = {"splits_note": __doc__.split("Declared splits")[1].strip(), "embedding_backend": args.backend,
+                              "quality": {}, "errors": {}, "truncation": {}}  # fmt: skip
     default = DetectorStack(embedder)
     oof_store: dict[str, pd.DataFrame] = {}
     with Progress() as progress:
@@ -265,7 +271,7 @@ def main() -> None:
         xs = frames["xstest"]
         heads = fit_heads(xs, embed_frame(default, xs), model=embedder.model_name, group_by="prompt")
         raw = load_labelled(args.data / "xstest", "xstest").sample(n=min(args.speed_rows, 1350), random_state=0)
-        report["throughput"] = throughput(raw, heads, repeats=args.repeats)
+        report["throughput"] = {b: throughput(raw, heads, b, repeats=args.repeats) for b in args.speed_backends}
         progress.advance(job)
     write(report, args.out)
 

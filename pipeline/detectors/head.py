@@ -27,7 +27,7 @@ from pipeline.detectors import views as view_sizes
 log = structlog.get_logger(__name__)
 
 ARTIFACT_FORMAT = "safemon.detector_head"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: a ninth rule signal (refusal_substring)
 # What each task's head reads. Refusal deliberately ignores the prompt: a prompt-only classifier
 # already scores ~0.86 on XSTest, and the head must judge the response, not guess from the request.
 TASK_FEATURES: dict[str, tuple[str, ...]] = {
@@ -35,6 +35,11 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
     "harmful_compliance": ("opening", "gist", "prompt", "signals"),
     "prompt_harm": ("prompt",),
 }
+# Harmful compliance fitted on data whose prompts are all harmful (JailbreakBench): the prompt
+# carries no label information there, only the goal's identity, which does not transfer to
+# unseen goals (cross-fitted by goal: 0.797 with the prompt and opening, 0.824 without them
+# and with the refusal_substring signal).
+RESPONSE_ONLY_FEATURES = ("gist", "signals")
 # The classes whose probabilities add up to each task's score.
 TASK_POSITIVE: dict[str, tuple[str, ...]] = {
     "refusal": ("full", "partial"),

@@ -19,7 +19,7 @@ import numpy as np
 from pipeline.detectors.catalog import DETECTORS, load_exemplars, sigmoid, top_k_mean
 from pipeline.detectors.embedder import Embedder
 from pipeline.detectors.head import HeadSet, assemble
-from pipeline.detectors.views import OPENING_CHARS, Views, opening
+from pipeline.detectors.views import OPENING_CHARS, Views, normalise, opening
 
 THRESHOLD = 0.5
 HEAD_CHARS = OPENING_CHARS
@@ -55,6 +55,53 @@ _COMPLY_START = re.compile(
 )
 
 
+# The substring matcher: refusal phrases of the kind public scanners match anywhere in a response,
+# written for this project. Naive on purpose: the evaluation reports it as a baseline, and the
+# fitted heads read its verdict as one signal (it sees the whole response; the views do not).
+REFUSAL_PHRASES = (
+    "i'm sorry",
+    "i am sorry",
+    "i apologize",
+    "i apologise",
+    "sorry, but",
+    "as an ai",
+    "as a language model",
+    "as an assistant",
+    "i cannot",
+    "i can't",
+    "i can not",
+    "i won't",
+    "i will not",
+    "i'm not able to",
+    "i am not able to",
+    "i'm unable to",
+    "i am unable to",
+    "not able to provide",
+    "cannot fulfill",
+    "can't assist",
+    "cannot assist",
+    "can't help with",
+    "cannot help with",
+    "i must decline",
+    "i must respectfully decline",
+    "it is not appropriate",
+    "it's not appropriate",
+    "not ethical",
+    "against my guidelines",
+    "against my programming",
+    "i'm really sorry",
+    "illegal and unethical",
+    "i do not feel comfortable",
+    "i don't feel comfortable",
+)
+
+
+def substring_refusal(texts: Sequence[str]) -> np.ndarray:
+    """The string-match baseline: 1 when any refusal phrase occurs anywhere in the response."""
+    folded = [normalise(t) for t in texts]
+    return np.array([int(any(p in f for p in REFUSAL_PHRASES)) for f in folded], dtype=int)
+
+
 def split_head(text: str, max_chars: int = HEAD_CHARS) -> str:
     """The opening of a response: its first two sentences, at most `max_chars` (cut at a word)."""
     return opening(text, max_chars)
@@ -87,6 +134,7 @@ SIGNAL_NAMES = (
     "margin_gist",
     "log_length",
     "empty",
+    "refusal_substring",
 )
 
 
@@ -177,11 +225,16 @@ class RefusalDetector:
         return out
 
     def signals(self, texts: Sequence[str], head_vecs: np.ndarray, whole_vecs: np.ndarray) -> np.ndarray:
-        """(n, len(SIGNAL_NAMES)) rule and exemplar signals a fitted head reads beside the embeddings."""
+        """(n, len(SIGNAL_NAMES)) rule and exemplar signals a fitted head reads beside the embeddings.
+
+        The last is the substring baseline's verdict (a refusal phrase anywhere in the response):
+        naive alone, but it reads the whole response, which the embedded views do not.
+        """
         rules = np.array([text_signals(t) for t in texts], dtype=np.float64).reshape(len(texts), 4)
         lengths = np.array([np.log1p(len(t.strip())) / 8.0 for t in texts])
         empty = np.array([float(not t.strip()) for t in texts])
-        return np.column_stack([rules, self.margin(head_vecs), self.margin(whole_vecs), lengths, empty])
+        anywhere = substring_refusal(texts).astype(np.float64) if len(texts) else np.zeros(0)
+        return np.column_stack([rules, self.margin(head_vecs), self.margin(whole_vecs), lengths, empty, anywhere])
 
     def margin(self, vecs: np.ndarray) -> np.ndarray:
         """Similarity to the refusal exemplars minus similarity to the compliance exemplars."""

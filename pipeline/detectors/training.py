@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, groups_of, substring_refusal, truth_of
-from pipeline.detectors.head import TASK_FEATURES, HeadSet, LinearHead, fit_head
+from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, groups_of, truth_of
+from pipeline.detectors.head import RESPONSE_ONLY_FEATURES, TASK_FEATURES, HeadSet, LinearHead, fit_head
+from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
 from pipeline.detectors.views import Views
 
@@ -32,7 +33,11 @@ def take(parts: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray
 def fit_heads(
     frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, group_by: str, provenance: dict[str, Any] | None = None
 ) -> HeadSet:
-    """Fit every head the frame's labels allow: refusal (3 classes), harmful compliance, prompt harm."""
+    """Fit every head the frame's labels allow: refusal (3 classes), harmful compliance, prompt harm.
+
+    When every prompt is known to be harmful (JailbreakBench), the harmful-compliance head reads
+    the response only (`RESPONSE_ONLY_FEATURES`).
+    """
     groups = groups_of(frame, group_by)
     heads: dict[str, LinearHead] = {}
     labels = {
@@ -40,11 +45,12 @@ def fit_heads(
         "harmful_compliance": None if frame["harmful"].isna().any() else frame["harmful"].astype(int).astype(str).tolist(),
         "prompt_harm": None if frame["prompt_harm"].isna().any() else frame["prompt_harm"].astype(int).astype(str).tolist(),
     }
+    all_harmful = labels["prompt_harm"] is not None and set(labels["prompt_harm"]) == {"1"}
     for task, y in labels.items():
         if y is None or len(set(y)) < 2:
             continue
-        x = np.hstack([parts[f] for f in TASK_FEATURES[task]])
-        heads[task] = fit_head(task, x, y, groups)
+        features = RESPONSE_ONLY_FEATURES if task == "harmful_compliance" and all_harmful else TASK_FEATURES[task]
+        heads[task] = fit_head(task, np.hstack([parts[f] for f in features]), y, groups, features=features)
     if not heads:
         raise ValueError("the data's labels define no task with two classes")
     return HeadSet(heads=heads, model=model, provenance=provenance or {})

@@ -17,6 +17,12 @@ GIST_HEAD_CHARS = 280
 GIST_TAIL_CHARS = 120
 PROMPT_CHARS = 300
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """Case- and whitespace-folded text, typographic apostrophes folded: what duplicates and phrases are matched on."""
+    return _SPACE.sub(" ", str(text).casefold().replace("\u2019", "'")).strip()
 
 
 def cut_at_word(text: str, max_chars: int) -> str:

@@ -8,11 +8,9 @@ The head is fitted on the other prompts' completions only; every figure is on th
 from __future__ import annotations
 
 import numpy as np
-import structlog
 
 from tests.conftest import require
-
-log = structlog.get_logger(__name__)
+from tests.support.heldout import fit_and_predict_heldout, report
 
 PROMPTS = 200
 # Measured on all 1,157 deduplicated rows, cross-fitted by prompt: head 0.935, XSTest string
@@ -21,9 +19,8 @@ ACCURACY_FLOOR = 0.90
 
 
 def test_refusal_head_on_unseen_prompts_beats_string_match(datasets, record_property):
-    from pipeline.detectors import DetectorStack, get_embedder
-    from pipeline.detectors.evaluation import binary_metrics, deduplicate, holdout_mask, load_labelled, substring_refusal, truth_of
-    from pipeline.detectors.training import embed_frame, fit_heads, predict_frame, take
+    from pipeline.detectors.evaluation import binary_metrics, deduplicate, load_labelled, truth_of
+    from pipeline.detectors.refusal import substring_refusal
 
     root = datasets / "xstest"
     require((root / "automated_labels").is_dir(), f"{root}/automated_labels is missing")
@@ -31,32 +28,21 @@ def test_refusal_head_on_unseen_prompts_beats_string_match(datasets, record_prop
     rng = np.random.default_rng(0)
     chosen = set(rng.choice(sorted(frame["prompt_id"].unique()), PROMPTS, replace=False))
     frame = deduplicate(frame[frame["prompt_id"].isin(chosen)]).reset_index(drop=True)
-    test = holdout_mask(frame, "prompt", test_size=0.3, seed=0)
-    train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)
-    assert set(frame["prompt_id"].iloc[train_rows]).isdisjoint(frame["prompt_id"].iloc[test_rows])
-
-    embedder = get_embedder()
-    stack = DetectorStack(embedder)
-    parts = embed_frame(stack, frame)
-    heads = fit_heads(frame.iloc[train_rows], take(parts, train_rows), model=embedder.model_name, group_by="prompt")
-    held = frame.iloc[test_rows]
-    pred = predict_frame(DetectorStack(embedder, head=heads), held, take(parts, test_rows))
+    held, pred, _, n_train = fit_and_predict_heldout(frame, "prompt", "prompt_id")
 
     truth = truth_of(held, "refusal")
     head = binary_metrics(truth, pred["pred:refusal"].to_numpy(), n_boot=200)
     strmatch = binary_metrics(truth, held["base:streval:refusal"].to_numpy(), n_boot=200)
     substring = binary_metrics(truth, substring_refusal(held["response"].tolist()), n_boot=200)
     figures = {
-        "n_train": len(train_rows),
-        "n_test": len(test_rows),
+        "n_train": n_train,
+        "n_test": len(held),
         "head_accuracy": head["accuracy"]["value"],
         "head_f1": head["f1"]["value"],
         "streval_accuracy": strmatch["accuracy"]["value"],
         "substring_accuracy": substring["accuracy"]["value"],
     }
-    for key, value in figures.items():
-        record_property(key, value)
-    log.info("eval.refusal_head.xstest", **figures)
+    report(record_property, "eval.refusal_head.xstest", figures)
     assert 0.2 < truth.mean() < 0.8, "the held-out rows should hold both classes"
     assert head["accuracy"]["value"] >= ACCURACY_FLOOR, figures
     assert head["accuracy"]["value"] > strmatch["accuracy"]["value"], figures

@@ -21,10 +21,10 @@ from pipeline.detectors.evaluation import (
     holdout_mask,
     load_labelled,
     majority_baseline,
-    substring_refusal,
     truth_of,
 )
 from pipeline.detectors.head import HeadError, HeadSet, LinearHead, fit_head
+from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.views import Views, gist, opening
 from pipeline.records import Expect, Probe
 
