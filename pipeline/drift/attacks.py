@@ -2,8 +2,9 @@
 
 An `AttackProfile` holds labelled exemplar vectors (the detectors' built-in jailbreak and
 injection families and policy hazards, plus benign contrasts) and, optionally, a fitted
-logistic head. It scores embeddings ("how attack-like is this row?"), flags rows above a
-threshold, and names each row's nearest exemplar group for explanations.
+head (a small MLP or a logistic layer). It scores embeddings ("how attack-like is this
+row?"), flags rows above a threshold, and names each row's nearest exemplar group for
+explanations.
 
 A head is fitted on attack and benign texts that must stay disjoint from anything used to
 evaluate it; `AttackHead.sources` records what it was fitted on.
@@ -17,65 +18,95 @@ from pathlib import Path
 
 import numpy as np
 import structlog
+from scipy.special import logit
 
 log = structlog.get_logger(__name__)
 
 # Cosine to the nearest built-in attack exemplar above which a row counts as attack-like
 # when no fitted head is given (the exemplars are short paraphrases, so matches are loose).
 BUILTIN_THRESHOLD = 0.55
+# A row's weight in the targeted test is its likelihood ratio against a row at the threshold
+# (head odds / threshold odds), capped so that no single row of an overconfident head can
+# carry the test. Chosen on held-out quarters of the fit split only (never the evaluation
+# windows): power rose with the cap up to 32 and was flat from there to 1e5; 64 sits on the flat.
+LR_CAP = 64.0
 BENIGN = "benign"
 
 
 @dataclass(frozen=True)
 class AttackHead:
-    """A logistic head over embeddings: P(attack), its threshold and its measured rates."""
+    """A small classifier over embeddings: P(attack), its threshold and its measured rates.
 
-    coef: np.ndarray
-    intercept: float
+    `layers` are (weights, bias) pairs applied in turn, ReLU between them and a logistic
+    output after the last; a single layer is a plain logistic head.
+    """
+
+    layers: tuple[tuple[np.ndarray, np.ndarray], ...]
     threshold: float
     tpr: float  # measured on held-out attack texts at `threshold`
     fpr: float  # measured on held-out benign texts at `threshold`
     sources: dict = field(default_factory=dict)
 
     def score(self, embeddings: np.ndarray) -> np.ndarray:
-        z = np.asarray(embeddings, dtype=np.float64) @ self.coef + self.intercept
+        h = np.asarray(embeddings, dtype=np.float64)
+        for i, (w, b) in enumerate(self.layers):
+            h = h @ w + b
+            if i < len(self.layers) - 1:
+                h = np.maximum(h, 0.0)
+        z = h.reshape(len(h))
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     def save(self, path: Path) -> None:
-        """Write the head as .npz (weights) with its metadata as JSON inside."""
-        meta = {"intercept": self.intercept, "threshold": self.threshold, "tpr": self.tpr, "fpr": self.fpr, "sources": self.sources}
-        np.savez(path, coef=self.coef, meta=np.array(json.dumps(meta)))
+        """Write the head as .npz (w0, b0, w1, b1 ...) with its metadata as JSON inside."""
+        meta = {"threshold": self.threshold, "tpr": self.tpr, "fpr": self.fpr, "sources": self.sources}
+        arrays = {f"{kind}{i}": a for i, layer in enumerate(self.layers) for kind, a in zip("wb", layer, strict=True)}
+        np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> AttackHead:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
-            return cls(np.asarray(data["coef"], dtype=np.float64), float(meta["intercept"]), float(meta["threshold"]),
-                       float(meta["tpr"]), float(meta["fpr"]), meta.get("sources", {}))  # fmt: skip
+            depth = sum(1 for k in data.files if k.startswith("w"))
+            layers = tuple((np.asarray(data[f"w{i}"], np.float64), np.asarray(data[f"b{i}"], np.float64)) for i in range(depth))
+        return cls(layers, float(meta["threshold"]), float(meta["tpr"]), float(meta["fpr"]), meta.get("sources", {}))
 
 
 def fit_head(
-    attacks: np.ndarray, benign: np.ndarray, *, target_fpr: float = 0.01, seed: int = 0, sources: dict | None = None
+    attacks: np.ndarray,
+    benign: np.ndarray,
+    *,
+    hidden: tuple[int, ...] = (256,),
+    target_fpr: float = 0.01,
+    seed: int = 0,
+    sources: dict | None = None,
 ) -> AttackHead:
-    """Fit a logistic head on attack vs benign embeddings.
+    """Fit a head on attack vs benign embeddings: an MLP with `hidden` ReLU layers, or logistic if ().
 
-    A quarter of each set is held out: the threshold is the benign held-out quantile that
-    gives `target_fpr`, and the head's tpr/fpr are measured there, not on the fitted rows.
+    Attacks come in unlike shapes (long role-play wrappers, short direct requests), which one
+    hyperplane separates from benign traffic poorly; a hidden layer catches both. A quarter of
+    each set is held out: the threshold is the benign held-out quantile that gives
+    `target_fpr`, and the head's tpr/fpr are measured there, not on the fitted rows.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import train_test_split
+    from sklearn.neural_network import MLPClassifier
 
     x = np.vstack([attacks, benign]).astype(np.float64)
     y = np.r_[np.ones(len(attacks)), np.zeros(len(benign))]
     x_fit, x_val, y_fit, y_val = train_test_split(x, y, test_size=0.25, stratify=y, random_state=seed)
-    model = LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced").fit(x_fit, y_fit)
-    head = AttackHead(model.coef_[0].copy(), float(model.intercept_[0]), 0.5, 0.0, 0.0, dict(sources or {}))
-    val_scores = head.score(x_val)
+    if hidden:
+        mlp = MLPClassifier(hidden_layer_sizes=hidden, alpha=1e-3, max_iter=300, early_stopping=True, random_state=seed)
+        mlp.fit(x_fit, y_fit)
+        layers = tuple((w.copy(), b.copy()) for w, b in zip(mlp.coefs_, mlp.intercepts_, strict=True))
+    else:
+        lr = LogisticRegression(C=4.0, max_iter=2000, class_weight="balanced").fit(x_fit, y_fit)
+        layers = ((lr.coef_.T.copy(), lr.intercept_.copy()),)
+    val_scores = AttackHead(layers, 0.5, 0.0, 0.0).score(x_val)
     threshold = float(np.quantile(val_scores[y_val == 0], 1.0 - target_fpr))
     tpr = float(np.mean(val_scores[y_val == 1] >= threshold))
     fpr = float(np.mean(val_scores[y_val == 0] >= threshold))
-    log.info("drift.head_fitted", n_attacks=len(attacks), n_benign=len(benign), threshold=threshold, tpr=tpr, fpr=fpr)
-    return AttackHead(head.coef, head.intercept, threshold, tpr, fpr, head.sources)
+    log.info("drift.head_fitted", n_attacks=len(attacks), n_benign=len(benign), hidden=list(hidden), threshold=threshold, tpr=tpr, fpr=fpr)
+    return AttackHead(layers, threshold, tpr, fpr, dict(sources or {}))
 
 
 class AttackProfile:
@@ -125,6 +156,21 @@ class AttackProfile:
         if len(emb) == 0:
             return np.zeros(0)
         return (emb @ self.vectors[self._attack_rows].T).max(axis=1).astype(np.float64)
+
+    def weights(self, scores: np.ndarray) -> np.ndarray:
+        """How much each scored row counts as evidence of attacks, from 0 to `LR_CAP`.
+
+        With a head, the row's likelihood ratio relative to a row at the threshold: its odds
+        over the threshold's odds (the training prior cancels), capped at `LR_CAP`. A row at
+        the threshold weighs 1, a clear benign row almost 0, and rows just under the threshold
+        still count a little, which a 0/1 flag throws away. The built-in exemplar score is no
+        probability: there a row weighs 1 when flagged, else 0.
+        """
+        s = np.asarray(scores, dtype=np.float64)
+        if self.head is None:
+            return (s >= self.threshold).astype(np.float64)
+        # logit(0) = -inf weighs 0; logit(1) = inf hits the cap.
+        return np.exp(np.minimum(logit(s) - logit(self.threshold), np.log(LR_CAP)))
 
     def nearest(self, embeddings: np.ndarray, *, attacks_only: bool = False) -> np.ndarray:
         """The nearest exemplar group of each row (`jailbreak:persona_roleplay`, `policy:hate`, `benign` ...)."""

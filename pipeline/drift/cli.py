@@ -40,7 +40,7 @@ def drift_test(
     from rich.console import Console
     from rich.table import Table
 
-    from pipeline.detectors.embedder import get_embedder
+    from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.drift.attacks import AttackHead, AttackProfile
     from pipeline.drift.checks import compare
     from pipeline.drift.explain import explain
@@ -57,7 +57,7 @@ def drift_test(
     except (KeyError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc.args[0]}")
         raise typer.Exit(2) from None
-    embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+    embedder = embedder_from_settings(settings)
     with console.status(f"embedding {len(ref_texts) + len(cur_texts)} texts"):
         ref_vecs = clean_embeddings(embedder.encode(ref_texts), "reference")[0] if ref_texts else None
         cur_vecs = clean_embeddings(embedder.encode(cur_texts), "current")[0] if cur_texts else None
@@ -93,6 +93,42 @@ def drift_test(
             "explanation": {**explanation.to_dict(), "current_rows": [int(i) for i in explanation.sample_ids]},
         }, indent=2, default=float))  # fmt: skip
     raise typer.Exit(1 if comparison.drifted else 0)
+
+
+@drift_app.command("fit-head")
+def drift_fit_head(
+    attacks: Annotated[Path, typer.Option(help="Attack texts (JSONL with a `text` field)", exists=True, dir_okay=False)],
+    benign: Annotated[Path, typer.Option(help="Benign texts like your normal traffic (JSONL with a `text` field)", exists=True, dir_okay=False)],
+    out: Annotated[Path, typer.Option(help="Where to write the head (.npz); point SAFEMON_DRIFT_ATTACK_HEAD at it")],
+    hidden: Annotated[list[int] | None, typer.Option(help="Hidden layer size; repeat for more layers, 0 = a logistic head")] = None,
+    target_fpr: Annotated[float, typer.Option(min=0.0001, max=0.5, help="Share of held-out benign texts allowed above the threshold")] = 0.005,
+    seed: Annotated[int, typer.Option(help="Seed for the held-out split and the fit")] = 0,
+) -> None:
+    """Fit the attack head behind the targeted drift test (attack_share) on your own texts.
+
+    Keep the texts disjoint from anything you will evaluate the head on.
+    """
+    from rich.console import Console
+
+    from pipeline.detectors.embedder import embedder_from_settings
+    from pipeline.drift.attacks import fit_head
+    from pipeline.settings import get_settings
+
+    console = Console()
+    try:
+        attack_texts, benign_texts = read_texts(attacks), read_texts(benign)
+    except ValueError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc.args[0]}")
+        raise typer.Exit(2) from None
+    settings = get_settings()
+    embedder = embedder_from_settings(settings)
+    with console.status(f"embedding {len(attack_texts) + len(benign_texts)} texts"):
+        attack_vecs, benign_vecs = embedder.encode(attack_texts), embedder.encode(benign_texts)
+    layers = tuple(h for h in (hidden or [256]) if h > 0)
+    head = fit_head(attack_vecs, benign_vecs, hidden=layers, target_fpr=target_fpr, seed=seed,
+                    sources={"attacks": str(attacks), "benign": str(benign), "model": embedder.model_name})  # fmt: skip
+    head.save(out)
+    console.print(f"wrote {out}: threshold {head.threshold:.3f}, held-out tpr {head.tpr:.3f}, fpr {head.fpr:.4f}")
 
 
 def register(app: typer.Typer) -> None:

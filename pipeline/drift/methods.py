@@ -147,6 +147,11 @@ def mmd2_unbiased(kernel: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return xx / (n * (n - 1)) + yy / (m * (m - 1)) - 2.0 * xy / (n * m)
 
 
+def permuted_labels(labels: np.ndarray, permutations: int, seed: int) -> np.ndarray:
+    """(permutations, n): each row a seeded shuffle of `labels`, for testing every permutation in one product."""
+    return np.random.default_rng(seed).permuted(np.tile(labels, (permutations, 1)), axis=1)
+
+
 def mmd_permutation_test(reference: np.ndarray, current: np.ndarray, permutations: int = 1000, seed: int = 0) -> tuple[float, float, float, np.ndarray]:
     """Unbiased MMD² with an RBF kernel and its permutation p-value.
 
@@ -157,10 +162,9 @@ def mmd_permutation_test(reference: np.ndarray, current: np.ndarray, permutation
     n = len(reference)
     gamma = median_gamma(pooled, seed)
     kernel = rbf_kernel(pooled, gamma)
-    rng = np.random.default_rng(seed)
     observed = np.zeros(len(pooled), dtype=np.float32)
     observed[:n] = 1.0
-    shuffled = rng.permuted(np.tile(observed, (permutations, 1)), axis=1)
+    shuffled = permuted_labels(observed, permutations, seed)
     stats = mmd2_unbiased(kernel, np.column_stack([observed, shuffled.T]))
     # The observed split counts as one of the permutations: an exact, never-zero p-value.
     p = float((1 + np.sum(stats[1:] >= stats[0] - 1e-12)) / (permutations + 1))
@@ -224,14 +228,33 @@ def c2st(reference: np.ndarray, current: np.ndarray, ctx: DriftContext) -> Drift
 # --- Targeted: share of samples near known attacks ----------------------------------------
 
 
+def weight_permutation_test(reference: np.ndarray, current: np.ndarray, permutations: int, seed: int) -> float:
+    """One-sided permutation p-value for "the current rows weigh more in total".
+
+    Every permutation relabels the pooled rows; they all go through one matrix product.
+    """
+    pooled = np.concatenate([reference, current])
+    labels = np.zeros(len(pooled))
+    labels[len(reference) :] = 1.0
+    shuffled = permuted_labels(labels, permutations, seed)
+    observed = float(labels @ pooled)
+    null = shuffled @ pooled
+    # Ties count as "at least as large": sums of the same floats in another order differ in the last bits.
+    at_least = (null >= observed) | np.isclose(null, observed)
+    # The observed labelling counts as one of the permutations: an exact, never-zero p-value.
+    return float((1 + np.sum(at_least)) / (permutations + 1))
+
+
 @DRIFT_METHODS.register("attack_share")
 def attack_share(reference: np.ndarray, current: np.ndarray, ctx: DriftContext) -> DriftResult:
     """Targeted: did the share of samples that look like known attacks grow?
 
     Each row is scored against the attack profile (a fitted head, or the built-in attack
-    exemplars) and flagged above the profile's threshold; the flagged shares are compared
-    with the one-sided exact test used for violation rates. Effect size: the rise in flagged
-    share, divided by the profile's (tpr - fpr) when it knows them (Rogan-Gladen), so that it
+    exemplars). With a head, the p-value is a permutation test on the windows' total attack
+    weight (`AttackProfile.weights`: likelihood ratios, capped), valid whatever the traffic's
+    base rate; with the built-in exemplars, the exact one-sided test of the flagged shares.
+    Statistic: the rise in the share of rows flagged above the threshold. Effect size: that
+    rise divided by the profile's (tpr - fpr) when it knows them (Rogan-Gladen), so that it
     estimates the rise in the true attack share.
     """
     from pipeline.stats.proportions import increase_p_value
@@ -244,12 +267,19 @@ def attack_share(reference: np.ndarray, current: np.ndarray, ctx: DriftContext) 
     k_ref = int(np.sum(ref_scores >= ctx.attacks.threshold))
     k_cur = int(np.sum(cur_scores >= ctx.attacks.threshold))
     share_ref, share_cur = k_ref / len(reference), k_cur / len(current)
-    p = increase_p_value(k_ref, len(reference), k_cur, len(current))
+    w_ref, w_cur = ctx.attacks.weights(ref_scores), ctx.attacks.weights(cur_scores)
+    if ctx.attacks.head is None:
+        # 0/1 weights: permuting their sum is Fisher's test; the exact p-value has no 1/(P+1) floor.
+        p = increase_p_value(k_ref, len(reference), k_cur, len(current))
+    else:
+        p = weight_permutation_test(w_ref, w_cur, ctx.permutations, ctx.seed)
     rise = share_cur - share_ref
     effect = rise / ctx.attacks.youden if ctx.attacks.youden > 0 else rise
     return DriftResult("attack_share", rise, p, effect, p < ctx.alpha, len(reference), len(current),
                        {"flagged_reference": k_ref, "flagged_current": k_cur, "share_reference": share_ref,
-                        "share_current": share_cur, "threshold": ctx.attacks.threshold})  # fmt: skip
+                        "share_current": share_cur, "threshold": ctx.attacks.threshold,
+                        "weight_reference": float(w_ref.mean()), "weight_current": float(w_cur.mean()),
+                        "permutations": ctx.permutations})  # fmt: skip
 
 
 # --- Effect size only ---------------------------------------------------------------------
