@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/stream.py                  # 2,000 samples, batches of 256
     .venv/bin/python bench/stream.py --samples 5000 --batch-size 128
+    .venv/bin/python bench/stream.py --profile bench/out/stream-profile     # py-spy (make bench-env)
 
 Samples are built from real texts (benign instructions as single turns, HH-RLHF human /
 assistant exchanges). A broker is started from deploy/kafka unless SAFEMON_KAFKA_BOOTSTRAP
@@ -17,20 +18,23 @@ import argparse
 import json
 import os
 import random
+import re
 import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.detectors import get_embedder  # noqa: E402
-from pipeline.detectors.refusal import split_head  # noqa: E402
+from pipeline.detectors.embedder import embedder_from_settings  # noqa: E402
 from pipeline.detectors.similarity import split_windows  # noqa: E402
+from pipeline.detectors.views import Views  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
+from pipeline.stream.batch import redact_sample  # noqa: E402
 from tests.support.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 from tests.support.stream_worker import make_sample, produce_samples, start_worker, stored_counts, worker_env  # noqa: E402
 
@@ -66,15 +70,40 @@ def build_samples(n: int, seed: int = 7) -> list:
 
 
 def texts_of(samples: list) -> list[str]:
-    """The distinct texts the worker embeds for these samples (same selection as the Scorer)."""
-    wanted: dict[str, None] = {}
-    for s in samples:
-        users = [t.content for t in s.turns if t.role == "user"]
-        answers = [t.content for t in s.turns if t.role == "assistant"]
-        user, answer = users[-1] if users else "", answers[-1] if answers else ""
-        wanted.update(dict.fromkeys([user, answer, split_head(answer)]))
-        wanted.update(dict.fromkeys(split_windows("\n\n".join(users))))
+    """The distinct texts the worker embeds for these samples, chosen as the Scorer chooses them:
+    the stack's views of the redacted exchange, the whole last user turn (kept for drift), and
+    the similarity windows of the user and untrusted turns."""
+    redacted = [redact_sample(s) for s in samples]
+    prompts = [r.user_text for r in redacted]
+    wanted = dict.fromkeys(Views.of([r.assistant_text for r in redacted], prompts).distinct())
+    wanted.update(dict.fromkeys(prompts))
+    for r in redacted:
+        wanted.update(dict.fromkeys(split_windows(r.user_turns) + split_windows(r.untrusted_turns)))
     return list(wanted)
+
+
+def top_entries(stacks: Path, k: int = 5) -> str:
+    """The worker's main thread from py-spy's collapsed stacks: top functions by own and by total time.
+
+    Idle samples are kept (`--idle`), so time blocked in Kafka polls or ClickHouse calls shows.
+    """
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for line in stacks.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        if not any("run (pipeline/stream/worker.py" in f for f in frames):
+            continue  # not the consuming thread (heartbeats, metrics, the broker client's I/O)
+        names = [re.sub(r":\d+\)$", ")", f) for f in frames[1:]]  # "func (file:line)" -> "func (file)"
+        own[names[-1]] += int(count)
+        total.update(dict.fromkeys(names, int(count)))
+    samples = own.total()
+    lines = [f"main thread: {samples} samples"]
+    for title, table in (("own time", own), ("total time (pipeline/ functions)", {f: v for f, v in total.items() if "pipeline/" in f})):
+        lines.append(f"top {k} by {title}:")
+        for name, n in Counter(table).most_common(k):
+            lines.append(f"  {100 * n / max(samples, 1):5.1f}%  {name}")
+    return "\n".join(lines)
 
 
 def stamp(event: dict) -> float:
@@ -86,6 +115,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--profile", type=Path, help="run the worker under py-spy; write its stacks and top entries here")
     args = parser.parse_args()
     if not DATASETS.is_dir():
         sys.exit(f"{DATASETS} is missing")
@@ -111,22 +141,32 @@ def main() -> None:
             stream_batch_timeout_s=1.0,
         )
         env["OMP_NUM_THREADS"] = str(args.threads)
-        worker = start_worker(env, work / "worker.log", max_idle_seconds=5)
+        wrap = None
+        if args.profile:
+            args.profile.mkdir(parents=True, exist_ok=True)
+            wrap = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--idle", "--threads",
+                    "--nonblocking", "-o", str(args.profile / "stacks.txt"), "--"]  # fmt: skip
+        worker = start_worker(env, work / "worker.log", max_idle_seconds=5, wrap=wrap)
         code = worker.wait(3600)
         if code != 0:
             sys.exit(f"worker exited {code}:\n{worker.tail()}")
         stored = stored_counts(settings)[0]
         commits = worker.events("stream.batch_committed")
         ready = stamp(worker.events("stream.subscribed")[0])
-        first_size = commits[0]["batch_size"]
-        steady_s = stamp(commits[-1]) - stamp(commits[0])
-        steady_rate = (stored - first_size) / steady_s if steady_s > 0 else float("nan")
+        # Steady state: from the first commit to the last FULL batch's. The run's last, partial
+        # batch waits out stream_batch_timeout_s for records that never come: an artifact of a
+        # finite bench, not of a stream.
+        full = [i for i, c in enumerate(commits) if c["batch_size"] == args.batch_size and i > 0]
+        steady = commits[1 : full[-1] + 1] if full else commits[1:]
+        steady_s = stamp(steady[-1]) - stamp(commits[0]) if steady else float("nan")
+        steady_rate = sum(c["batch_size"] for c in steady) / steady_s if steady_s > 0 else float("nan")
         run_rate = stored / (stamp(commits[-1]) - ready)
 
-        import torch
+        embedder = embedder_from_settings(settings)
+        if embedder.backend == "torch":
+            import torch
 
-        torch.set_num_threads(args.threads)
-        embedder = get_embedder(settings.embedding_model, settings.embedding_batch_size)
+            torch.set_num_threads(args.threads)
         texts = texts_of(samples)
         embedder.encode(["warm up"])
         started = time.perf_counter()
@@ -136,11 +176,18 @@ def main() -> None:
         raw_rate = len(samples) / encode_s
 
         print(f"samples produced / stored       {len(samples)} / {stored}")
-        print(f"batches                         {len(commits)} (batch size {args.batch_size}, {args.threads} torch threads)")
+        print(f"batches                         {len(commits)} (batch size {args.batch_size}, {embedder.backend}, {args.threads} threads)")
         print(f"pipeline samples/s (steady)     {steady_rate:.1f}")
         print(f"pipeline samples/s (join->end)  {run_rate:.1f}")
         print(f"raw encode: {len(texts)} texts in {encode_s:.1f}s = {len(texts) / encode_s:.1f} texts/s = {raw_rate:.1f} samples/s")
         print(f"pipeline / raw encode           {steady_rate / raw_rate:.2f}")
+        stages = [c.get("seconds", {}) for c in steady]
+        totals = {k: sum(st.get(k, 0.0) for st in stages) for k in ("fill", "validate", "score", "store", "commit")}
+        print("steady batches, seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()))
+        if args.profile:
+            report = top_entries(args.profile / "stacks.txt")
+            (args.profile / "top.txt").write_text(report)
+            print(report)
     finally:
         if broker is not None:
             broker.stop()

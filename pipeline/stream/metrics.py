@@ -42,14 +42,18 @@ class StreamMetrics:
         self.last_batch_seconds = 0.0
         self._server: ThreadingHTTPServer | None = None
 
-    def record_batch(self, *, stored: int, rejected: dict[str, int], seconds: float, quality_ok: bool) -> None:
+    def record_batch(self, *, stored: int, rejected: dict[str, int], seconds: float) -> None:
         with self._lock:
             self.batches += 1
             self.commits += 1
             self.samples += stored
             self.rejects.update(rejected)
             self.last_batch_seconds = seconds
-            if not quality_ok:
+
+    def record_quality(self, ok: bool) -> None:
+        """One batch contract check's outcome (checks run beside the scoring, so they land later)."""
+        with self._lock:
+            if not ok:
                 self.quality_failures += 1
 
     def record_store_retry(self) -> None:

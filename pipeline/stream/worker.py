@@ -3,10 +3,11 @@
 One loop, one batch at a time:
 
 1. poll until `stream_batch_size` records or `stream_batch_timeout_s` (offsets not committed);
-2. pause every assigned partition, so polls made while the batch is worked on (heartbeat polls
-   during store retries) return no records;
-3. parse each record (an InvalidSample goes to the DLQ), run the GX batch contract (logged and
-   counted; it drops nothing), redact, embed once per batch, run the detectors;
+2. take what the client has already fetched into the buffer for the next batch (pause() would
+   drop it), then pause every assigned partition, so polls made while the batch is worked on
+   (heartbeat polls during store retries) return no records;
+3. parse each record (an InvalidSample goes to the DLQ), start the GX batch contract on a helper
+   thread (logged and counted; it drops nothing), redact, embed once per batch, run the detectors;
 4. in one store session (opened for this batch and closed after, because an embedded chDB
    path belongs to one process at a time): drop ids already stored from a different offset
    (duplicate_sample_id), write `sample_scores` and `rejected_samples`;
@@ -28,7 +29,9 @@ APIs (commit raises there), so: a batch being processed never overlaps a rebalan
 those heartbeat polls; records buffered but not yet processed when their partitions are
 revoked (or lost) are released uncommitted, and the next owner reads them from the committed
 offset; partitions revoked while a batch is being stored are left out of its commit (the rows
-are written anyway and absorbed when the records come back).
+are written anyway and absorbed when the records come back). kafka-python keeps a partition's
+position when a rebalance gives it back to the same member, so a batch left uncommitted
+(revoked, or a failed commit) and records released on revoke move this member's position back.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -47,7 +51,7 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from pipeline.records import utc_now
+from pipeline.records import ConversationSample, utc_now
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
 from pipeline.store.samples import existing_sources, write_rejections, write_scores
@@ -100,13 +104,21 @@ class StreamWorker:
         self.revoked_while_processing: set[TopicPartition] = set()
         self.partition_count = 0
         self.attempts: dict[tuple[str, int, int], int] = {}
+        # Seconds per stage of the current batch (fill, validate, score, store, commit), logged at its commit.
+        self.stage_s: dict[str, float] = {}
+        self._contract_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contract")
+        self._contract_check: Future[None] | None = None
 
     # --- rebalance callbacks (IO thread, inside poll) -------------------------------------
     def release(self, partitions: set[TopicPartition], *, lost: bool) -> None:
         """Give partitions up: drop their unprocessed records; keep them out of an in-flight commit."""
         keys = {(tp.topic, tp.partition) for tp in partitions}
         before = len(self.buffer)
-        self.buffer = [r for r in self.buffer if (r.topic, r.partition) not in keys]
+        firsts: dict[tuple[str, int], int] = {}
+        for r in self.buffer:
+            if (r.topic, r.partition) in keys:
+                firsts[(r.topic, r.partition)] = min(r.offset, firsts.get((r.topic, r.partition), r.offset))
+        self._rewind(firsts)  # drops them from the buffer too
         if self.processing:
             self.revoked_while_processing |= partitions
         log.info(
@@ -164,14 +176,21 @@ class StreamWorker:
         )
         self.consumer.subscribe([s.kafka_topic], listener=_Rebalance(self))
         log.info("stream.subscribed", topic=s.kafka_topic, group=s.kafka_group, bootstrap=s.kafka_bootstrap)
-        idle_since = time.monotonic()
+        subscribed_at = idle_since = time.monotonic()
+        # Joining the group can wait out a dead member's session first: that is not idleness.
+        join_grace = SESSION_TIMEOUT_MS / 1000 + (self.max_idle_seconds or 0.0)
         code = 0
         try:
             while not self.stopping:
+                fill_started = time.monotonic()
                 records = self._fill_batch()
+                now = time.monotonic()
+                self.stage_s = {"fill": now - fill_started}
                 if records:
                     self._process(records)
                     idle_since = time.monotonic()
+                elif not self.consumer.assignment() and now - subscribed_at < join_grace:
+                    idle_since = now
                 elif self.max_idle_seconds is not None and time.monotonic() - idle_since >= self.max_idle_seconds:
                     log.info("stream.idle_exit", idle_seconds=self.max_idle_seconds)
                     break
@@ -183,6 +202,7 @@ class StreamWorker:
             log.error("stream.gave_up", reason=str(exc))
             code = 1
         finally:
+            self._contract_pool.shutdown(wait=True)  # pending contract checks still log
             self.metrics.maybe_log(self.consumer, force=True)
             with suppress(Exception):
                 self.consumer.close(autocommit=False)
@@ -208,12 +228,24 @@ class StreamWorker:
                 self.buffer.extend(SourceRecord.from_consumer(r) for r in records)
         return self._take_buffer()
 
+    def _read_ahead(self) -> None:
+        """Buffer the next batch from what the client has already fetched (no waiting).
+
+        pause() makes kafka-python drop fetched but unreturned records, which resume() then has
+        to fetch again; taken now, they wait in the buffer (released on revoke like any other).
+        """
+        assert self.consumer is not None
+        polled = self.consumer.poll(timeout_ms=0, max_records=self.settings.stream_batch_size)
+        for records in polled.values():
+            self.buffer.extend(SourceRecord.from_consumer(r) for r in records)
+
     def _process(self, records: Sequence[SourceRecord]) -> None:
         assert self.consumer is not None and self.scorer is not None
         started = time.monotonic()
         ranges = _offset_ranges(records)
         self.processing = True
         self.revoked_while_processing = set()
+        self._read_ahead()
         paused = set(self.consumer.assignment())
         self.consumer.pause(*paused)
         with structlog.contextvars.bound_contextvars(batch_size=len(records), offsets=_describe(ranges)):
@@ -223,24 +255,20 @@ class StreamWorker:
             finally:
                 self.processing = False
                 self.consumer.resume(*self.consumer.paused())
-        stored, rejected, quality_ok = outcome
+        stored, rejected = outcome
         seconds = time.monotonic() - started
-        self.metrics.record_batch(stored=stored, rejected=_count_codes(rejected), seconds=seconds, quality_ok=quality_ok)
+        self.metrics.record_batch(stored=stored, rejected=_count_codes(rejected), seconds=seconds)
 
-    def _score_and_store(self, records: Sequence[SourceRecord]) -> tuple[int, list[Rejection], bool]:
+    def _score_and_store(self, records: Sequence[SourceRecord]) -> tuple[int, list[Rejection]]:
         assert self.scorer is not None
+        validating = time.monotonic()
         parsed = parse_records(records, self.settings)
-        samples = [a.sample for a in parsed.accepted]
-        quality_ok = True
-        try:
-            report = validate_batch(samples, self.settings)
-            quality_ok = report.success
-            if not report.success:
-                log.warning("stream.batch_quality_failed", failures=list(report.failures), samples=len(samples))
-        except Exception as exc:  # the batch contract informs; it must never stop the stream
-            quality_ok = False
-            log.warning("stream.batch_quality_error", error=str(exc))
+        self._check_contract([a.sample for a in parsed.accepted])
+        scoring = time.monotonic()
+        self.stage_s["validate"] = scoring - validating
         rows = self.scorer.score(parsed.accepted)
+        storing = time.monotonic()
+        self.stage_s["score"] = storing - scoring
         rejected_at = utc_now()
 
         def store() -> tuple[int, list[Rejection]]:
@@ -253,6 +281,7 @@ class StreamWorker:
             return len(kept), rejections
 
         stored, rejections = self._retry_store(store, "store")
+        self.stage_s["store"] = time.monotonic() - storing
         if rejections:
             partitions = self._partitions()
             self._retry_store(
@@ -269,7 +298,29 @@ class StreamWorker:
                     code=x.code,
                     reason=x.reason[:300],
                 )
-        return stored, rejections, quality_ok
+        return stored, rejections
+
+    def _check_contract(self, samples: list[ConversationSample]) -> None:
+        """Check the batch contract (Great Expectations) beside the scoring, on one helper thread.
+
+        The contract informs (a log line and a metric) and drops nothing, and a GX run costs
+        ~80 ms whatever the batch size, so it overlaps the next embedding instead of preceding
+        it. At most one check is in flight: a slow one holds the next batch back, not memory.
+        """
+        if self._contract_check is not None:
+            self._contract_check.result()
+        self._contract_check = self._contract_pool.submit(self._run_contract, samples)
+
+    def _run_contract(self, samples: list[ConversationSample]) -> None:
+        try:
+            report = validate_batch(samples, self.settings)
+            ok = report.success
+            if not ok:
+                log.warning("stream.batch_quality_failed", failures=list(report.failures), samples=len(samples))
+        except Exception as exc:  # the batch contract informs; it must never stop the stream
+            ok = False
+            log.warning("stream.batch_quality_error", error=str(exc))
+        self.metrics.record_quality(ok)
 
     def _attempt(self, rejection: Rejection) -> int:
         # Within one process a redelivered poison message counts its attempts; after a restart
@@ -293,17 +344,40 @@ class StreamWorker:
             for (topic, partition), (_, last) in ranges.items()
             if TopicPartition(topic, partition) in owned
         }
+        self._rewind({key: first for key, (first, _) in ranges.items() if TopicPartition(*key) not in offsets})
         if not offsets:
             log.info("stream.commit_skipped", reason="partitions revoked during the batch")
             return
+        committing = time.monotonic()
         try:
             self.consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
-            # The rows are stored; the records come back to whoever owns the partition and
-            # are absorbed as redeliveries. A later commit of this partition covers them too.
             log.warning("stream.commit_failed", error=str(exc))
+            self._rewind({key: first for key, (first, _) in ranges.items()})
             return
-        log.info("stream.batch_committed", committed={f"{tp.partition}": o.offset for tp, o in offsets.items()})
+        self.stage_s["commit"] = time.monotonic() - committing
+        log.info("stream.batch_committed", committed={f"{tp.partition}": o.offset for tp, o in offsets.items()},
+                 seconds={k: round(v, 4) for k, v in self.stage_s.items()})  # fmt: skip
+
+    def _rewind(self, firsts: dict[tuple[str, int], int]) -> None:
+        """Read partitions again from these offsets: records from there on were taken but not committed.
+
+        Whoever owns such a partition next reads it from the committed offset (stored rows come
+        back as redeliveries and are absorbed). But kafka-python keeps a partition's position
+        when a rebalance hands it back to the same member, which would then skip them: so this
+        member moves its own position back (buffered records of the partition go too). A
+        partition it no longer holds is left to its new owner. Used for a batch left
+        uncommitted and for buffered records released on revoke (seek does no I/O, so the
+        rebalance callback may call it).
+        """
+        assert self.consumer is not None
+        for (topic, partition), first in firsts.items():
+            self.buffer = [r for r in self.buffer if (r.topic, r.partition) != (topic, partition)]
+            try:
+                self.consumer.seek(TopicPartition(topic, partition), first)
+            except ValueError:  # no longer assigned here
+                continue
+            log.info("stream.rewound", partition=partition, offset=first)
 
     # --- retries --------------------------------------------------------------------------
     def _retry_store(self, action: Callable[[], T], what: str) -> T:

@@ -95,9 +95,14 @@ class WorkerProcess:
             return "(no log)"
 
 
-def start_worker(env: dict[str, str], log_path: Path, *, max_idle_seconds: float | None = None) -> WorkerProcess:
-    """Start `python -m tests.support.stream_worker` with `env`, appending its logs to `log_path`."""
-    args = [sys.executable, "-m", "tests.support.stream_worker"]
+def start_worker(
+    env: dict[str, str], log_path: Path, *, max_idle_seconds: float | None = None, wrap: list[str] | None = None
+) -> WorkerProcess:
+    """Start `python -m tests.support.stream_worker` with `env`, appending its logs to `log_path`.
+
+    `wrap` prefixes the command line (a profiler: `py-spy record ... --`).
+    """
+    args = [*(wrap or []), sys.executable, "-m", "tests.support.stream_worker"]
     if max_idle_seconds is not None:
         args += ["--max-idle-seconds", str(max_idle_seconds)]
     with open(log_path, "ab") as log_file:
