@@ -165,26 +165,46 @@ def _phone_grouped(m: re.Match[str]) -> str | None:
     return "[PHONE]"
 
 
+def _replace_with(placeholder: str) -> Replacer:
+    return lambda m: placeholder
+
+
+def _keep_label(placeholder: str) -> Replacer:
+    return lambda m: m.group(1) + placeholder
+
+
+# (pattern, kind, replacer, what the text must contain for the pattern to match at all): run in
+# this order. Placeholders hold no digit, "@" or ":", so a text without one stays without it and
+# the patterns that need it are skipped (most texts carry no e-mail, and many no digit).
+_DIGIT = "digit"
+_STEPS: list[tuple[re.Pattern[str], str, Replacer, str | None]] = [
+    *((pattern, "API_KEY", _replace_with("[API_KEY]"), None) for pattern in _API_KEY_PATTERNS),
+    (_BEARER, "API_KEY", _keep_label("[API_KEY]"), None),
+    (_KEY_VALUE, "API_KEY", lambda m: m.group(1) + "[API_KEY]" if _looks_secret(m.group(2)) else None, None),
+    (_EMAIL, "EMAIL", _replace_with("[EMAIL]"), "@"),
+    (_IBAN, "IBAN", _iban, _DIGIT),
+    (_CARD, "CARD", _card, _DIGIT),
+    (_IPV4, "IP", _replace_with("[IP]"), _DIGIT),
+    (_IPV6, "IP", _ipv6, ":"),
+    (_SSN, "SSN", _replace_with("[SSN]"), _DIGIT),
+    (_SSN_LABELLED, "SSN", _keep_label("[SSN]"), _DIGIT),
+    (_PHONE_NANP, "PHONE", _replace_with("[PHONE]"), _DIGIT),
+    (_PHONE_INTL, "PHONE", _phone_intl, _DIGIT),
+    (_PHONE_NATIONAL, "PHONE", _phone_national, _DIGIT),
+    (_PHONE_GROUPED, "PHONE", _phone_grouped, _DIGIT),
+    (_PHONE_LABELLED, "PHONE", _keep_label("[PHONE]"), _DIGIT),
+]
+_ANY_DIGIT = re.compile(r"\d")
+
+
 def redact(text: str) -> Redaction:
     """Replace personal data and secrets in `text` with `[EMAIL]`, `[PHONE]`, `[CARD]`, `[SSN]`,
     `[IBAN]`, `[IP]` and `[API_KEY]`, counting each kind."""
     counts: dict[str, int] = {}
-    for pattern in _API_KEY_PATTERNS:
-        text = _sub(pattern, text, "API_KEY", counts, lambda m: "[API_KEY]")
-    text = _sub(_BEARER, text, "API_KEY", counts, lambda m: m.group(1) + "[API_KEY]")
-    text = _sub(_KEY_VALUE, text, "API_KEY", counts, lambda m: m.group(1) + "[API_KEY]" if _looks_secret(m.group(2)) else None)
-    text = _sub(_EMAIL, text, "EMAIL", counts, lambda m: "[EMAIL]")
-    text = _sub(_IBAN, text, "IBAN", counts, _iban)
-    text = _sub(_CARD, text, "CARD", counts, _card)
-    text = _sub(_IPV4, text, "IP", counts, lambda m: "[IP]")
-    text = _sub(_IPV6, text, "IP", counts, _ipv6)
-    text = _sub(_SSN, text, "SSN", counts, lambda m: "[SSN]")
-    text = _sub(_SSN_LABELLED, text, "SSN", counts, lambda m: m.group(1) + "[SSN]")
-    text = _sub(_PHONE_NANP, text, "PHONE", counts, lambda m: "[PHONE]")
-    text = _sub(_PHONE_INTL, text, "PHONE", counts, _phone_intl)
-    text = _sub(_PHONE_NATIONAL, text, "PHONE", counts, _phone_national)
-    text = _sub(_PHONE_GROUPED, text, "PHONE", counts, _phone_grouped)
-    text = _sub(_PHONE_LABELLED, text, "PHONE", counts, lambda m: m.group(1) + "[PHONE]")
+    present = {None: True, _DIGIT: _ANY_DIGIT.search(text) is not None, "@": "@" in text, ":": ":" in text}
+    for pattern, kind, replacer, needs in _STEPS:
+        if present[needs]:
+            text = _sub(pattern, text, kind, counts, replacer)
     return Redaction(text=text, counts=counts)
 
 
