@@ -216,6 +216,11 @@ class Embedder:
         while len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
+    def clear_cache(self) -> None:
+        """Forget every cached vector (benchmarks time the model, not the cache)."""
+        with self._lock:
+            self._cache.clear()
+
     def cache_len(self) -> int:
         """How many distinct texts are cached right now."""
         return len(self._cache)

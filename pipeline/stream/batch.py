@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 
 from pipeline.detectors import InjectionSimilarity, JailbreakSimilarity, redact
+from pipeline.detectors.similarity import split_windows
 from pipeline.detectors.stack import DetectorStack
+from pipeline.detectors.views import Views
 from pipeline.records import ConversationSample, utc_now
 from pipeline.settings import Settings
 from pipeline.stream.contract import DUPLICATE_SAMPLE_ID, InvalidSample, parse_sample
@@ -196,6 +198,18 @@ def redact_sample(sample: ConversationSample) -> RedactedSample:
     )
 
 
+def batch_texts(redacted: Sequence[RedactedSample]) -> list[str]:
+    """The distinct texts a Scorer embeds for a batch: the detector stack's views of each
+    exchange, the whole last user turn (kept for drift), and the similarity windows of the user
+    and untrusted turns."""
+    prompts = [r.user_text for r in redacted]
+    wanted = dict.fromkeys(Views.of([r.assistant_text for r in redacted], prompts).distinct())
+    wanted.update(dict.fromkeys(prompts))
+    for r in redacted:
+        wanted.update(dict.fromkeys(split_windows(r.user_turns) + split_windows(r.untrusted_turns)))
+    return list(wanted)
+
+
 class Scorer:
     """The detectors a worker scores samples with, built once per process on one embedder."""
 
@@ -214,8 +228,12 @@ class Scorer:
         redacted = [redact_sample(a.sample) for a in accepted]
         answers = [r.assistant_text for r in redacted]
         prompts = [r.user_text for r in redacted]
-        # Each distinct text is embedded once: the stack encodes its views of the batch in one
-        # call, and the similarity windows that repeat a text are answered from the cache.
+        # One encode call for every distinct text of the batch (one sort by length, the fewest
+        # padded batches); the detectors below then read their vectors from the cache. (Without
+        # a cache that holds a batch, each detector embeds its own texts.)
+        texts = batch_texts(redacted)
+        if self.embedder.cache_size >= len(texts):
+            self.embedder.encode(texts)
         scores = self.stack.score(answers, prompts)
         empty = [not a.strip() for a in answers]
         jailbreaks = self.jailbreak.match([r.user_turns for r in redacted])
