@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("localhost:9092", description="Kafka bootstrap servers, comma-separated")
     kafka_topic: str = Field("conversations.v1", description="Topic of conversation_sample.v1 messages")
     kafka_group: str = Field("safemon-stream", description="Consumer group of the stream workers")
-    stream_batch_size: int = Field(256, ge=1, le=100_000, description="Most samples per scored batch")
+    stream_batch_size: int = Field(1024, ge=1, le=100_000, description="Most samples per scored batch (fewer, larger batches spread the per-batch costs)")
     stream_batch_timeout_s: float = Field(2.0, gt=0, description="Longest wait to fill a batch")
     stream_max_message_bytes: int = Field(1_048_576, ge=1024, description="Messages larger than this go to the DLQ")
     stream_max_turns: int = Field(200, ge=1, description="Conversations with more turns go to the DLQ")
