@@ -313,7 +313,8 @@ def test_scorer_embeds_a_batch_in_one_model_call_and_scores_as_without_it(monkey
     again = uncached.score(batch)
     assert len(calls) > 1
     for a, b in zip(rows, again, strict=True):
-        for key in ("refusal_score", "violation_score", "jailbreak_score", "injection_score", "injection_family"):
+        for key in ("refusal_score", "violation_score", "jailbreak_score", "injection_score"):
             assert a[key] == pytest.approx(b[key], abs=1e-5), key
+        assert (a["jailbreak_family"], a["injection_family"]) == (b["jailbreak_family"], b["injection_family"])
         np.testing.assert_allclose(a["embedding"], b["embedding"], atol=1e-5)
     assert rows[2]["user_text"] == "Mail me at [EMAIL] about pancakes"
