@@ -69,11 +69,6 @@ def build_samples(n: int, seed: int = 7) -> list:
     return [make_sample(*pools[i % 2][(i // 2) % len(pools[i % 2])]) for i in range(n)]
 
 
-def texts_of(samples: list) -> list[str]:
-    """The distinct texts the worker embeds for these samples (the Scorer's own selection)."""
-    return batch_texts([redact_sample(s) for s in samples])
-
-
 def top_entries(stacks: Path, k: int = 5) -> str:
     """The worker's main thread from py-spy's collapsed stacks: top functions by own and by total time.
 
@@ -138,7 +133,7 @@ def main() -> None:
             import torch
 
             torch.set_num_threads(args.threads)
-        texts = texts_of(samples)
+        texts = batch_texts([redact_sample(s) for s in samples])  # what the Scorer embeds
         embedder.encode(["warm up"])
 
         def raw_encode_s() -> float:

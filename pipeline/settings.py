@@ -13,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
 # torch: int8's speed-up depends on the CPU. bench/embedding.py (2,000 real texts, 2 cores) found
-# int8 2.31x torch fp32 on one machine but 1.10x on an AVX-512/AMX one, where torch fp32 is fast,
+# int8 2.31x torch fp32 on one machine but 1.1-1.3x on an AVX-512/AMX one, where torch fp32 is fast,
 # short of the 2x asked before int8 may be the default (cosine to fp32 0.997 and detector F1
 # within 0.004 on both). torch's vectors also do not depend on the texts batched beside them.
 DEFAULT_BACKEND: EmbeddingBackend = "torch"
