@@ -292,7 +292,9 @@ def test_scorer_embeds_a_batch_in_one_model_call_and_scores_as_without_it(monkey
         _accepted(f"How tall is the Eiffel Tower? ({tag})", COMPLIANCES[0], 1),
         _accepted(f"Mail me at jo.{tag}@example.com about pancakes", COMPLIANCES[2], 2),
     ]
-    scorer = Scorer(load_settings())
+    # torch: its vectors do not depend on their batch-mates, so the two ways must agree exactly
+    # (int8 scales activations per model call, which moves vectors by up to ~0.01 of cosine).
+    scorer = Scorer(load_settings(embedding_backend="torch"))
     calls: list[int] = []
     real = scorer.embedder.model.encode
 
@@ -307,7 +309,7 @@ def test_scorer_embeds_a_batch_in_one_model_call_and_scores_as_without_it(monkey
     assert calls == [len(wanted)], "every distinct text of the batch in one model call"
 
     # Without a cache that holds the batch each detector embeds its own texts: same scores.
-    uncached = Scorer(load_settings(embedding_cache_size=0))
+    uncached = Scorer(load_settings(embedding_backend="torch", embedding_cache_size=0))
     monkeypatch.setattr(uncached.embedder, "_model", scorer.embedder.model)
     calls.clear()
     again = uncached.score(batch)
