@@ -226,8 +226,8 @@ def main() -> None:
     parser.add_argument("--speed-backends", nargs="+", default=["torch", DEFAULT_BACKEND], choices=BACKENDS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / f"embedding_cache_{args.backend}.npz"
     embedder = get_embedder(backend=args.backend)
+    cache = args.out / f"embedding_cache_{embedder.vectors_id}.npz"
     load_cache(embedder, cache)
     frames = {
         "xstest": deduplicate(load_labelled(args.data / "xstest", "xstest")),

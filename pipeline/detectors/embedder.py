@@ -159,6 +159,12 @@ class Embedder:
         return encoder
 
     @property
+    def vectors_id(self) -> str:
+        """What made this embedder's vectors, for caches kept across runs: the backend, and for ONNX
+        the export's folder (keyed on the model's files, the export format and the libraries)."""
+        return "torch" if self.backend == "torch" else f"{self.backend}-{self.model.path.parent.name}"
+
+    @property
     def dim(self) -> int:
         """Length of each embedding vector."""
         if self._dim is None:
