@@ -205,11 +205,13 @@ def export_fp32(layout: ModelLayout, dest: Path) -> None:
             optimize=True,
             verbose=False,
         )
-    fuse_for_onnxruntime(program.model_proto, layout).save_model_to_file(str(dest))
+    fuse_for_onnxruntime(program.model_proto, model.config).save_model_to_file(str(dest))
 
 
-def fuse_for_onnxruntime(model: Any, layout: ModelLayout) -> Any:
+def fuse_for_onnxruntime(model: Any, config: Any) -> Any:
     """`model` (an ONNX ModelProto, changed in place) fused into onnxruntime's BERT operators (an OnnxModel to save).
+
+    `config` is the exported transformer's config (its layer count, heads and hidden size).
 
     onnxruntime's optimizer turns each layer's attention into one Attention operator (and the
     layer norms and GELU into SkipLayerNormalization and BiasGelu), which runs in ~0.8 of the
@@ -243,12 +245,12 @@ def fuse_for_onnxruntime(model: Any, layout: ModelLayout) -> Any:
                 graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(scale.dtype), divisor))
                 node.op_type, node.input[1] = "Div", divisor
 
-    config = json.loads((layout.transformer_dir / "config.json").read_text())
-    layers, heads, hidden = int(config["num_hidden_layers"]), int(config["num_attention_heads"]), int(config["hidden_size"])
-    fused = optimize_by_fusion(model, model_type="bert", num_heads=heads, hidden_size=hidden)
+    fused = optimize_by_fusion(model, model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
     attention = sum(node.op_type == "Attention" for node in fused.model.graph.node)
-    if attention != layers:
-        raise RuntimeError(f"onnxruntime fused {attention} of {layers} attention layers; the exported graph's pattern changed")
+    if attention != config.num_hidden_layers:
+        raise RuntimeError(
+            f"onnxruntime fused {attention} of {config.num_hidden_layers} attention layers; the exported graph's pattern changed"
+        )
     return fused
 
 
