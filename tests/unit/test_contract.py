@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import unicodedata
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -16,8 +18,10 @@ from pipeline.stream.contract import (
     CODES,
     SCHEMA_PATH,
     InvalidSample,
+    fast_validator,
     format_timestamp,
     parse_sample,
+    schema_validator,
     sample_to_json,
     validate_batch,
 )
@@ -91,6 +95,48 @@ def test_one_reason_per_field_best_first_with_a_count_of_the_rest():
     assert detail.endswith("(+1 more)")  # 6 locations, 5 reported
     # jsonschema's relevance puts shallow errors first: the top-level ones before the turn's.
     assert detail.startswith("(root): Additional properties") and "'turns'/0" not in detail.split("; ")[1]
+
+
+def _schema_edge_documents() -> list[object]:
+    """Documents at every edge of the schema: types, lengths (astral characters count once),
+    formats, blank names, metadata limits, turn shapes, plus every poison and valid message."""
+    doc = lambda **o: sample_document(NOW, **o)  # noqa: E731
+    strings: list[object] = ["", " ", "a", "a" * 256, "a" * 257, "\U0001d518" * 256, "\U0001d518" * 257, 42, 10**100, 1.5, None, True, [], {}]
+    # Every character some regex dialect may call whitespace: blank names must be refused alike.
+    spaces = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000
+              and (chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf"))]  # fmt: skip
+    strings += spaces + [f" {c} " for c in spaces] + [f"{c}x" for c in spaces]
+    documents: list[object] = [doc(**{field: value}) for field in ("target", "model_version", "conversation_id") for value in strings]
+    sample_ids = [str(uuid.uuid4()).upper(), "{" + str(uuid.uuid4()) + "}", uuid.uuid4().hex, "urn:uuid:" + str(uuid.uuid4()),
+                  str(uuid.uuid4()) + "\n", "g" * 8 + str(uuid.uuid4())[8:], 7, None]  # fmt: skip
+    stamps = ["2026-06-01t12:00:00z", "2026-06-01T12:00:00.123456789Z", "2026-06-01T12:00:00.1234567890Z", "2026-06-01T12:00:00+24:00",
+              "2026-06-01T23:59:60Z", "2026-13-01T12:00:00Z", "2026-06-01T12:00:00-00:00", "2026-06-01 12:00:00Z",
+              "2026-06-01T12:00:00Z\n", "\uff12026-06-01T12:00:00Z", 1780000000]  # fmt: skip
+    documents += [doc(sample_id=v) for v in sample_ids] + [doc(occurred_at=v) for v in stamps]
+    metadata = [{}, {f"k{i}": "v" for i in range(64)}, {f"k{i}": "v" for i in range(65)}, {"": "v"}, {"k" * 128: "v"},
+                {"k" * 129: "v"}, {"\U0001d518" * 128: "v"}, {"k": "v" * 4096}, {"k": "v" * 4097}, {"k": 1}, {"k": None}, [], "x"]  # fmt: skip
+    documents += [doc(metadata=m) for m in metadata]
+    turns = [[{"role": r, "content": "hi"}] for r in ("system", "user", "assistant", "tool", "User", "", None)]
+    turns += [[{"role": "user"}], [{"content": "hi"}], [{"role": "user", "content": 3}], ["hi"], [[]], [None]]
+    documents += [doc(turns=t) for t in turns]
+    for settings in (DEFAULTS, SMALL):
+        for _, value, _ in poison_corpus(settings, now=NOW):
+            try:
+                documents.append(json.loads(value or b""))
+            except (ValueError, RecursionError):  # not JSON: refused before the schema
+                continue
+    documents += [json.loads(value) for _, value in hostile_samples(NOW)]
+    documents += [json.loads(sample_to_json(s)) for s in fixture_samples(DEFAULTS, now=NOW)]
+    return documents
+
+
+def test_fast_validator_agrees_with_the_reference():
+    """The Rust validator passes documents without the reference: on every edge they must agree."""
+    documents = _schema_edge_documents()
+    disagree = [d for d in documents if fast_validator().is_valid(d) != schema_validator().is_valid(d)]
+    assert not disagree, disagree[:5]
+    valid = sum(schema_validator().is_valid(d) for d in documents)
+    assert valid > 100 and len(documents) - valid > 100  # both verdicts are well represented
 
 
 def test_size_is_checked_before_decoding():
