@@ -173,38 +173,49 @@ def _keep_label(placeholder: str) -> Replacer:
     return lambda m: m.group(1) + placeholder
 
 
-# (pattern, kind, replacer, what the text must contain for the pattern to match at all): run in
-# this order. Placeholders hold no digit, "@" or ":", so a text without one stays without it and
-# the patterns that need it are skipped (most texts carry no e-mail, and many no digit).
-_DIGIT = "digit"
-_STEPS: list[tuple[re.Pattern[str], str, Replacer, str | None]] = [
-    *((pattern, "API_KEY", _replace_with("[API_KEY]"), None) for pattern in _API_KEY_PATTERNS),
-    (_BEARER, "API_KEY", _keep_label("[API_KEY]"), None),
-    (_KEY_VALUE, "API_KEY", lambda m: m.group(1) + "[API_KEY]" if _looks_secret(m.group(2)) else None, None),
-    (_EMAIL, "EMAIL", _replace_with("[EMAIL]"), "@"),
-    (_IBAN, "IBAN", _iban, _DIGIT),
-    (_CARD, "CARD", _card, _DIGIT),
-    (_IPV4, "IP", _replace_with("[IP]"), _DIGIT),
-    (_IPV6, "IP", _ipv6, ":"),
-    (_SSN, "SSN", _replace_with("[SSN]"), _DIGIT),
-    (_SSN_LABELLED, "SSN", _keep_label("[SSN]"), _DIGIT),
-    (_PHONE_NANP, "PHONE", _replace_with("[PHONE]"), _DIGIT),
-    (_PHONE_INTL, "PHONE", _phone_intl, _DIGIT),
-    (_PHONE_NATIONAL, "PHONE", _phone_national, _DIGIT),
-    (_PHONE_GROUPED, "PHONE", _phone_grouped, _DIGIT),
-    (_PHONE_LABELLED, "PHONE", _keep_label("[PHONE]"), _DIGIT),
+# Patterns run in this order, in groups behind a prerequisite that every match of each pattern
+# in the group contains (a literal, or a plain search with the pattern's own flags), checked
+# once on the text as it stands before the group. Every pattern costs a scan of every text (the
+# key=value one several), and most texts hold no secret, e-mail or digit.
+_Step = tuple[re.Pattern[str], str, Replacer]
+_SECRET_HINT = re.compile(r"sk-|AKIA|ASIA|AGPA|AIDA|AROA|gh[pousr]_|github_pat_|xox|AIza|\.eyJ|Bearer").search
+_KEY_WORD = re.compile(r"(?i)key|secret|token|passw|pwd|auth|credential").search  # in every _KEY_VALUE keyword
+_DIGIT = re.compile(r"\d").search
+_GROUPS: list[tuple[Callable[[str], object], tuple[_Step, ...]]] = [
+    (
+        _SECRET_HINT,
+        (*((p, "API_KEY", _replace_with("[API_KEY]")) for p in _API_KEY_PATTERNS), (_BEARER, "API_KEY", _keep_label("[API_KEY]"))),
+    ),
+    (
+        lambda text: (":" in text or "=" in text) and _KEY_WORD(text),
+        ((_KEY_VALUE, "API_KEY", lambda m: m.group(1) + "[API_KEY]" if _looks_secret(m.group(2)) else None),),
+    ),
+    (lambda text: "@" in text, ((_EMAIL, "EMAIL", _replace_with("[EMAIL]")),)),
+    (_DIGIT, ((_IBAN, "IBAN", _iban), (_CARD, "CARD", _card), (_IPV4, "IP", _replace_with("[IP]")))),
+    (lambda text: ":" in text, ((_IPV6, "IP", _ipv6),)),
+    (
+        _DIGIT,
+        (
+            (_SSN, "SSN", _replace_with("[SSN]")),
+            (_SSN_LABELLED, "SSN", _keep_label("[SSN]")),
+            (_PHONE_NANP, "PHONE", _replace_with("[PHONE]")),
+            (_PHONE_INTL, "PHONE", _phone_intl),
+            (_PHONE_NATIONAL, "PHONE", _phone_national),
+            (_PHONE_GROUPED, "PHONE", _phone_grouped),
+            (_PHONE_LABELLED, "PHONE", _keep_label("[PHONE]")),
+        ),
+    ),
 ]
-_ANY_DIGIT = re.compile(r"\d")
 
 
 def redact(text: str) -> Redaction:
     """Replace personal data and secrets in `text` with `[EMAIL]`, `[PHONE]`, `[CARD]`, `[SSN]`,
     `[IBAN]`, `[IP]` and `[API_KEY]`, counting each kind."""
     counts: dict[str, int] = {}
-    present = {None: True, _DIGIT: _ANY_DIGIT.search(text) is not None, "@": "@" in text, ":": ":" in text}
-    for pattern, kind, replacer, needs in _STEPS:
-        if present[needs]:
-            text = _sub(pattern, text, kind, counts, replacer)
+    for needs, steps in _GROUPS:
+        if needs(text):
+            for pattern, kind, replacer in steps:
+                text = _sub(pattern, text, kind, counts, replacer)
     return Redaction(text=text, counts=counts)
 
 
