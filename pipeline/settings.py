@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     kafka_group: str = Field("safemon-stream", description="Consumer group of the stream workers")
     stream_batch_size: int = Field(1024, ge=1, le=100_000, description="Most samples per scored batch (fewer, larger batches spread the per-batch costs)")
     stream_batch_timeout_s: float = Field(2.0, gt=0, description="Longest wait to fill a batch")
+    stream_contract_interval_s: float = Field(
+        30.0, ge=0, description="Great Expectations checks the samples accepted over this long in one run (0: every batch)"
+    )
     stream_max_message_bytes: int = Field(1_048_576, ge=1024, description="Messages larger than this go to the DLQ")
     stream_max_turns: int = Field(200, ge=1, description="Conversations with more turns go to the DLQ")
     stream_max_turn_chars: int = Field(100_000, ge=1, description="A longer turn sends the sample to the DLQ")

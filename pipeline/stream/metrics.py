@@ -51,7 +51,7 @@ class StreamMetrics:
             self.last_batch_seconds = seconds
 
     def record_quality(self, ok: bool) -> None:
-        """One batch contract check's outcome (checks run beside the scoring, so they land later)."""
+        """One contract check's outcome (a window of batches, checked beside the scoring, so it lands later)."""
         with self._lock:
             if not ok:
                 self.quality_failures += 1
@@ -121,7 +121,7 @@ class StreamMetrics:
                 "# HELP safemon_stream_rejects_total Messages sent to the DLQ, by code.",
                 "# TYPE safemon_stream_rejects_total counter",
                 *(f'safemon_stream_rejects_total{{code="{code}"}} {n}' for code, n in sorted(self.rejects.items())),
-                "# HELP safemon_stream_quality_failures_total Batches that failed the GX batch contract.",
+                "# HELP safemon_stream_quality_failures_total Contract checks (a window of batches each) that failed the GX batch contract.",
                 "# TYPE safemon_stream_quality_failures_total counter",
                 f"safemon_stream_quality_failures_total {self.quality_failures}",
                 "# HELP safemon_stream_store_retries_total Failed store attempts that were retried.",

@@ -6,8 +6,9 @@ One loop, one batch at a time:
 2. take what the client has already fetched into the buffer for the next batch (pause() would
    drop it), then pause every assigned partition, so polls made while the batch is worked on
    (heartbeat polls during store retries) return no records;
-3. parse each record (an InvalidSample goes to the DLQ), start the GX batch contract on a helper
-   thread (logged and counted; it drops nothing), redact, embed once per batch, run the detectors;
+3. parse each record (an InvalidSample goes to the DLQ), add the accepted samples to the
+   contract window (checked with GX on a helper thread every `stream_contract_interval_s`;
+   logged and counted, it drops nothing), redact, embed once per batch, run the detectors;
 4. in one store session (opened for this batch and closed after, because an embedded chDB
    path belongs to one process at a time): drop ids already stored from a different offset
    (duplicate_sample_id), write `sample_scores` and `rejected_samples`;
@@ -43,7 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -51,14 +52,17 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential_jitter
 
-from pipeline.records import ConversationSample, utc_now
+from pipeline.records import utc_now
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
 from pipeline.store.samples import existing_sources, write_rejections, write_scores
-from pipeline.stream.batch import Rejection, Scorer, SourceRecord, parse_records, split_stored_duplicates
-from pipeline.stream.contract import validate_batch
+from pipeline.stream.batch import Accepted, Rejection, Scorer, SourceRecord, parse_records, split_stored_duplicates
+from pipeline.stream.contract import ContractWindow, validate_facts
 from pipeline.stream.dlq import DeadLetters
 from pipeline.stream.metrics import StreamMetrics
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -108,6 +112,7 @@ class StreamWorker:
         self.stage_s: dict[str, float] = {}
         self._contract_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contract")
         self._contract_check: Future[None] | None = None
+        self.contract_window = ContractWindow(settings.stream_contract_interval_s)
 
     # --- rebalance callbacks (IO thread, inside poll) -------------------------------------
     def release(self, partitions: set[TopicPartition], *, lost: bool) -> None:
@@ -194,10 +199,14 @@ class StreamWorker:
                 elif self.max_idle_seconds is not None and time.monotonic() - idle_since >= self.max_idle_seconds:
                     log.info("stream.idle_exit", idle_seconds=self.max_idle_seconds)
                     break
+                if self.contract_window.due():
+                    self._check_contract()
                 self.metrics.maybe_update_lag(self.consumer)
                 self.metrics.maybe_log(self.consumer)
             if self.buffer:  # stopped while filling: finish what was polled
                 self._process(self._take_buffer())
+            if len(self.contract_window):
+                self._check_contract()
         except _GaveUp as exc:
             log.error("stream.gave_up", reason=str(exc))
             code = 1
@@ -263,7 +272,7 @@ class StreamWorker:
         assert self.scorer is not None
         validating = time.monotonic()
         parsed = parse_records(records, self.settings)
-        self._check_contract([a.sample for a in parsed.accepted])
+        self._add_to_contract(parsed.accepted)
         scoring = time.monotonic()
         self.stage_s["validate"] = scoring - validating
         rows = self.scorer.score(parsed.accepted)
@@ -300,23 +309,28 @@ class StreamWorker:
                 )
         return stored, rejections
 
-    def _check_contract(self, samples: list[ConversationSample]) -> None:
-        """Check the batch contract (Great Expectations) beside the scoring, on one helper thread.
+    def _add_to_contract(self, accepted: Sequence[Accepted]) -> None:
+        self.contract_window.add((((a.source.topic, a.source.partition, a.source.offset), a.sample) for a in accepted), utc_now())
+        if self.contract_window.due():
+            self._check_contract()
 
-        The contract informs (a log line and a metric) and drops nothing, and a GX run costs
-        ~80 ms whatever the batch size, so it overlaps the next embedding instead of preceding
-        it. At most one check is in flight: a slow one holds the next batch back, not memory.
+    def _check_contract(self) -> None:
+        """Check the contract window (Great Expectations) beside the scoring, on one helper thread.
+
+        The contract informs (a log line and a metric) and drops nothing, so it overlaps the
+        embedding instead of preceding it. At most one check is in flight: a slow one holds
+        the next back, not memory.
         """
         if self._contract_check is not None:
             self._contract_check.result()
-        self._contract_check = self._contract_pool.submit(self._run_contract, samples)
+        self._contract_check = self._contract_pool.submit(self._run_contract, self.contract_window.take())
 
-    def _run_contract(self, samples: list[ConversationSample]) -> None:
+    def _run_contract(self, facts: pd.DataFrame) -> None:
         try:
-            report = validate_batch(samples, self.settings)
+            report = validate_facts(facts, self.settings)
             ok = report.success
             if not ok:
-                log.warning("stream.batch_quality_failed", failures=list(report.failures), samples=len(samples))
+                log.warning("stream.batch_quality_failed", failures=list(report.failures), samples=len(facts))
         except Exception as exc:  # the batch contract informs; it must never stop the stream
             ok = False
             log.warning("stream.batch_quality_error", error=str(exc))
