@@ -9,7 +9,7 @@ human / assistant exchanges). A broker is started from deploy/kafka unless SAFEM
 names one; the store is a fresh embedded chDB path. The worker runs as its own process until
 idle; its rate is counted from its first commit to its last (start-up excluded) and over the
 whole run. The same texts are encoded directly, in one call, with the same embedder backend and
-thread count, once before the worker starts and once after it stops (this machine's speed drifts
+thread count (and tokenizer threads), once before the worker starts and once after it stops (this machine's speed drifts
 over minutes); the ratio to their mean says how much of the model's raw rate the pipeline keeps.
 """
 
@@ -128,6 +128,9 @@ def main() -> None:
             stream_batch_timeout_s=1.0,
         )
         env["OMP_NUM_THREADS"] = str(args.threads)
+        # The tests' worker env turns the tokenizer's threads off; the worker here tokenizes
+        # as the raw encode below does (and as a worker started without the variable does).
+        env["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM", "true")
         embedder = embedder_from_settings(settings)
         if embedder.backend == "torch":
             import torch

@@ -74,24 +74,21 @@ class AttackSimilarity:
     def match(self, texts: Sequence[str]) -> list[SimilarityMatch]:
         """The nearest family and its similarity for each text, embedding all windows in one call."""
         pieces: list[str] = []
-        owner: list[int] = []
-        for i, text in enumerate(texts):
-            for piece in split_windows(text):
-                pieces.append(piece)
-                owner.append(i)
+        bounds: list[int] = [0]  # text i owns pieces[bounds[i]:bounds[i + 1]]
+        for text in texts:
+            pieces += split_windows(text)
+            bounds.append(len(pieces))
         if not pieces:
             return []
         sims = self.embedder.encode(pieces) @ self._vecs.T
         best_col = sims.argmax(axis=1)
         best_sim = sims[np.arange(len(pieces)), best_col]
         out: list[SimilarityMatch] = []
-        owner_arr = np.asarray(owner)
-        for i, text in enumerate(texts):
-            rows = np.flatnonzero(owner_arr == i)
+        for text, start, end in zip(texts, bounds, bounds[1:]):
             if not text.strip():
                 out.append(SimilarityMatch(0.0, ""))
                 continue
-            r = rows[best_sim[rows].argmax()]
+            r = start + int(best_sim[start:end].argmax())
             out.append(SimilarityMatch(float(np.clip(best_sim[r], 0.0, 1.0)), self._labels[best_col[r]]))
         return out
 
