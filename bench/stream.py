@@ -2,15 +2,17 @@
 
     .venv/bin/python bench/stream.py                  # 7,000 samples, batches of SAFEMON_STREAM_BATCH_SIZE
     .venv/bin/python bench/stream.py --samples 3000 --batch-size 256
-    .venv/bin/python bench/stream.py --profile bench/out/stream-profile     # py-spy (make bench-env)
+    .venv/bin/python bench/stream.py --repeats 1 --profile bench/out/stream-profile   # py-spy (make bench-env)
 
 Samples are built from real, distinct texts (benign instructions as single turns, HH-RLHF
 human / assistant exchanges). A broker is started from deploy/kafka unless SAFEMON_KAFKA_BOOTSTRAP
-names one; the store is a fresh embedded chDB path. The worker runs as its own process until
-idle; its rate is counted from its first commit to its last (start-up excluded) and over the
-whole run. The same texts are encoded directly, in one call, with the same embedder backend and
-thread count (and tokenizer threads), once before the worker starts and once after it stops (this machine's speed drifts
-over minutes); the ratio to their mean says how much of the model's raw rate the pipeline keeps.
+names one. Each run gets a fresh topic, consumer group and embedded chDB path; the worker runs
+as its own process until idle, and its rate is counted from its first commit to its last full
+batch's (start-up excluded) and over the whole run. The same texts are encoded directly, in one
+call, with the same embedder backend, thread count and tokenizer threading, right before the
+worker starts and right after it stops; the ratio to their mean says how much of the model's
+raw rate the pipeline keeps. This machine's speed drifts by 10% or more over minutes, so
+`--repeats` runs (3) are made and their median ratio is given (profile with `--repeats 1`).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ import json
 import os
 import random
 import re
+import statistics
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -97,11 +101,74 @@ def stamp(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def run_once(args: argparse.Namespace, work: Path, bootstrap: str, samples: list, texts: list[str],
+             raw_encode_s: Callable[[], float], backend: str) -> float:
+    """One worker over a fresh topic, group and store, between two raw encodes; its pipeline / raw ratio."""
+    topic = f"bench-{uuid.uuid4().hex[:8]}"
+    create_topic(bootstrap, topic, 4)
+    produce_samples(bootstrap, topic, samples)
+    settings = load_settings(clickhouse_dsn=f"chdb://{work / 'clickhouse'}", clickhouse_database="bench")
+    env = worker_env(
+        settings,
+        bootstrap=bootstrap,
+        topic=topic,
+        group=f"bench-{topic}",
+        stream_batch_size=args.batch_size,
+        stream_batch_timeout_s=1.0,
+    )
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    # The tests' worker env turns the tokenizer's threads off; the worker here tokenizes
+    # as the raw encode does (and as a worker started without the variable does).
+    env["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM", "true")
+    raw_s = [raw_encode_s()]
+    wrap = None
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        wrap = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--idle", "--threads",
+                "--nonblocking", "-o", str(args.profile / "stacks.txt"), "--"]  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
+    worker = start_worker(env, work / "worker.log", max_idle_seconds=5, wrap=wrap)
+    code = worker.wait(3600)
+    if code != 0:
+        sys.exit(f"worker exited {code}:\n{worker.tail()}")
+    raw_s.append(raw_encode_s())
+    stored = stored_counts(settings)[0]
+    commits = worker.events("stream.batch_committed")
+    ready = stamp(worker.events("stream.subscribed")[0])
+    # Steady state: from the first commit to the last FULL batch's. The run's last, partial
+    # batch waits out stream_batch_timeout_s for records that never come: an artifact of a
+    # finite bench, not of a stream.
+    full = [i for i, c in enumerate(commits) if c["batch_size"] == args.batch_size and i > 0]
+    steady = commits[1 : full[-1] + 1] if full else commits[1:]
+    steady_s = stamp(steady[-1]) - stamp(commits[0]) if steady else float("nan")
+    steady_rate = sum(c["batch_size"] for c in steady) / steady_s if steady_s > 0 else float("nan")
+    run_rate = stored / (stamp(commits[-1]) - ready)
+
+    print(f"samples produced / stored       {len(samples)} / {stored}")
+    print(f"batches                         {len(commits)} (batch size {args.batch_size}, {backend}, {args.threads} threads)")
+    print(f"pipeline samples/s (steady)     {steady_rate:.1f}")
+    print(f"pipeline samples/s (join->end)  {run_rate:.1f}")
+    encode_s = sum(raw_s) / len(raw_s)
+    raw_rate = len(samples) / encode_s
+    print(f"raw encode: {len(texts)} texts in {raw_s[0]:.1f}s before / {raw_s[1]:.1f}s after the worker "
+          f"= {len(texts) / encode_s:.1f} texts/s = {raw_rate:.1f} samples/s")
+    print(f"pipeline / raw encode           {steady_rate / raw_rate:.2f}")
+    stages = [c.get("seconds", {}) for c in steady]
+    totals = {k: sum(st.get(k, 0.0) for st in stages) for k in ("fill", "validate", "score", "store", "commit")}
+    print("steady batches, seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()))
+    if args.profile:
+        report = top_entries(args.profile / "stacks.txt")
+        (args.profile / "top.txt").write_text(report)
+        print(report)
+    return steady_rate / raw_rate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=7000)
     parser.add_argument("--batch-size", type=int, default=load_settings().stream_batch_size)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=3, help="worker runs, each between two raw encodes (this machine drifts)")
     parser.add_argument("--profile", type=Path, help="run the worker under py-spy; write its stacks and top entries here")
     args = parser.parse_args()
     if not DATASETS.is_dir():
@@ -114,24 +181,9 @@ def main() -> None:
         broker = KafkaBroker(work / "kafka").start()
         bootstrap = broker.bootstrap
     try:
-        topic = f"bench-{uuid.uuid4().hex[:8]}"
-        create_topic(bootstrap, topic, 4)
         samples = build_samples(args.samples)
-        produce_samples(bootstrap, topic, samples)
-        settings = load_settings(clickhouse_dsn=f"chdb://{work / 'clickhouse'}", clickhouse_database="bench")
-        env = worker_env(
-            settings,
-            bootstrap=bootstrap,
-            topic=topic,
-            group=f"bench-{topic}",
-            stream_batch_size=args.batch_size,
-            stream_batch_timeout_s=1.0,
-        )
-        env["OMP_NUM_THREADS"] = str(args.threads)
-        # The tests' worker env turns the tokenizer's threads off; the worker here tokenizes
-        # as the raw encode below does (and as a worker started without the variable does).
-        env["TOKENIZERS_PARALLELISM"] = os.environ.get("TOKENIZERS_PARALLELISM", "true")
-        embedder = embedder_from_settings(settings)
+        base = load_settings(clickhouse_dsn=f"chdb://{work / 'clickhouse'}", clickhouse_database="bench")
+        embedder = embedder_from_settings(base)
         if embedder.backend == "torch":
             import torch
 
@@ -145,45 +197,13 @@ def main() -> None:
             embedder.encode(texts)
             return time.perf_counter() - started
 
-        raw_s = [raw_encode_s()]
-        wrap = None
-        if args.profile:
-            args.profile.mkdir(parents=True, exist_ok=True)
-            wrap = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--idle", "--threads",
-                    "--nonblocking", "-o", str(args.profile / "stacks.txt"), "--"]  # fmt: skip
-        worker = start_worker(env, work / "worker.log", max_idle_seconds=5, wrap=wrap)
-        code = worker.wait(3600)
-        if code != 0:
-            sys.exit(f"worker exited {code}:\n{worker.tail()}")
-        raw_s.append(raw_encode_s())
-        stored = stored_counts(settings)[0]
-        commits = worker.events("stream.batch_committed")
-        ready = stamp(worker.events("stream.subscribed")[0])
-        # Steady state: from the first commit to the last FULL batch's. The run's last, partial
-        # batch waits out stream_batch_timeout_s for records that never come: an artifact of a
-        # finite bench, not of a stream.
-        full = [i for i, c in enumerate(commits) if c["batch_size"] == args.batch_size and i > 0]
-        steady = commits[1 : full[-1] + 1] if full else commits[1:]
-        steady_s = stamp(steady[-1]) - stamp(commits[0]) if steady else float("nan")
-        steady_rate = sum(c["batch_size"] for c in steady) / steady_s if steady_s > 0 else float("nan")
-        run_rate = stored / (stamp(commits[-1]) - ready)
-
-        print(f"samples produced / stored       {len(samples)} / {stored}")
-        print(f"batches                         {len(commits)} (batch size {args.batch_size}, {embedder.backend}, {args.threads} threads)")
-        print(f"pipeline samples/s (steady)     {steady_rate:.1f}")
-        print(f"pipeline samples/s (join->end)  {run_rate:.1f}")
-        encode_s = sum(raw_s) / len(raw_s)
-        raw_rate = len(samples) / encode_s
-        print(f"raw encode: {len(texts)} texts in {raw_s[0]:.1f}s before / {raw_s[1]:.1f}s after the worker "
-              f"= {len(texts) / encode_s:.1f} texts/s = {raw_rate:.1f} samples/s")
-        print(f"pipeline / raw encode           {steady_rate / raw_rate:.2f}")
-        stages = [c.get("seconds", {}) for c in steady]
-        totals = {k: sum(st.get(k, 0.0) for st in stages) for k in ("fill", "validate", "score", "store", "commit")}
-        print("steady batches, seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()))
-        if args.profile:
-            report = top_entries(args.profile / "stacks.txt")
-            (args.profile / "top.txt").write_text(report)
-            print(report)
+        ratios = []
+        for run in range(1, args.repeats + 1):
+            print(f"--- run {run} of {args.repeats}")
+            ratios.append(run_once(args, work / f"run{run}", bootstrap, samples, texts, raw_encode_s, embedder.backend))
+        if len(ratios) > 1:
+            print(f"pipeline / raw encode over {len(ratios)} runs: median {statistics.median(ratios):.2f} "
+                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
     finally:
         if broker is not None:
             broker.stop()
