@@ -182,8 +182,7 @@ def main() -> None:
         bootstrap = broker.bootstrap
     try:
         samples = build_samples(args.samples)
-        base = load_settings(clickhouse_dsn=f"chdb://{work / 'clickhouse'}", clickhouse_database="bench")
-        embedder = embedder_from_settings(base)
+        embedder = embedder_from_settings(load_settings())  # the worker's, from the same SAFEMON_EMBEDDING_* settings
         if embedder.backend == "torch":
             import torch
 

@@ -240,7 +240,7 @@ def _check_schema(document: Any) -> None:
     try:
         if fast_validator().is_valid(document):
             return
-    except (ValueError, OverflowError):  # a value the Rust side cannot take (an int past 64 bits): ask the reference
+    except (ValueError, OverflowError):  # a value the Rust side cannot convert: the reference decides
         pass
     errors = sorted(schema_validator().iter_errors(document), key=relevance, reverse=True)
     if not errors:
