@@ -1,14 +1,25 @@
 """One client factory for the embedded chDB engine and ClickHouse servers.
 
 The embedded engine lets one process own a path at a time, so callers open a client per
-unit of work (`open_store`) and close it; opening retries with backoff while another
-process holds the path, and gives up with a clear error after a deadline.
+unit of work (`open_store`) and close it; opening waits while another process holds the
+path, and gives up with a clear error after a deadline.
+
+Processes take turns on an embedded path through a lock file beside it (`<path>.lock`,
+flock), polled every few milliseconds: a busy stream worker frees the path for only the
+~20 ms between two batches, and retrying the engine itself (tens of milliseconds per failed
+start, backing off to seconds) almost never landed in that gap, so a second worker or a
+`safemon sql` could starve behind it. The engine's own lock error is still retried with
+backoff, for holders that are not safemon.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +55,18 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "Unable to open the chdb engine" in text or "Cannot lock file" in text
 
 
+def _target_dsn(settings: Settings, readonly: bool) -> str:
+    """The DSN a client opens: the read-only server user's for reads when one is configured."""
+    readonly_user = readonly and settings.clickhouse_readonly_dsn is not None
+    return resolve_dsn(settings.clickhouse_readonly_dsn if readonly_user else settings.clickhouse_dsn)  # type: ignore[arg-type]
+
+
 def _connect(settings: Settings, readonly: bool) -> Client:
     # A read-only server user (deploy/clickhouse: a readonly profile with quotas and
     # max_execution_time) is preferred for people's SQL: the server enforces it, whatever
     # the client sends. Without one, the session itself is made read-only.
     readonly_user = readonly and settings.clickhouse_readonly_dsn is not None
-    dsn = resolve_dsn(settings.clickhouse_readonly_dsn if readonly_user else settings.clickhouse_dsn)  # type: ignore[arg-type]
+    dsn = _target_dsn(settings, readonly)
     embedded = dsn.startswith("chdb://")
     session_settings: dict[str, Any] = {"readonly": 2} if readonly and not readonly_user and not embedded else {}
     client = clickhouse_connect.get_client(dsn=dsn, settings=session_settings or None)
@@ -64,34 +81,80 @@ def _connect(settings: Settings, readonly: bool) -> Client:
     return client
 
 
+# How often a process waiting for an embedded path checks its lock file.
+TURN_POLL_S = 0.005
+# Lock file -> (its descriptor, users in this process): the turn belongs to the process, as the
+# engine does, so nested or concurrent opens within one process share it.
+_turns: dict[str, tuple[int, int]] = {}
+_turns_lock = threading.Lock()
+
+
+@contextmanager
+def _embedded_turn(dsn: str, timeout_s: float) -> Iterator[None]:
+    """Hold `<path>.lock` (flock) while this process uses the embedded path at `dsn`."""
+    lock_path = dsn.removeprefix("chdb://") + ".lock"
+    with _turns_lock:
+        if lock_path in _turns:
+            fd, users = _turns[lock_path]
+            _turns[lock_path] = (fd, users + 1)
+        else:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        os.close(fd)
+                        raise StoreUnavailable(
+                            f"could not open {dsn} within {timeout_s:.0f}s: another process holds the embedded store ({lock_path})"
+                        ) from None
+                    time.sleep(TURN_POLL_S)
+            _turns[lock_path] = (fd, 1)
+    try:
+        yield
+    finally:
+        with _turns_lock:
+            fd, users = _turns.pop(lock_path)
+            if users > 1:
+                _turns[lock_path] = (fd, users - 1)
+            else:
+                os.close(fd)  # releases the lock
+
+
 @contextmanager
 def open_store(settings: Settings, *, readonly: bool = False, migrated: bool = False) -> Iterator[Client]:
-    """Open a client for one unit of work, retrying while the embedded store is locked.
+    """Open a client for one unit of work, waiting while another process holds the embedded store.
 
     With `migrated`, pending migrations are applied first (entry points that write).
     """
+    with ExitStack() as turn:
+        dsn = _target_dsn(settings, readonly)
+        if dsn.startswith("chdb://") and dsn != "chdb://:memory:":
+            turn.enter_context(_embedded_turn(dsn, settings.clickhouse_lock_timeout_s))
+        client = _open_client(settings, readonly)
+        try:
+            if migrated:
+                from pipeline.store.migrations import migrate
+
+                migrate(client, cluster=settings.clickhouse_cluster)
+            yield client
+        finally:
+            client.close()
+
+
+def _open_client(settings: Settings, readonly: bool) -> Client:
     retrying = Retrying(
         retry=retry_if_exception(_is_lock_error),
         wait=wait_exponential_jitter(initial=0.1, max=2.0),
         stop=stop_after_delay(settings.clickhouse_lock_timeout_s),
-        reraise=False,
+        before_sleep=lambda state: log.info("store.open_retry", attempt=state.attempt_number + 1),
     )
     try:
-        for attempt in retrying:
-            with attempt:
-                if attempt.retry_state.attempt_number > 1:
-                    log.info("store.open_retry", attempt=attempt.retry_state.attempt_number)
-                client = _connect(settings, readonly)
+        return retrying(_connect, settings, readonly)
     except RetryError as exc:
         raise StoreUnavailable(
             f"could not open {settings.clickhouse_dsn} within {settings.clickhouse_lock_timeout_s:.0f}s: "
             f"another process holds the embedded store ({exc.last_attempt.exception()})"
         ) from None
-    try:
-        if migrated:
-            from pipeline.store.migrations import migrate
-
-            migrate(client, cluster=settings.clickhouse_cluster)
-        yield client
-    finally:
-        client.close()

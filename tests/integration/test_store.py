@@ -10,6 +10,7 @@ import time
 import pytest
 
 from pipeline.records import ProbeResult, ProbeRun, utc_now
+from pipeline.settings import load_settings
 from pipeline.store import probes as probe_store
 from pipeline.store.client import open_store
 from pipeline.store.migrations import Migration, MigrationError, discover, migrate
@@ -135,3 +136,42 @@ def test_open_retries_while_another_process_holds_the_path(tmp_path) -> None:
     long = subprocess.run([sys.executable, "-c", probe, "30"], capture_output=True, text=True, timeout=60)
     holder.wait(timeout=30)
     assert long.stdout.splitlines()[-1].startswith("opened"), long.stdout + long.stderr
+
+
+def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
+    """A process that reopens the store every batch frees it for ~20 ms at a time: another waits its turn, not the deadline."""
+    dsn = f"chdb://{tmp_path / 'busy'}"
+    busy = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from pipeline.settings import load_settings
+            from pipeline.store.client import open_store
+            settings = load_settings(clickhouse_dsn="{dsn}")
+            with open_store(settings, migrated=True):
+                print("busy", flush=True)
+            end = time.monotonic() + 60
+            while time.monotonic() < end:
+                with open_store(settings) as client:
+                    client.query("SELECT 1")
+                    time.sleep(0.3)
+                time.sleep(0.02)  # a stream worker between two batches' stores
+        """)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        while (line := busy.stdout.readline()) and line.strip() != "busy":
+            pass  # store log lines come first
+        assert line.strip() == "busy"
+        time.sleep(1.0)
+        settings = load_settings(clickhouse_dsn=dsn, clickhouse_lock_timeout_s=10)
+        for _ in range(3):
+            started = time.monotonic()
+            # Nested opens within one process share its turn.
+            with open_store(settings) as client, open_store(settings) as nested:
+                assert client.query("SELECT 1").result_rows == nested.query("SELECT 1").result_rows == [(1,)]
+            assert time.monotonic() - started < 5, "waited for the deadline instead of the holder's next gap"
+        assert busy.poll() is None  # it was busy the whole time
+    finally:
+        busy.kill()
+        busy.wait(timeout=30)
