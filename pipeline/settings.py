@@ -42,7 +42,9 @@ class Settings(BaseSettings):
         None, description="DSN of a read-only ClickHouse user for `safemon sql` (default: the main DSN with readonly=2)"
     )
     clickhouse_cluster: str | None = Field(None, description="Cluster name: migrations run ON CLUSTER with Replicated engines")
-    clickhouse_lock_timeout_s: float = Field(120.0, gt=0, description="How long to retry an embedded store locked by another process")
+    clickhouse_lock_timeout_s: float = Field(
+        120.0, gt=0, description="How long to wait for an embedded store held by another process (its turn, then the engine: each up to this long)"
+    )
 
     # Embeddings and detectors
     embedding_model: str = Field("", description="sentence-transformers model path or name; empty = the packaged all-MiniLM-L6-v2")
