@@ -43,7 +43,7 @@ class Settings(BaseSettings):
     )
     clickhouse_cluster: str | None = Field(None, description="Cluster name: migrations run ON CLUSTER with Replicated engines")
     clickhouse_lock_timeout_s: float = Field(
-        120.0, gt=0, description="How long to wait for an embedded store held by another process (its turn, then the engine: each up to this long)"
+        120.0, gt=0, description="How long to wait for an embedded store held by another process (its turn and then the engine, together)"
     )
 
     # Embeddings and detectors

@@ -55,18 +55,17 @@ def _is_lock_error(exc: BaseException) -> bool:
     return "Unable to open the chdb engine" in text or "Cannot lock file" in text
 
 
-def _target_dsn(settings: Settings, readonly: bool) -> str:
-    """The DSN a client opens: the read-only server user's for reads when one is configured."""
+def _target(settings: Settings, readonly: bool) -> tuple[str, bool]:
+    """The DSN a client opens, and whether it is the read-only server user's (preferred for reads)."""
     readonly_user = readonly and settings.clickhouse_readonly_dsn is not None
-    return resolve_dsn(settings.clickhouse_readonly_dsn if readonly_user else settings.clickhouse_dsn)  # type: ignore[arg-type]
+    return resolve_dsn(settings.clickhouse_readonly_dsn if readonly_user else settings.clickhouse_dsn), readonly_user  # type: ignore[arg-type]
 
 
 def _connect(settings: Settings, readonly: bool) -> Client:
     # A read-only server user (deploy/clickhouse: a readonly profile with quotas and
     # max_execution_time) is preferred for people's SQL: the server enforces it, whatever
     # the client sends. Without one, the session itself is made read-only.
-    readonly_user = readonly and settings.clickhouse_readonly_dsn is not None
-    dsn = _target_dsn(settings, readonly)
+    dsn, readonly_user = _target(settings, readonly)
     embedded = dsn.startswith("chdb://")
     session_settings: dict[str, Any] = {"readonly": 2} if readonly and not readonly_user and not embedded else {}
     client = clickhouse_connect.get_client(dsn=dsn, settings=session_settings or None)
@@ -81,6 +80,10 @@ def _connect(settings: Settings, readonly: bool) -> Client:
     return client
 
 
+def _held_elsewhere(dsn: str, timeout_s: float, detail: object) -> StoreUnavailable:
+    return StoreUnavailable(f"could not open {dsn} within {timeout_s:.0f}s: another process holds the embedded store ({detail})")
+
+
 # How often a process waiting for an embedded path checks its lock file.
 TURN_POLL_S = 0.005
 # Lock file -> (its descriptor, users in this process): the turn belongs to the process, as the
@@ -90,8 +93,8 @@ _turns_lock = threading.Lock()
 
 
 @contextmanager
-def _embedded_turn(dsn: str, timeout_s: float) -> Iterator[None]:
-    """Hold `<path>.lock` (flock) while this process uses the embedded path at `dsn`."""
+def _embedded_turn(dsn: str, timeout_s: float, deadline: float) -> Iterator[None]:
+    """Hold `<path>.lock` (flock) while this process uses the embedded path at `dsn`; wait until `deadline`."""
     lock_path = dsn.removeprefix("chdb://") + ".lock"
     with _turns_lock:
         if lock_path in _turns:
@@ -99,7 +102,6 @@ def _embedded_turn(dsn: str, timeout_s: float) -> Iterator[None]:
             _turns[lock_path] = (fd, users + 1)
         else:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-            deadline = time.monotonic() + timeout_s
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,9 +109,7 @@ def _embedded_turn(dsn: str, timeout_s: float) -> Iterator[None]:
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
                         os.close(fd)
-                        raise StoreUnavailable(
-                            f"could not open {dsn} within {timeout_s:.0f}s: another process holds the embedded store ({lock_path})"
-                        ) from None
+                        raise _held_elsewhere(dsn, timeout_s, lock_path) from None
                     time.sleep(TURN_POLL_S)
             _turns[lock_path] = (fd, 1)
     try:
@@ -127,13 +127,15 @@ def _embedded_turn(dsn: str, timeout_s: float) -> Iterator[None]:
 def open_store(settings: Settings, *, readonly: bool = False, migrated: bool = False) -> Iterator[Client]:
     """Open a client for one unit of work, waiting while another process holds the embedded store.
 
-    With `migrated`, pending migrations are applied first (entry points that write).
+    With `migrated`, pending migrations are applied first (entry points that write). Waiting for
+    the turn and then for the engine share one deadline, `clickhouse_lock_timeout_s` from now.
     """
+    deadline = time.monotonic() + settings.clickhouse_lock_timeout_s
     with ExitStack() as turn:
-        dsn = _target_dsn(settings, readonly)
+        dsn, _ = _target(settings, readonly)
         if dsn.startswith("chdb://") and dsn != "chdb://:memory:":
-            turn.enter_context(_embedded_turn(dsn, settings.clickhouse_lock_timeout_s))
-        client = _open_client(settings, readonly)
+            turn.enter_context(_embedded_turn(dsn, settings.clickhouse_lock_timeout_s, deadline))
+        client = _open_client(settings, readonly, deadline)
         try:
             if migrated:
                 from pipeline.store.migrations import migrate
@@ -144,17 +146,15 @@ def open_store(settings: Settings, *, readonly: bool = False, migrated: bool = F
             client.close()
 
 
-def _open_client(settings: Settings, readonly: bool) -> Client:
+def _open_client(settings: Settings, readonly: bool, deadline: float) -> Client:
     retrying = Retrying(
         retry=retry_if_exception(_is_lock_error),
         wait=wait_exponential_jitter(initial=0.1, max=2.0),
-        stop=stop_after_delay(settings.clickhouse_lock_timeout_s),
+        # The first attempt always runs; retries stop at the deadline the turn's wait shared.
+        stop=stop_after_delay(max(deadline - time.monotonic(), 0.0)),
         before_sleep=lambda state: log.info("store.open_retry", attempt=state.attempt_number + 1),
     )
     try:
         return retrying(_connect, settings, readonly)
     except RetryError as exc:
-        raise StoreUnavailable(
-            f"could not open {settings.clickhouse_dsn} within {settings.clickhouse_lock_timeout_s:.0f}s: "
-            f"another process holds the embedded store ({exc.last_attempt.exception()})"
-        ) from None
+        raise _held_elsewhere(settings.clickhouse_dsn, settings.clickhouse_lock_timeout_s, exc.last_attempt.exception()) from None
