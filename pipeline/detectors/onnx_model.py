@@ -324,11 +324,37 @@ class OnnxEncoder:
         return mean_pool_normalise(hidden, arrays["attention_mask"])
 
 
+# The cost model `length_batches` minimises, in token units: a row of width w costs
+# w * (1 + w / ATTENTION_TOKENS) (projections grow with w, attention with w squared; MiniLM's
+# attention matches its projections near 2,300 tokens), and each model call RUN_OVERHEAD_TOKENS.
+ATTENTION_TOKENS = 2300.0
+RUN_OVERHEAD_TOKENS = 64.0
+
+
 def length_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
-    """Row indices in batches of similar length (longest first), so little of a batch is padding."""
+    """Row indices in batches of at most `batch_size` similar lengths (longest first), cut where
+    padding would cost more than another model call.
+
+    Fixed runs of `batch_size` down the sorted lengths pad a lot wherever lengths are sparse (the
+    long tail of a stream batch of ~1,700 texts padded 2.3% more tokens than one call over all
+    12,000); the cuts are chosen by dynamic programming over the sorted lengths, in O(n * batch_size).
+    """
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    widths = [float(lengths[i]) for i in order]
+    n = len(widths)
+    best = [0.0] * (n + 1)  # best[i]: the cheapest cost of rows i.. (sorted)
+    cut = [n] * n
+    for i in range(n - 1, -1, -1):
+        row = widths[i] * (1.0 + widths[i] / ATTENTION_TOKENS)  # row i is its batch's widest
+        best[i] = float("inf")
+        for j in range(min(n, i + batch_size), i, -1):  # on a tie, the fuller batch
+            cost = (j - i) * row + RUN_OVERHEAD_TOKENS + best[j]
+            if cost < best[i]:
+                best[i], cut[i] = cost, j
+    i = 0
+    while i < n:
+        yield order[i : cut[i]]
+        i = cut[i]
 
 
 def mean_pool_normalise(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -85,8 +85,27 @@ def test_length_bucketing_keeps_the_callers_order(onnx_fp32):
     together = onnx_fp32.encode(texts)  # batch_size 3: long and short texts land in different batches
     alone = np.stack([onnx_fp32.encode([t])[0] for t in texts])
     np.testing.assert_allclose(together, alone, atol=1e-5)
-    batches = list(length_batches([3, 10, 1, 7, 5], 2))
-    assert [b.tolist() for b in batches] == [[1, 3], [4, 0], [2]]
+
+
+
+def test_length_batches_cover_every_row_once_longest_first_with_less_padding():
+    rng = np.random.default_rng(0)
+    # A stream batch's shape: mostly short texts, a sparse long tail, many at the 256 cap.
+    lengths = np.r_[rng.integers(5, 40, 900), rng.integers(40, 256, 300), np.full(150, 256)]
+    rng.shuffle(lengths)
+    batches = list(length_batches(lengths.tolist(), 16))
+    rows = np.concatenate(batches)
+    assert sorted(rows.tolist()) == list(range(len(lengths)))
+    assert all(1 <= len(b) <= 16 for b in batches)
+    widest = [lengths[b].max() for b in batches]
+    assert widest == sorted(widest, reverse=True), "longest batches first"
+    padded = sum(lengths[b].max() * len(b) for b in batches)
+    fixed = np.sort(lengths)[::-1]
+    fixed_padded = sum(fixed[i : i + 16].max() * len(fixed[i : i + 16]) for i in range(0, len(fixed), 16))
+    assert padded < fixed_padded
+    assert len(batches) <= 1.1 * -(-len(lengths) // 16), "not many more model calls than fixed runs"
+    # Equal lengths are never split below batch_size: nothing to save.
+    assert [len(b) for b in length_batches([7] * 40, 16)] == [16, 16, 8]
 
 
 def test_export_is_reused_and_keyed_on_versions(onnx_dir, onnx_fp32, monkeypatch):
