@@ -138,6 +138,52 @@ def test_open_retries_while_another_process_holds_the_path(tmp_path) -> None:
     assert long.stdout.splitlines()[-1].startswith("opened"), long.stdout + long.stderr
 
 
+def test_the_turn_and_the_engine_share_one_deadline(tmp_path) -> None:
+    """Waiting for the lock-file turn, then for an engine still held, gives up at the one deadline, not twice it."""
+    path = tmp_path / "held"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, os, time, clickhouse_connect
+            c = clickhouse_connect.get_client(dsn="chdb://{path}")  # the engine, held throughout
+            fd = os.open("{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # and the turn, until the probe has waited 2.5 s for it
+            print("held", flush=True)
+            while not os.path.exists("{path}.probe"):
+                time.sleep(0.01)
+            time.sleep(2.5)
+            os.close(fd)
+            time.sleep(15)
+            c.close()
+        """)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        probe = textwrap.dedent(f"""
+            import pathlib, time
+            from pipeline.settings import load_settings
+            from pipeline.store.client import open_store, StoreUnavailable
+            settings = load_settings(clickhouse_dsn="chdb://{path}", clickhouse_lock_timeout_s=3)
+            pathlib.Path("{path}.probe").touch()
+            t = time.monotonic()
+            try:
+                with open_store(settings):
+                    print("opened")
+            except StoreUnavailable as exc:
+                print("unavailable", round(time.monotonic() - t, 2))
+        """)
+        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+        verdict, seconds = result.stdout.split()[-2:]
+        assert verdict == "unavailable", result.stdout + result.stderr
+        # 2.5 s for the turn plus a full 3 s for the engine would be >= 5.5 s; one deadline ends near 3 s
+        # (plus at most one backoff sleep begun just before it).
+        assert 2.5 <= float(seconds) < 4.6, seconds
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
 def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
     """A process that reopens the store every batch frees it for ~20 ms at a time: another waits its turn, not the deadline."""
     dsn = f"chdb://{tmp_path / 'busy'}"
