@@ -48,7 +48,7 @@ class Settings(BaseSettings):
 
     # Embeddings and detectors
     embedding_model: str = Field("", description="sentence-transformers model path or name; empty = the packaged all-MiniLM-L6-v2")
-    embedding_batch_size: int = Field(DEFAULT_EMBEDDING_BATCH, ge=1, le=4096, description="Texts per model batch (texts are sorted by length into batches)")
+    embedding_batch_size: int = Field(DEFAULT_EMBEDDING_BATCH, ge=1, le=4096, description="Most texts per model batch (texts are sorted by length; ONNX batches are cut where padding would cost more than another call)")
     embedding_backend: EmbeddingBackend = Field(
         DEFAULT_BACKEND, description="onnx-int8 (int8 weights on onnxruntime), onnx (fp32) or torch (sentence-transformers); the ONNX file is exported offline on first use"
     )
