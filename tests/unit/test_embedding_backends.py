@@ -87,7 +87,6 @@ def test_length_bucketing_keeps_the_callers_order(onnx_fp32):
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-
 def test_length_batches_cover_every_row_once_longest_first_with_less_padding():
     rng = np.random.default_rng(0)
     # A stream batch's shape: mostly short texts, a sparse long tail, many at the 256 cap.
