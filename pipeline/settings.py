@@ -69,7 +69,11 @@ class Settings(BaseSettings):
     )
     drift_reference_model_version: str | None = Field(None, description="Pinned reference model_version when drift_reference=model_version")
     drift_window_minutes: int = Field(60, ge=1, description="Length of the current drift window")
-    drift_max_samples: int = Field(2000, ge=10, description="Windows are subsampled to at most this many embeddings")
+    drift_reference_weeks: int = Field(4, ge=1, description="same_hour_last_week: how many past weeks' same window make up the reference")
+    drift_max_samples: int = Field(2000, ge=10, description="The current window is subsampled to at most this many embeddings, and so is the reference of mmd and c2st")
+    drift_reference_max_samples: int = Field(
+        8000, ge=10, description="The reference is subsampled to at most this many embeddings; attack_share reads them all (more power at small attack shares)"
+    )
     drift_min_samples: int = Field(100, ge=2, description="Smaller windows are reported as insufficient_data")
     drift_attack_head: Path | None = Field(None, description="Fitted attack head (safemon drift fit-head) for the targeted drift test; unset = built-in exemplars")
     drift_permutations: int = Field(1000, ge=50, description="Permutations per permutation test (mmd, and attack_share with a head)")

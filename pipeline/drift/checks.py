@@ -1,11 +1,15 @@
 """The hourly drift check: each (target, model_version) window against its reference.
 
 The current window is the last `drift_window_minutes` before the check. The reference is,
-by default, the same window one week earlier (`same_hour_last_week`: traffic has weekly and
-daily seasonality, and last week's same hour is the nearest comparable traffic); or the day
-before the window (`previous_day`); or the last week of a pinned `model_version`. Both
-windows are hash-subsampled to `drift_max_samples`; a window with fewer than
-`drift_min_samples` usable embeddings is `insufficient_data`, never "no drift".
+by default, the same window in each of the last `drift_reference_weeks` weeks
+(`same_hour_last_week`: traffic has weekly and daily seasonality, and the same hour of past
+weeks is the nearest comparable traffic); or the day before the window (`previous_day`); or
+the last week of a pinned `model_version`. The current window is hash-subsampled to
+`drift_max_samples`, the reference to `drift_reference_max_samples`: the targeted test reads
+all of the reference (a bigger reference pins the base rate of attack-like traffic down, and
+power at small attack shares rises with it), the kernel and classifier tests its first
+`drift_max_samples` rows. A window with fewer than `drift_min_samples` usable embeddings is
+`insufficient_data`, never "no drift".
 """
 
 from __future__ import annotations
@@ -63,8 +67,7 @@ class DriftCheck:
 @dataclass(frozen=True)
 class ReferenceWindow:
     kind: str
-    start: datetime
-    end: datetime
+    periods: tuple[tuple[datetime, datetime], ...]
     model_version: str | None
     label: str
 
@@ -73,15 +76,19 @@ def reference_for(settings: Settings, start: datetime, end: datetime) -> Referen
     """The reference window of a current window [start, end), per `drift_reference`."""
     kind = settings.drift_reference
     if kind == "previous_day":
-        r_start, r_end, mv = start - timedelta(days=1), start, None
+        periods, mv = ((start - timedelta(days=1), start),), None
     elif kind == "model_version":
         if not settings.drift_reference_model_version:
             raise ValueError("SAFEMON_DRIFT_REFERENCE=model_version needs SAFEMON_DRIFT_REFERENCE_MODEL_VERSION")
-        r_start, r_end, mv = start - timedelta(days=7), start, settings.drift_reference_model_version
+        periods, mv = ((start - timedelta(days=7), start),), settings.drift_reference_model_version
     else:
-        r_start, r_end, mv = start - timedelta(days=7), end - timedelta(days=7), None
-    label = f"{kind} {r_start:%Y-%m-%dT%H:%MZ}..{r_end:%Y-%m-%dT%H:%MZ}" + (f" model_version={mv}" if mv else "")
-    return ReferenceWindow(kind, r_start, r_end, mv, label)
+        weeks = range(settings.drift_reference_weeks, 0, -1)
+        periods, mv = tuple((start - timedelta(weeks=w), end - timedelta(weeks=w)) for w in weeks), None
+    r_start, r_end = periods[-1]
+    label = f"{kind} {r_start:%Y-%m-%dT%H:%MZ}..{r_end:%Y-%m-%dT%H:%MZ}"
+    if len(periods) > 1:
+        label += f" and the {len(periods) - 1} weeks before"
+    return ReferenceWindow(kind, periods, mv, label + (f" model_version={mv}" if mv else ""))
 
 
 def stable_seed(*parts: object) -> int:
@@ -91,11 +98,14 @@ def stable_seed(*parts: object) -> int:
 
 def compare(
     reference: np.ndarray, current: np.ndarray, methods: Sequence[str], *, alpha: float, min_effect: float,
-    permutations: int, seed: int, attacks: AttackProfile | None,
+    permutations: int, seed: int, attacks: AttackProfile | None, reference_cap: int | None = None,
 ) -> Comparison:  # fmt: skip
-    """Run the methods on clean windows, Holm-correct the alerting ones, apply the minimum effect."""
+    """Run the methods on clean windows, Holm-correct the alerting ones, apply the minimum effect.
+
+    `reference_cap` limits the rows the costly untargeted methods read (see `run_methods`).
+    """
     ctx = DriftContext(alpha=alpha, permutations=permutations, seed=seed, attacks=attacks)
-    results = run_methods(list(methods), reference, current, ctx)
+    results = run_methods(list(methods), reference, current, ctx, reference_cap=reference_cap)
     alerting = [r for r in results if r.can_alert]
     adjusted = dict(zip((r.method for r in alerting), adjust_p_values([r.p_value for r in alerting], "holm"), strict=True))
     drifted = tuple(r.method for r in alerting if adjusted[r.method] < alpha and r.effect_size >= min_effect)
@@ -144,9 +154,9 @@ def check_target(
     key = {"target": target, "model_version": model_version, "window_start": start, "window_end": end,
            "reference_kind": ref_window.kind, "reference_label": ref_window.label}  # fmt: skip
     bound = log.bind(target=target, model_version=model_version, window_end=end.isoformat())
-    cur_w = drift_store.read_window(client, target, start, end, model_version=model_version, limit=settings.drift_max_samples)
-    ref_w = drift_store.read_window(client, target, ref_window.start, ref_window.end, model_version=ref_window.model_version,
-                                    limit=settings.drift_max_samples)  # fmt: skip
+    cur_w = drift_store.read_window(client, target, [(start, end)], model_version=model_version, limit=settings.drift_max_samples)
+    ref_w = drift_store.read_window(client, target, ref_window.periods, model_version=ref_window.model_version,
+                                    limit=settings.drift_reference_max_samples)  # fmt: skip
     try:
         ref_raw, _ = drift_store.as_matrix(ref_w)
         cur_raw, _ = drift_store.as_matrix(cur_w)
@@ -162,7 +172,8 @@ def check_target(
         return DriftCheck(target, model_version, "insufficient_data", len(reference), len(current))
     try:
         comparison = compare(reference, current, settings.drift_methods, alpha=settings.drift_alpha, min_effect=settings.drift_min_effect,
-                             permutations=settings.drift_permutations, seed=stable_seed(target, model_version, end), attacks=attacks)  # fmt: skip
+                             permutations=settings.drift_permutations, seed=stable_seed(target, model_version, end), attacks=attacks,
+                             reference_cap=settings.drift_max_samples)  # fmt: skip
     except DriftInputError as exc:
         return _fail(client, key, bound, str(exc), len(reference), len(current))
     witness = next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None)
@@ -182,7 +193,7 @@ def check_target(
     alert = alert_store.save_once(client, decided) if decided is not None else None
     explained = json.dumps(explanation.to_dict())
     drift_store.write_results(client, [
-        _row(key, r.method, "checked", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid,
+        _row(key, r.method, "checked", n_reference=r.n_reference, n_current=r.n_current, n_invalid=n_invalid,
              statistic=r.statistic, p_value=r.p_value, p_adjusted=comparison.p_adjusted.get(r.method, math.nan),
              effect_size=r.effect_size, drifted=r.method in comparison.drifted,
              alerted=alert is not None and r.method in comparison.drifted, explanation=explained)

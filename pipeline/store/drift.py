@@ -37,11 +37,25 @@ def write_results(client: Client, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def read_window(
-    client: Client, target: str, start: datetime, end: datetime, *, model_version: str | None = None, limit: int = 2000
+    client: Client,
+    target: str,
+    periods: Sequence[tuple[datetime, datetime]],
+    *,
+    model_version: str | None = None,
+    limit: int = 2000,
 ) -> EmbeddingWindow:
-    """At most `limit` samples of `target` in [start, end), a deterministic hash subsample."""
-    where = "target = {target:String} AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
-    params: dict[str, Any] = {"target": target, "start": start, "end": end, "limit": limit}
+    """At most `limit` samples of `target` in the [start, end) periods, a deterministic hash subsample.
+
+    Rows come in hash order, so any prefix of the window is itself a uniform subsample of it.
+    """
+    if not periods:
+        raise ValueError("a window needs at least one (start, end) period")
+    params: dict[str, Any] = {"target": target, "limit": limit}
+    spans = []
+    for i, (start, end) in enumerate(periods):
+        spans.append(f"(occurred_at >= {{s{i}:DateTime64(3, 'UTC')}} AND occurred_at < {{e{i}:DateTime64(3, 'UTC')}})")
+        params[f"s{i}"], params[f"e{i}"] = start, end
+    where = f"target = {{target:String}} AND ({' OR '.join(spans)})"
     if model_version is not None:
         where += " AND model_version = {mv:String}"
         params["mv"] = model_version

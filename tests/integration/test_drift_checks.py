@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from pipeline.drift.attacks import AttackProfile
-from pipeline.drift.checks import check_all
+from pipeline.drift.checks import check_all, check_target
 from pipeline.records import AlertKind, utc_now
 from pipeline.store.samples import SCORE_COLUMNS
 
@@ -80,3 +80,25 @@ def test_drift_check_alerts_threads_and_survives_bad_windows(client, settings) -
     insert_embeddings(client, "bot", last_week + timedelta(hours=1), _unit(rng, 200))
     follow = {c.target: c for c in check_all(client, settings, end + timedelta(hours=1), profile)}["bot"]
     assert follow.alert.alert.fingerprint == bot.alert.alert.fingerprint and "persists" in follow.alert.alert.title
+
+
+def test_the_reference_is_the_same_hour_of_past_weeks(client, settings) -> None:
+    """attack_share reads every reference row of the past weeks' same hour; mmd reads a capped subsample."""
+    settings = settings.model_copy(update={"drift_min_samples": 50, "drift_permutations": 200, "drift_reference_weeks": 3,
+                                           "drift_max_samples": 150, "drift_methods": ["mmd", "attack_share"]})  # fmt: skip
+    profile = AttackProfile(np.eye(DIM, dtype=np.float32)[[0, 1]], ["jailbreak:persona_roleplay", "benign"])
+    rng = np.random.default_rng(1)
+    end = utc_now().replace(minute=0, second=0, microsecond=0)
+    hour = end - timedelta(hours=1)
+    for weeks in (1, 2, 3, 4):  # the fourth week back is outside the reference
+        insert_embeddings(client, "weekly", hour - timedelta(weeks=weeks), _unit(rng, 100))
+    insert_embeddings(client, "weekly", hour - timedelta(weeks=1, hours=2), _unit(rng, 100))  # between two reference hours
+    insert_embeddings(client, "weekly", hour, _unit(rng, 100))
+
+    check = check_target(client, settings, "weekly", "v1", end, profile)
+    by_method = {r.method: r for r in check.comparison.results}
+    assert check.n_reference == by_method["attack_share"].n_reference == 300
+    assert by_method["mmd"].n_reference == 150 and check.n_current == 100
+    stored = client.query("SELECT method, n_reference, reference_label FROM drift_results FINAL WHERE target = 'weekly'").result_rows
+    assert {m: n for m, n, _ in stored} == {"mmd": 150, "attack_share": 300}
+    assert all(label.endswith("and the 2 weeks before") for _, _, label in stored)

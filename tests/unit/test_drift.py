@@ -13,7 +13,7 @@ from pipeline.drift.attacks import AttackHead, AttackProfile, fit_head
 from pipeline.drift.checks import compare
 from pipeline.drift.methods import (
     DRIFT_METHODS, DriftContext, DriftInputError, check_pair, clean_embeddings, mmd2_unbiased, mmd_permutation_test, rbf_kernel,
-    weight_permutation_test,
+    run_methods, weight_permutation_test,
 )  # fmt: skip
 
 DIM = 16
@@ -125,6 +125,17 @@ def test_a_known_shift_is_detected() -> None:
     broad = compare(reference, _unit(rng, 300, shift=moved), ["mmd", "c2st", "attack_share"], alpha=0.01, min_effect=0.02,
                     permutations=500, seed=0, attacks=_profile())  # fmt: skip
     assert {"mmd", "c2st"} <= set(broad.drifted) and "attack_share" not in broad.drifted
+
+
+def test_only_the_costly_methods_read_a_capped_reference() -> None:
+    rng = np.random.default_rng(8)
+    reference, current = _unit(rng, 400), _unit(rng, 100)
+    ctx = DriftContext(attacks=_profile(), permutations=100)
+    results = {r.method: r for r in run_methods(["mmd", "c2st", "attack_share", "centroid"], reference, current, ctx, reference_cap=150)}
+    assert results["mmd"].n_reference == results["c2st"].n_reference == 150
+    assert results["attack_share"].n_reference == results["centroid"].n_reference == 400
+    uncapped = run_methods(["mmd"], reference[:150], current, ctx)[0]
+    assert (uncapped.statistic, uncapped.p_value) == (results["mmd"].statistic, results["mmd"].p_value)
 
 
 def test_results_are_reproducible() -> None:
