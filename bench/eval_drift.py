@@ -14,6 +14,10 @@ Windows (declared, and fixed by seed):
   disjoint from every fit text: `roleplay` = in-the-wild jailbreaks of hash-half B and DAN
   templates of the "eval" half wrapping HarmBench goals; `direct` = HarmBench standard
   behaviours as plain requests; `injection` = BIPIA attack instructions.
+- each trial draws a current window of n rows and, disjoint from it, a reference of
+  `--reference-multiple` x n rows (default 3: the hourly check's default reference is the same
+  hour of the last 4 weeks). As in the hourly check, attack_share reads the whole reference and
+  mmd, c2st and Evidently its first `drift_max_samples` (2,000) rows.
 Nothing is tuned on the evaluation windows. Evidently (0.7.23, legacy embedding drift
 methods at their defaults) runs on the very same window pairs in `.venv-bench`, a separate
 virtualenv (Evidently needs pandas < 3); this file is its worker too (`--evidently-worker`).
@@ -116,22 +120,31 @@ def embed_all(sets: dict[str, list[str]], out: Path, backend: str) -> dict[str, 
     return {name: np.stack([stored[hash_text(t)] for t in texts]) for name, texts in sets.items() if not name.startswith("_")}
 
 
-def make_trials(n_benign: int, pools: dict[str, int], sizes: list[int], null_trials: int, power_trials: int, seed: int) -> list[dict]:
-    """Window pairs as row indices: benign rows index the benign pool, attack rows their kind's pool."""
+def make_trials(
+    n_benign: int, pools: dict[str, int], sizes: list[int], null_trials: int, power_trials: int, seed: int, reference_multiple: int = 1
+) -> list[dict]:
+    """Window pairs as row indices: benign rows index the benign pool, attack rows their kind's pool.
+
+    The current window has n rows, the reference `reference_multiple` * n, disjoint, drawn at random.
+    """
     rng = np.random.default_rng(seed)
     trials = []
     for n in sizes:
+        m = reference_multiple * n
+        if m + n > n_benign:
+            raise SystemExit(f"a reference of {m} rows and a window of {n} need {m + n} benign rows; the pool has {n_benign}")
         for kind, p, count in [("none", 0.0, null_trials)] + [(k, p, power_trials) for k in pools for p in RATES]:
             for t in range(count):
-                rows = rng.choice(n_benign, 2 * n, replace=False)
+                rows = rng.choice(n_benign, m + n, replace=False)
                 k = int(round(p * n))
                 attacks = rng.choice(pools[kind], k, replace=k > pools[kind]).tolist() if k else []
-                trials.append({"n": n, "kind": kind, "p": p, "trial": t, "ref": rows[:n].tolist(), "cur": rows[n : 2 * n - k].tolist(), "attacks": attacks})
+                trials.append({"n": n, "kind": kind, "p": p, "trial": t, "ref": rows[:m].tolist(), "cur": rows[m : m + n - k].tolist(), "attacks": attacks})
     return trials
 
 
-def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    ref = benign[trial["ref"]]
+def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray], cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The trial's reference (its first `cap` rows, when given) and current window."""
+    ref = benign[trial["ref"][:cap]]
     cur = benign[trial["cur"]]
     if trial["attacks"]:
         cur = np.vstack([cur, attacks[trial["kind"]][trial["attacks"]]])
@@ -139,10 +152,11 @@ def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray]) -> 
 
 
 def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarray], profile, alpha: float, permutations: int,
-             methods: tuple[str, ...] = OURS) -> list[dict]:
+             methods: tuple[str, ...] = OURS, cap: int | None = None) -> list[dict]:
+    """Every method on every trial; the hourly check's capped methods read the reference's first `cap` rows."""
     from rich.progress import Progress
 
-    from pipeline.drift.methods import DRIFT_METHODS, DriftContext
+    from pipeline.drift.methods import CAPPED_REFERENCE, DRIFT_METHODS, DriftContext
 
     out = []
     with Progress() as progress:
@@ -152,7 +166,7 @@ def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarr
             ctx = DriftContext(alpha=alpha, permutations=permutations, seed=i, attacks=profile)
             for name in methods:
                 start = time.perf_counter()
-                r = DRIFT_METHODS.get(name)(ref, cur, ctx)
+                r = DRIFT_METHODS.get(name)(ref[:cap] if name in CAPPED_REFERENCE else ref, cur, ctx)
                 out.append({"method": name, "trial": i, "n": trial["n"], "kind": trial["kind"], "p": trial["p"], "p_value": r.p_value,
                             "effect": r.effect_size, "seconds": time.perf_counter() - start})  # fmt: skip
             progress.advance(task)
@@ -175,9 +189,10 @@ def evidently_worker(pairs: Path, out: Path) -> None:
     benign = data["benign"]
     attacks = {k: data[f"attack_{k}"] for k in KINDS}
     trials = json.loads(str(data["trials"]))
+    cap = int(data["cap"])  # untargeted, like safemon's mmd and c2st: the same capped reference
     rows = []
     for trial in trials:
-        ref, cur = windows(trial, benign, attacks)
+        ref, cur = windows(trial, benign, attacks, cap)
         for name, method in methods.items():
             start = time.perf_counter()
             score, drifted, _ = method(pd.DataFrame(cur), pd.DataFrame(ref))
@@ -252,6 +267,9 @@ def main() -> None:
     parser.add_argument("--null-trials", type=int, default=200)
     parser.add_argument("--power-trials", type=int, default=40)
     parser.add_argument("--sizes", type=int, nargs="+", default=[500, 2000])
+    # The hourly check's default reference is the same hour of the last 4 weeks (~4n rows); the
+    # evaluation pool (8,173 benign rows) holds 3 x 2,000 + 2,000 but not 4 x 2,000 + 2,000.
+    parser.add_argument("--reference-multiple", type=int, default=3, help="reference rows per current-window row (1: equal windows)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--backend", help="embedding backend (default: SAFEMON_EMBEDDING_BACKEND's default)")
     # Chosen on the fit split only (4-fold CV): tpr/sqrt(fpr), a proxy for the exact test's power on a
@@ -274,15 +292,14 @@ def main() -> None:
     from pipeline.drift.attacks import AttackProfile, fit_head
     from pipeline.logs import configure_logging
 
+    from pipeline.settings import DEFAULT_BACKEND, Settings
+
     configure_logging("WARNING")
     if args.backend is None:
-        from pipeline.settings import DEFAULT_BACKEND
-
         args.backend = DEFAULT_BACKEND
     if args.min_effect is None:
-        from pipeline.settings import Settings
-
         args.min_effect = Settings.model_fields["drift_min_effect"].default
+    cap = Settings.model_fields["drift_max_samples"].default
     args.out.mkdir(parents=True, exist_ok=True)
     texts = load_texts(args.data, args.seed)
     vecs = embed_all(texts, args.out, args.backend)
@@ -292,13 +309,14 @@ def main() -> None:
     head.save(args.out / "attack_head.npz")
     profile = AttackProfile.builtin(get_embedder(backend=args.backend), head)
     pools = {k: len(vecs[k]) for k in KINDS}
-    trials = make_trials(len(vecs["benign_eval"]), pools, args.sizes, args.null_trials, args.power_trials, args.seed)
+    trials = make_trials(len(vecs["benign_eval"]), pools, args.sizes, args.null_trials, args.power_trials, args.seed, args.reference_multiple)
     attacks = {k: vecs[k] for k in KINDS}
-    ours = run_ours(trials, vecs["benign_eval"], attacks, profile, args.alpha, args.permutations, tuple(args.methods))
+    ours = run_ours(trials, vecs["benign_eval"], attacks, profile, args.alpha, args.permutations, tuple(args.methods), cap)
     rows = ours + (combined(ours, args.alpha, args.min_effect) if set(ALERTING) <= set(args.methods) else [])
     if not args.skip_evidently:
         pairs = args.out / "drift_pairs.npz"
-        np.savez(pairs, benign=vecs["benign_eval"], trials=np.array(json.dumps(trials)), **{f"attack_{k}": v for k, v in attacks.items()})
+        np.savez(pairs, benign=vecs["benign_eval"], trials=np.array(json.dumps(trials)), cap=np.array(cap),
+                 **{f"attack_{k}": v for k, v in attacks.items()})  # fmt: skip
         result = args.out / "drift_evidently.json"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run([str(BENCH_PYTHON), __file__, "--evidently-worker", str(pairs), str(result)], check=True, env=env)
@@ -309,6 +327,7 @@ def main() -> None:
         "min_effect": args.min_effect,
         "backend": args.backend,
         "sets": {k: len(v) for k, v in texts.items() if not k.startswith("_")} | texts["_counts"],
+        "reference": {"multiple": args.reference_multiple, "untargeted_cap": cap},
         "head": {"hidden": args.hidden, "threshold": head.threshold, "tpr_fit_holdout": head.tpr, "fpr_fit_holdout": head.fpr, "sources": head.sources},
         "speed": speed(args.permutations),
         "table": summarise(rows, args.alpha),
