@@ -156,7 +156,7 @@ def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarr
     """Every method on every trial; the hourly check's capped methods read the reference's first `cap` rows."""
     from rich.progress import Progress
 
-    from pipeline.drift.methods import CAPPED_REFERENCE, DRIFT_METHODS, DriftContext
+    from pipeline.drift.methods import DriftContext, run_methods
 
     out = []
     with Progress() as progress:
@@ -166,7 +166,7 @@ def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarr
             ctx = DriftContext(alpha=alpha, permutations=permutations, seed=i, attacks=profile)
             for name in methods:
                 start = time.perf_counter()
-                r = DRIFT_METHODS.get(name)(ref[:cap] if name in CAPPED_REFERENCE else ref, cur, ctx)
+                [r] = run_methods([name], ref, cur, ctx, reference_cap=cap)
                 out.append({"method": name, "trial": i, "n": trial["n"], "kind": trial["kind"], "p": trial["p"], "p_value": r.p_value,
                             "effect": r.effect_size, "seconds": time.perf_counter() - start})  # fmt: skip
             progress.advance(task)
@@ -291,7 +291,6 @@ def main() -> None:
     from pipeline.detectors.embedder import get_embedder
     from pipeline.drift.attacks import AttackProfile, fit_head
     from pipeline.logs import configure_logging
-
     from pipeline.settings import DEFAULT_BACKEND, Settings
 
     configure_logging("WARNING")
@@ -338,7 +337,8 @@ def main() -> None:
 
 def format_table(report: dict) -> str:
     lines = [f"alpha={report['alpha']} min_effect={report['min_effect']}  head: thr={report['head']['threshold']:.3f} tpr={report['head']['tpr_fit_holdout']:.2f} "
-             f"fpr={report['head']['fpr_fit_holdout']:.3f}  mmd 2000x2000x384 x{report['speed']['permutations']}: {report['speed']['median_s']:.2f}s"]  # fmt: skip
+             f"fpr={report['head']['fpr_fit_holdout']:.3f}  mmd 2000x2000x384 x{report['speed']['permutations']}: {report['speed']['median_s']:.2f}s  "
+             f"reference {report['reference']['multiple']}x the window (mmd, c2st, Evidently: its first {report['reference']['untargeted_cap']} rows)"]  # fmt: skip
     lines.append(f"{'method':22} {'n':>5} {'kind':10} {'p':>5} {'trials':>6} {'rate':>6} {'95% CI':>15} {'s/test':>7}")
     for r in report["table"]:
         rate = f"{r['rate']:.3f}" if r["rate"] is not None else f"d={r['mean_effect']:.4f}"
