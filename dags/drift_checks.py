@@ -1,4 +1,4 @@
-"""Hourly: each target's embedding drift, last hour vs its reference (default: same hour last week)."""
+"""Hourly: each target's embedding drift, last hour vs its reference (default: the same hour of the last 4 weeks)."""
 
 import pendulum
 from airflow.sdk import dag, task
