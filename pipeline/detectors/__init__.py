@@ -6,7 +6,7 @@ Every detector registers in `DETECTORS`; `DETECTORS.get(name)(embedder)` builds 
 
 What the default detectors (no fitting) are built from:
 - the embedding model all-MiniLM-L6-v2 (packaged, offline), reading truncated views of each
-  text (`views`: the opening, the head+tail gist, the prompt's first 300 characters);
+  text (`views`: the head+tail gist of a response, the prompt's first 300 characters);
 - `exemplars/refusal.yaml`: 42 refusal and 53 compliance openings written by this project, and
   the phrase rules in `refusal.py` (strong refusal openings, refusal phrases, eager-compliance
   openings) with constants set by hand on the unit tests' handwritten examples;

@@ -27,18 +27,18 @@ from pipeline.detectors import views as view_sizes
 log = structlog.get_logger(__name__)
 
 ARTIFACT_FORMAT = "safemon.detector_head"
-ARTIFACT_VERSION = 2  # 2: a ninth rule signal (refusal_substring)
+ARTIFACT_VERSION = 3  # 2: a ninth rule signal (refusal_substring); 3: no opening view, no margin_opening signal
 # What each task's head reads. Refusal deliberately ignores the prompt: a prompt-only classifier
 # already scores ~0.86 on XSTest, and the head must judge the response, not guess from the request.
 TASK_FEATURES: dict[str, tuple[str, ...]] = {
-    "refusal": ("opening", "gist", "signals"),
-    "harmful_compliance": ("opening", "gist", "prompt", "signals"),
+    "refusal": ("gist", "signals"),
+    "harmful_compliance": ("gist", "prompt", "signals"),
     "prompt_harm": ("prompt",),
 }
 # Harmful compliance fitted on data whose prompts are all harmful (JailbreakBench): the prompt
 # carries no label information there, only the goal's identity, which does not transfer to
-# unseen goals (cross-fitted by goal: 0.797 with the prompt and opening, 0.824 without them
-# and with the refusal_substring signal).
+# unseen goals (cross-fitted by goal: 0.797 with the prompt, 0.824 without it and with the
+# refusal_substring signal).
 RESPONSE_ONLY_FEATURES = ("gist", "signals")
 # The classes whose probabilities add up to each task's score.
 TASK_POSITIVE: dict[str, tuple[str, ...]] = {
@@ -106,7 +106,6 @@ class HeadSet:
             "version": ARTIFACT_VERSION,
             "model": self.model,
             "views": {
-                "opening_chars": view_sizes.OPENING_CHARS,
                 "gist_head_chars": view_sizes.GIST_HEAD_CHARS,
                 "gist_tail_chars": view_sizes.GIST_TAIL_CHARS,
                 "prompt_chars": view_sizes.PROMPT_CHARS,

@@ -52,11 +52,10 @@ class PolicyDetector:
         texts = list(responses)
         views = Views.of(texts, prompts)
         n = len(texts)
-        vecs = self.embedder.encode(views.opening + views.gist + (views.prompt or []))
-        head_vecs, gist_vecs = vecs[:n], vecs[n : 2 * n]
-        prompt_vecs = vecs[2 * n :] if prompts is not None else None
-        refusal = self.refusal.score_vectors(texts, head_vecs, gist_vecs)
-        return self.score_vectors(gist_vecs, prompt_vecs, refusal, empty=[not t.strip() for t in texts], texts=texts, opening_vecs=head_vecs)
+        vecs = self.embedder.encode(views.gist + (views.prompt or []))
+        gist_vecs, prompt_vecs = vecs[:n], (vecs[n:] if prompts is not None else None)
+        refusal = self.refusal.score_vectors(texts, gist_vecs)
+        return self.score_vectors(gist_vecs, prompt_vecs, refusal, empty=[not t.strip() for t in texts], texts=texts)
 
     def score_vectors(
         self,
@@ -66,19 +65,18 @@ class PolicyDetector:
         empty: Sequence[bool] | None = None,
         *,
         texts: Sequence[str] | None = None,
-        opening_vecs: np.ndarray | None = None,
     ) -> list[dict[str, float]]:
-        """Per-category scores from already-computed embeddings and refusal scores.
+        """Per-category scores from already-computed embeddings (of the gists) and refusal scores.
 
-        With a harmful-compliance head (and the texts, openings and prompts it reads), the top
+        With a harmful-compliance head (and the texts and prompts it reads), the top
         category scores the head's probability and the others scale down with their affinity.
         """
         raw = self._margins(response_vecs)
         if prompt_vecs is not None:
             raw = raw + PROMPT_WEIGHT * self._margins(prompt_vecs)
         affinity = sigmoid(SCALE * (raw - BIAS))
-        if self.head is not None and texts is not None and opening_vecs is not None and (prompt_vecs is not None or "prompt" not in self.head.features):
-            harmful = self.harmful_vectors(texts, opening_vecs, response_vecs, prompt_vecs)
+        if self.head is not None and texts is not None and (prompt_vecs is not None or "prompt" not in self.head.features):
+            harmful = self.harmful_vectors(texts, response_vecs, prompt_vecs)
             scores = harmful[:, None] * affinity / np.maximum(affinity.max(axis=1, keepdims=True), 1e-9)
         else:
             scores = affinity * (1.0 - np.asarray(refusal_scores, dtype=np.float64))[:, None]
@@ -86,9 +84,7 @@ class PolicyDetector:
             scores[np.asarray(empty, dtype=bool)] = 0.0
         return [{c: round(float(s), 6) for c, s in zip(self.categories, row, strict=True)} for row in scores]
 
-    def harmful_vectors(
-        self, texts: Sequence[str], opening_vecs: np.ndarray, gist_vecs: np.ndarray, prompt_vecs: np.ndarray | None
-    ) -> np.ndarray:
+    def harmful_vectors(self, texts: Sequence[str], gist_vecs: np.ndarray, prompt_vecs: np.ndarray | None) -> np.ndarray:
         """Probability that each response helps with a harmful request, whatever the category.
 
         The fitted head when there is one; otherwise the top category score of the exemplars,
@@ -98,18 +94,13 @@ class PolicyDetector:
             return np.zeros(0, dtype=np.float64)
         empty = np.array([not t.strip() for t in texts])
         if self.head is not None:
-            parts = {
-                "opening": opening_vecs,
-                "gist": gist_vecs,
-                "prompt": prompt_vecs,
-                "signals": self.refusal.signals(texts, opening_vecs, gist_vecs),
-            }
+            parts = {"gist": gist_vecs, "prompt": prompt_vecs, "signals": self.refusal.signals(texts, gist_vecs)}
             out = self.head.score(assemble(self.head.features, parts))
         else:
             raw = self._margins(gist_vecs)
             if prompt_vecs is not None:
                 raw = raw + PROMPT_WEIGHT * self._margins(prompt_vecs)
-            refusal = self.refusal.score_vectors(texts, opening_vecs, gist_vecs)
+            refusal = self.refusal.score_vectors(texts, gist_vecs)
             out = sigmoid(SCALE * (raw - BIAS)).max(axis=1) * (1.0 - refusal)
         out[empty] = 0.0
         return out

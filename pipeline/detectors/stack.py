@@ -1,6 +1,6 @@
 """The detector stack: refusal, harmful compliance and over-refusal from one encode call per batch.
 
-Every view of every (prompt, response) pair in a batch (openings, gists, prompts; see `views`)
+Every view of every (prompt, response) pair in a batch (gists and prompts; see `views`)
 is embedded once, in one call that skips texts already seen; the detectors then only do
 matrix products, so the stack runs at the speed of the embedding model.
 """
@@ -84,7 +84,7 @@ class DetectorStack:
         distinct = views.distinct()
         vecs = self.embedder.encode(distinct) if distinct else np.zeros((0, self.embedder.dim), dtype=np.float32)
         row = {t: i for i, t in enumerate(distinct)}
-        out = {"opening": vecs[[row[t] for t in views.opening]], "gist": vecs[[row[t] for t in views.gist]]}
+        out = {"gist": vecs[[row[t] for t in views.gist]]}
         if views.prompt is not None:
             out["prompt"] = vecs[[row[t] for t in views.prompt]]
         return out
@@ -99,12 +99,12 @@ class DetectorStack:
 
     def score_embedded(self, texts: Sequence[str], vecs: dict[str, np.ndarray]) -> list[StackScore]:
         """Score from vectors already computed by `embed`."""
-        opening, gist, prompt = vecs["opening"], vecs["gist"], vecs.get("prompt")
-        refusal = self.refusal.score_vectors(texts, opening, gist)
-        kinds = self.refusal.kinds_vectors(texts, opening, gist)
-        harmful = self.policy.harmful_vectors(texts, opening, gist, prompt)
+        gist, prompt = vecs["gist"], vecs.get("prompt")
+        refusal = self.refusal.score_vectors(texts, gist)
+        kinds = self.refusal.kinds_vectors(texts, gist)
+        harmful = self.policy.harmful_vectors(texts, gist, prompt)
         empty = [not t.strip() for t in texts]
-        violations = self.policy.score_vectors(gist, prompt, refusal, empty=empty, texts=texts, opening_vecs=opening)
+        violations = self.policy.score_vectors(gist, prompt, refusal, empty=empty, texts=texts)
         prompt_harm = self.prompt_harm(prompt) if prompt is not None else None
         over = refusal * (1.0 - prompt_harm) if prompt_harm is not None else None
         return [

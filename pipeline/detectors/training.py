@@ -21,7 +21,7 @@ def embed_frame(stack: DetectorStack, frame: pd.DataFrame) -> dict[str, np.ndarr
     """Every feature block of a frame's rows: view embeddings (one encode call) and rule signals."""
     texts = frame["response"].tolist()
     parts = stack.embed(Views.of(texts, frame["prompt"].tolist()))
-    parts["signals"] = stack.refusal.signals(texts, parts["opening"], parts["gist"])
+    parts["signals"] = stack.refusal.signals(texts, parts["gist"])
     return parts
 
 
@@ -58,7 +58,7 @@ def fit_heads(
 
 def predict_frame(stack: DetectorStack, frame: pd.DataFrame, parts: dict[str, np.ndarray]) -> pd.DataFrame:
     """The stack's scores and decisions for each row, as columns."""
-    vecs = {k: parts[k] for k in ("opening", "gist", "prompt")}
+    vecs = {k: parts[k] for k in ("gist", "prompt")}
     scored = stack.score_embedded(frame["response"].tolist(), vecs)
     refusal = np.array([s.refusal for s in scored])
     harmful = np.array([s.harmful_compliance for s in scored])

@@ -1,9 +1,13 @@
-"""What each detector reads of a response: its opening, its gist (head and tail), the prompt.
+"""What each detector reads of a response: its gist (head and tail) and the prompt.
 
 Embedding cost grows with length, so no detector reads a whole response. Refusals show in the
-first sentences (the opening); whether the response goes on to deliver what was asked shows in
-its head and tail (the gist: partial refusals often end with "however, I can't ..."). Prompts
-are cut too: long role-play wrappers say what they are within a few hundred characters.
+first sentences, which the gist's head holds; whether the response goes on to deliver what was
+asked shows in its head and tail (partial refusals often end with "however, I can't ...").
+Prompts are cut too: long role-play wrappers say what they are within a few hundred characters.
+
+The opening (first two sentences) used to be embedded as a third view. It cost 40% of the
+stack's embedding time and bought nothing measurable (cross-fitted heads on XSTest and
+JailbreakBench moved by at most 0.007 without it), so only the phrase rules read it now, as text.
 """
 
 from __future__ import annotations
@@ -60,7 +64,6 @@ def prompt_view(text: str, max_chars: int = PROMPT_CHARS) -> str:
 class Views:
     """The texts to embed for a batch of (prompt, response) pairs, one list per view."""
 
-    opening: list[str]
     gist: list[str]
     prompt: list[str] | None
 
@@ -69,12 +72,11 @@ class Views:
         if prompts is not None and len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         return cls(
-            opening=[opening(r) for r in responses],
             gist=[gist(r) for r in responses],
             prompt=None if prompts is None else [prompt_view(p) for p in prompts],
         )
 
     def distinct(self) -> list[str]:
         """Every distinct text of the batch, in first-seen order: what one encode call needs."""
-        texts = self.opening + self.gist + (self.prompt or [])
+        texts = self.gist + (self.prompt or [])
         return list(dict.fromkeys(texts))

@@ -66,6 +66,8 @@ def test_views_cut_long_responses_and_keep_short_ones_whole():
     assert gist("Short answer.") == "Short answer."
     views = Views.of(["a", "a"], ["p", "p"])
     assert views.distinct() == ["a", "p"]
+    # One embedded text per response: the opening is read by the phrase rules, not embedded.
+    assert Views.of([long], ["p"]).distinct() == [g, "p"]
     with pytest.raises(ValueError):
         Views.of(["a"], ["p", "q"])
 
