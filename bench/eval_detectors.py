@@ -127,7 +127,8 @@ def truncation_costs(embedder: Embedder, frame: pd.DataFrame, by: str, task: str
         "opening 100": [opening(t, 100) for t in responses],
         "opening 200": [opening(t, 200) for t in responses],
         "opening 300 (rules only; not embedded)": [opening(t, 300) for t in responses],
-        "gist 280+120 (default)": [gist(t) for t in responses],
+        "gist 200+80 (default)": [gist(t) for t in responses],
+        "gist 280+120": [gist(t, 280, 120) for t in responses],
         "gist 600+200": [gist(t, 600, 200) for t in responses],
         "whole (model truncates at 256 tokens)": [t.strip() for t in responses],
     }

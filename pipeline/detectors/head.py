@@ -105,11 +105,7 @@ class HeadSet:
             "format": ARTIFACT_FORMAT,
             "version": ARTIFACT_VERSION,
             "model": self.model,
-            "views": {
-                "gist_head_chars": view_sizes.GIST_HEAD_CHARS,
-                "gist_tail_chars": view_sizes.GIST_TAIL_CHARS,
-                "prompt_chars": view_sizes.PROMPT_CHARS,
-            },
+            "views": view_sizes.sizes(),
             "heads": {
                 t: {"features": list(h.features), "classes": list(h.classes), "threshold": h.threshold} for t, h in self.heads.items()
             },
@@ -136,6 +132,8 @@ class HeadSet:
             raise HeadError(f"{path}: not a detector head artifact ({exc})") from None
         if meta.get("format") != ARTIFACT_FORMAT or meta.get("version") != ARTIFACT_VERSION:
             raise HeadError(f"{path}: format {meta.get('format')!r} v{meta.get('version')}; expected {ARTIFACT_FORMAT} v{ARTIFACT_VERSION}")
+        if meta.get("views") != view_sizes.sizes():
+            raise HeadError(f"{path}: fitted on views cut as {meta.get('views')}, but this version cuts them as {view_sizes.sizes()}; refit it")
         if expect_model is not None and meta["model"] != expect_model:
             raise HeadError(f"{path}: fitted on embeddings of {meta['model']!r}, but the embedder is {expect_model!r}")
         heads = {}

@@ -8,6 +8,9 @@ Prompts are cut too: long role-play wrappers say what they are within a few hund
 The opening (first two sentences) used to be embedded as a third view. It cost 40% of the
 stack's embedding time and bought nothing measurable (cross-fitted heads on XSTest and
 JailbreakBench moved by at most 0.007 without it), so only the phrase rules read it now, as text.
+The gist was 280 + 120 characters until the same change; 200 + 80 makes the torch stack ~30%
+faster for cross-fitted accuracies within 0.008 of the longer gist's (the detector bench's
+truncation table measures both).
 """
 
 from __future__ import annotations
@@ -17,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 OPENING_CHARS = 300
-GIST_HEAD_CHARS = 280
-GIST_TAIL_CHARS = 120
+GIST_HEAD_CHARS = 200
+GIST_TAIL_CHARS = 80
 PROMPT_CHARS = 300
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 _SPACE = re.compile(r"\s+")
@@ -53,6 +56,11 @@ def gist(text: str, head_chars: int = GIST_HEAD_CHARS, tail_chars: int = GIST_TA
     if 0 <= space < tail_chars // 2:
         tail = tail[space + 1 :]
     return f"{cut_at_word(stripped, head_chars)} … {tail}"
+
+
+def sizes() -> dict[str, int]:
+    """The views' sizes, recorded in fitted heads: a head is only valid on views cut the same way."""
+    return {"gist_head_chars": GIST_HEAD_CHARS, "gist_tail_chars": GIST_TAIL_CHARS, "prompt_chars": PROMPT_CHARS}
 
 
 def prompt_view(text: str, max_chars: int = PROMPT_CHARS) -> str:

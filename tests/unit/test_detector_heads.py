@@ -25,6 +25,7 @@ from pipeline.detectors.evaluation import (
 )
 from pipeline.detectors.head import HeadError, HeadSet, LinearHead, fit_head
 from pipeline.detectors.refusal import substring_refusal
+from pipeline.detectors import views as views_module
 from pipeline.detectors.views import Views, gist, opening
 from pipeline.records import Expect, Probe
 
@@ -111,7 +112,7 @@ def test_multiclass_refusal_head_sums_full_and_partial():
     assert head.score(np.array([[3.0]]))[0] > 0.95
 
 
-def test_artifact_round_trip_and_checks(tmp_path):
+def test_artifact_round_trip_and_checks(tmp_path, monkeypatch):
     x, y = synthetic(300, 2)
     heads = HeadSet({"harmful_compliance": fit_head("harmful_compliance", x, y.astype(str).tolist(), features=("x",))}, model="m", provenance={"split": {"by": "goal"}})
     path = heads.save(tmp_path / "head.npz")
@@ -120,6 +121,9 @@ def test_artifact_round_trip_and_checks(tmp_path):
     assert loaded.provenance == {"split": {"by": "goal"}}
     with pytest.raises(HeadError, match="fitted on embeddings of 'm'"):
         HeadSet.load(path, expect_model="other-model")
+    monkeypatch.setattr(views_module, "GIST_HEAD_CHARS", 280)
+    with pytest.raises(HeadError, match="fitted on views cut as"):
+        HeadSet.load(path, expect_model="m")
     (tmp_path / "junk.npz").write_bytes(b"not an npz")
     with pytest.raises(HeadError):
         HeadSet.load(tmp_path / "junk.npz")
