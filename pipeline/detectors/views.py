@@ -8,9 +8,9 @@ Prompts are cut too: long role-play wrappers say what they are within a few hund
 The opening (first two sentences) used to be embedded as a third view. It cost 40% of the
 stack's embedding time and bought nothing measurable (cross-fitted heads on XSTest and
 JailbreakBench moved by at most 0.007 without it), so only the phrase rules read it now, as text.
-The gist was 280 + 120 characters until the same change; 200 + 80 makes the torch stack ~30%
-faster for cross-fitted accuracies within 0.008 of the longer gist's (the detector bench's
-truncation table measures both).
+With one view left, the gist is nearly all the cost: 200 + 80 characters instead of the earlier
+280 + 120 makes the torch stack ~30% faster for cross-fitted accuracies within 0.008 of the
+longer gist's (the detector bench's truncation table measures both).
 """
 
 from __future__ import annotations
