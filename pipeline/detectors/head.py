@@ -37,8 +37,8 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
 }
 # Harmful compliance fitted on data whose prompts are all harmful (JailbreakBench): the prompt
 # carries no label information there, only the goal's identity, which does not transfer to
-# unseen goals (cross-fitted by goal: 0.797 with the prompt, 0.824 without it and with the
-# refusal_substring signal).
+# unseen goals (cross-fitted by goal, when an opening view was still embedded: 0.797 with the
+# prompt and the opening, 0.824 without them and with the refusal_substring signal).
 RESPONSE_ONLY_FEATURES = ("gist", "signals")
 # The classes whose probabilities add up to each task's score.
 TASK_POSITIVE: dict[str, tuple[str, ...]] = {

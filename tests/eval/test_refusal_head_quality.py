@@ -13,7 +13,7 @@ from tests.conftest import require
 from tests.support.heldout import fit_and_predict_heldout, report
 
 PROMPTS = 200
-# Measured on all 1,157 deduplicated rows, cross-fitted by prompt: head 0.935, XSTest string
+# Measured on all 1,157 deduplicated rows, cross-fitted by prompt: head 0.930, XSTest string
 # match 0.885, substring matcher 0.890. The floor sits under the head and above both baselines.
 ACCURACY_FLOOR = 0.90
 
