@@ -40,7 +40,7 @@ from pipeline.detectors.evaluation import (
     majority_baseline,
     truth_of,
 )
-from pipeline.detectors.training import embed_frame, evaluate, fit_heads, predict_frame, take
+from pipeline.detectors.training import compared, embed_frame, evaluate, fit_heads, predict_frame, take
 from pipeline.detectors.views import Views, gist, opening, prompt_view
 from pipeline.settings import DEFAULT_BACKEND
 
@@ -85,7 +85,7 @@ def metrics_by_model(frame: pd.DataFrame, pred: pd.DataFrame, n_boot: int) -> di
         entry = evaluate(f, p, n_boot=n_boot)
         for task in entry:
             if f"majority:{task}" in p:
-                entry[task]["majority"] = binary_metrics(truth_of(f, task), p[f"majority:{task}"].to_numpy(), n_boot=n_boot)
+                entry[task]["majority"] = compared(truth_of(f, task), p[f"pred:{task}"].to_numpy(), p[f"majority:{task}"].to_numpy(), n_boot)
         out[name] = entry
     return out
 
@@ -194,14 +194,21 @@ def fmt(m: dict[str, Any], key: str) -> str:
     return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
 
 
+def lead(m: dict[str, Any]) -> str:
+    """The detector's paired accuracy lead over a baseline, its interval and McNemar's p; blank for the detector."""
+    d = m.get("detector_minus_this")
+    return "" if d is None else f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['mcnemar_p']:.3f}"
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Detector evaluation", "", f"Embedding backend of the quality figures: {report['embedding_backend']}.", "", report["splits_note"], ""]
     for section, by_model in report["quality"].items():
-        lines += [f"## {section}", "", "| rows | task | system | n | accuracy | precision | recall | F1 |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"## {section}", "", "| rows | task | system | n | accuracy | precision | recall | F1 | detector - this, accuracy (paired) |",
+                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for model, tasks in by_model.items():
             for task, systems in tasks.items():
                 for system, m in systems.items():
-                    lines.append(f"| {model} | {task} | {system} | {m['n']} | {fmt(m, 'accuracy')} | {fmt(m, 'precision')} | {fmt(m, 'recall')} | {fmt(m, 'f1')} |")
+                    lines.append(f"| {model} | {task} | {system} | {m['n']} | {fmt(m, 'accuracy')} | {fmt(m, 'precision')} | {fmt(m, 'recall')} | {fmt(m, 'f1')} | {lead(m)} |")
         lines.append("")
     lines += ["## Truncation costs (cross-fitted single-view heads)", "", "| data | view | mean chars | n | accuracy | F1 | s |", "|---|---|---|---|---|---|---|"]
     for data, rows in report["truncation"].items():

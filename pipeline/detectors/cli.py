@@ -113,10 +113,12 @@ def eval_detectors(
     with console.status(f"scoring {len(rows)} rows"):
         metrics = evaluate(rows, predict_frame(stack, rows, embed_frame(stack, rows)), n_boot=boot)
     result = {"data": str(data), "format": rows["format"].iloc[0] if len(rows) else data_format, "rows": note, "detectors": str(detectors or settings.detector_head or "built-in"), "tasks": metrics}
-    table = Table("task", "system", "n", "accuracy", "precision", "recall", "F1", title=f"{data.name}: {note}")
+    table = Table("task", "system", "n", "accuracy", "precision", "recall", "F1", "detector - this (paired)", title=f"{data.name}: {note}")
     for task, systems in metrics.items():
         for system, m in systems.items():
             cells = [f"{m[k]['value']:.3f} [{m[k]['ci'][0]:.2f}, {m[k]['ci'][1]:.2f}]" for k in ("accuracy", "precision", "recall", "f1")]
+            lead = m.get("detector_minus_this")
+            cells.append("" if lead is None else f"{lead['value']:+.3f} [{lead['ci'][0]:+.2f}, {lead['ci'][1]:+.2f}] p={lead['mcnemar_p']:.3g}")
             table.add_row(task, system, str(m["n"]), *cells)
     console.print(table)
     if json_out is not None:

@@ -272,6 +272,32 @@ def binary_metrics(truth: Sequence[int], pred: Sequence[int], *, n_boot: int = 1
     return out
 
 
+def paired_accuracy(truth: Sequence[int], pred: Sequence[int], other: Sequence[int], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """How much more often `pred` is right than `other` on the same rows: the difference of accuracies
+    with a paired bootstrap 95% interval, and McNemar's exact test on the rows only one gets right.
+
+    Two systems scored on the same rows are not independent samples: their two accuracy intervals
+    overlap even when one is reliably ahead, so the comparison resamples rows, not systems.
+    A verdict of -1 counts as wrong, as in `binary_metrics`.
+    """
+    from scipy.stats import bootstrap
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    t = np.asarray(truth, dtype=int)
+    a = np.asarray(pred, dtype=int) == t
+    b = np.asarray(other, dtype=int) == t
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    diff = float(a.mean() - b.mean()) if len(t) else 0.0
+    if len(t) >= 2 and only_a + only_b > 0:
+        res = bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis), paired=True, vectorized=True,
+                        n_resamples=n_boot, method="percentile", random_state=np.random.default_rng(seed))  # fmt: skip
+        ci = [round(float(v), 4) for v in res.confidence_interval]
+        p_value = float(mcnemar([[int((a & b).sum()), only_a], [only_b, int((~a & ~b).sum())]], exact=True).pvalue)
+    else:  # identical verdicts: no difference to test
+        ci, p_value = [round(diff, 4), round(diff, 4)], 1.0
+    return {"value": round(diff, 4), "ci": ci, "mcnemar_p": float(f"{p_value:.4g}"), "only_first_right": only_a, "only_second_right": only_b}
+
+
 def majority_baseline(train_truth: np.ndarray, n: int) -> np.ndarray:
     """The majority class of the TRAINING labels, predicted for every held-out row."""
     return np.full(n, int(np.mean(train_truth) >= 0.5) if len(train_truth) else 0)

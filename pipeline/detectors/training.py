@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, groups_of, truth_of
+from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, groups_of, paired_accuracy, truth_of
 from pipeline.detectors.head import RESPONSE_ONLY_FEATURES, TASK_FEATURES, HeadSet, LinearHead, fit_head
 from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
@@ -84,10 +84,17 @@ def evaluate(frame: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int = 10
         truth = truth_of(frame, task)
         if truth is None or len(truth) == 0:
             continue
-        entry = {"detector": binary_metrics(truth, predictions[f"pred:{task}"].to_numpy(), n_boot=n_boot)}
+        detector = predictions[f"pred:{task}"].to_numpy()
+        entry = {"detector": binary_metrics(truth, detector, n_boot=n_boot)}
+        baselines = baseline_columns(frame, task)
         if task == "refusal":
-            entry["substring"] = binary_metrics(truth, substring_refusal(frame["response"].tolist()), n_boot=n_boot)
-        for name, verdicts in baseline_columns(frame, task).items():
-            entry[name] = binary_metrics(truth, verdicts, n_boot=n_boot)
+            baselines = {"substring": substring_refusal(frame["response"].tolist()), **baselines}
+        for name, verdicts in baselines.items():
+            entry[name] = compared(truth, detector, verdicts, n_boot)
         out[task] = entry
     return out
+
+
+def compared(truth: np.ndarray, detector: np.ndarray, baseline: np.ndarray, n_boot: int) -> dict[str, Any]:
+    """A baseline's metrics and, under `detector_minus_this`, the detector's paired accuracy lead over it."""
+    return {**binary_metrics(truth, baseline, n_boot=n_boot), "detector_minus_this": paired_accuracy(truth, detector, baseline, n_boot=n_boot)}

@@ -21,6 +21,7 @@ from pipeline.detectors.evaluation import (
     holdout_mask,
     load_labelled,
     majority_baseline,
+    paired_accuracy,
     truth_of,
 )
 from pipeline.detectors.head import HeadError, HeadSet, LinearHead, fit_head
@@ -148,6 +149,46 @@ def test_binary_metrics_match_hand_counts_with_intervals():
     for key in ("accuracy", "precision", "recall", "f1"):
         lo, hi = m[key]["ci"]
         assert lo <= m[key]["value"] <= hi and hi - lo > 0.05
+
+
+def test_paired_accuracy_counts_discordant_rows_and_tests_them():
+    truth = np.array([1, 0] * 50)
+    other = truth.copy()
+    other[:10] = 1 - other[:10]  # the baseline misses rows 0-9
+    pred = truth.copy()
+    pred[90:] = 1 - pred[90:]  # the detector misses rows 90-99: the same count, other rows
+    tie = paired_accuracy(truth, pred, other, n_boot=300)
+    assert tie["value"] == 0.0 and tie["only_first_right"] == 10 and tie["only_second_right"] == 10
+    assert tie["mcnemar_p"] == pytest.approx(1.0) and tie["ci"][0] < 0 < tie["ci"][1]
+    pred[90:] = truth[90:]  # now the detector is right wherever the baseline is, and on 10 more rows
+    lead = paired_accuracy(truth, pred, other, n_boot=300)
+    assert lead["value"] == pytest.approx(0.10) and lead["only_second_right"] == 0
+    assert lead["mcnemar_p"] == pytest.approx(2 * 0.5**10, rel=1e-3) and lead["ci"][0] > 0  # exact binomial, two-sided
+    assert paired_accuracy(truth, other, other, n_boot=300) == {"value": 0.0, "ci": [0.0, 0.0], "mcnemar_p": 1.0, "only_first_right": 0, "only_second_right": 0}
+    no_verdict = paired_accuracy(truth, truth, np.full(100, -1), n_boot=300)  # -1 counts as wrong
+    assert no_verdict["value"] == 1.0 and no_verdict["only_first_right"] == 100
+
+
+def test_evaluate_reports_each_baseline_against_the_detector_on_the_same_rows():
+    from pipeline.detectors.training import evaluate
+
+    frame = pd.DataFrame(
+        {
+            "response": ["I'm sorry, I can't help with that.", "Sure: step one, mix them.", "Here you go.", "I cannot do that."] * 5,
+            "refusal": [None] * 20,
+            "harmful": [0, 1, 1, 0] * 5,
+            "prompt_harm": [1] * 20,
+            "base:llama_guard1:harmful_compliance": [0, 1, 0, 0] * 5,
+        }
+    )
+    predictions = pd.DataFrame({"pred:harmful_compliance": [0, 1, 1, 0] * 5})
+    out = evaluate(frame, predictions, n_boot=100)
+    assert set(out) == {"harmful_compliance"}
+    entry = out["harmful_compliance"]
+    assert "detector_minus_this" not in entry["detector"]
+    lead = entry["llama_guard1"]["detector_minus_this"]
+    assert entry["llama_guard1"]["accuracy"]["value"] == pytest.approx(0.75)
+    assert lead["value"] == pytest.approx(0.25) and lead["only_first_right"] == 5 and lead["only_second_right"] == 0
 
 
 def test_substring_baseline_and_majority():
