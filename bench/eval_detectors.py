@@ -146,10 +146,10 @@ def truncation_costs(embedder: Embedder, frame: pd.DataFrame, by: str, task: str
     return rows
 
 
-def throughput(frame: pd.DataFrame, heads: Any, backend: str, repeats: int = 3) -> dict[str, Any]:
+def throughput(frame: pd.DataFrame, heads: Any, backend: str, model: str = "", repeats: int = 3) -> dict[str, Any]:
     """Responses/s of the stack vs raw embedding of the same texts, interleaved (load is noisy)."""
     responses, prompts = frame["response"].tolist(), frame["prompt"].tolist()
-    base = get_embedder(backend=backend)
+    base = get_embedder(model, backend=backend)
     texts = Views.of(responses, prompts).distinct()
     # The views before the opening stopped being embedded: what dropping it saved, on this machine now.
     with_opening = list(dict.fromkeys([opening(r) for r in responses] + texts))
@@ -160,7 +160,7 @@ def throughput(frame: pd.DataFrame, heads: Any, backend: str, repeats: int = 3) 
             base.model.encode(batch, batch_size=base.batch_size, convert_to_numpy=True, normalize_embeddings=True, show_progress_bar=False)
             store.append(time.perf_counter() - t0)
         for store, head in ((stack_s, None), (head_s, heads)):
-            fresh = Embedder(batch_size=base.batch_size, backend=backend)
+            fresh = Embedder(model, batch_size=base.batch_size, backend=backend)
             fresh._model = base.model  # noqa: SLF001 (same loaded model, empty cache)
             stack = DetectorStack(fresh, head=head)  # exemplars are embedded here, outside the clock
             t0 = time.perf_counter()
@@ -201,7 +201,7 @@ def lead(m: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Detector evaluation", "", f"Embedding backend of the quality figures: {report['embedding_backend']}.", "", report["splits_note"], ""]
+    lines = ["# Detector evaluation", "", f"Embedding model {report['model']}, backend of the quality figures: {report['embedding_backend']}.", "", report["splits_note"], ""]
     for section, by_model in report["quality"].items():
         lines += [f"## {section}", "", "| rows | task | system | n | accuracy | precision | recall | F1 | detector - this, accuracy (paired) |",
                   "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -237,16 +237,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="Interleaved timing repeats (the median is reported; this machine drifts by tens of percent)")
     parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help="embedding backend of the quality figures")
     parser.add_argument("--speed-backends", nargs="+", default=["torch", DEFAULT_BACKEND], choices=BACKENDS)
+    parser.add_argument("--model", default="", help="sentence-transformers folder to measure instead of the packaged MiniLM (nothing is downloaded)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    embedder = get_embedder(backend=args.backend)
+    embedder = get_embedder(args.model, backend=args.backend)
     cache = args.out / f"embedding_cache_{embedder.vectors_id}.npz"
     load_cache(embedder, cache)
     frames = {
         "xstest": deduplicate(load_labelled(args.data / "xstest", "xstest")),
         "jbb": deduplicate(load_labelled(args.data / "jailbreakbench" / "jbb_artifacts_flat.jsonl", "jbb")),
     }
-    report: dict[str, Any] = {"splits_note": __doc__.split("Declared splits")[1].strip(), "embedding_backend": args.backend,
+    report: dict[str, Any] = {"splits_note": __doc__.split("Declared splits")[1].strip(), "embedding_backend": args.backend, "model": embedder.model_name,
                               "quality": {}, "errors": {}, "truncation": {}}  # fmt: skip
     default = DetectorStack(embedder)
     oof_store: dict[str, pd.DataFrame] = {}
@@ -284,7 +285,7 @@ def main() -> None:
         xs = frames["xstest"]
         heads = fit_heads(xs, embed_frame(default, xs), model=embedder.model_name, group_by="prompt")
         raw = load_labelled(args.data / "xstest", "xstest").sample(n=min(args.speed_rows, 1350), random_state=0)
-        report["throughput"] = {b: throughput(raw, heads, b, repeats=args.repeats) for b in args.speed_backends}
+        report["throughput"] = {b: throughput(raw, heads, b, args.model, repeats=args.repeats) for b in args.speed_backends}
         progress.advance(job)
     write(report, args.out)
 

@@ -160,9 +160,11 @@ class Embedder:
 
     @property
     def vectors_id(self) -> str:
-        """What made this embedder's vectors, for caches kept across runs: the backend, and for ONNX
-        the export's folder (keyed on the model's files, the export format and the libraries)."""
-        return "torch" if self.backend == "torch" else f"{self.backend}-{self.model.path.parent.name}"
+        """What made this embedder's vectors, for caches kept across runs: for ONNX the export's folder
+        (keyed on the model's files, the export format and the libraries), for torch the model."""
+        if self.backend != "torch":
+            return f"{self.backend}-{self.model.path.parent.name}"
+        return "torch" if not self._model_ref else f"torch-{hashlib.sha256(resolve_model(self._model_ref).encode()).hexdigest()[:16]}"
 
     @property
     def dim(self) -> int:

@@ -99,6 +99,13 @@ def test_get_embedder_is_process_wide(embedder):
     assert embedder.model_name == "all-MiniLM-L6-v2"
 
 
+def test_torch_vector_caches_are_named_per_model(tmp_path):
+    """A bench cache of torch vectors must not be read back for another model (nothing is loaded here)."""
+    packaged = Embedder(backend="torch").vectors_id
+    other = Embedder(str(tmp_path / "some-model"), backend="torch").vectors_id
+    assert packaged == "torch" and other.startswith("torch-") and other != Embedder(str(tmp_path / "another"), backend="torch").vectors_id
+
+
 def test_importing_detectors_loads_no_model():
     code = "import sys, pipeline.detectors; sys.exit(int(any(m in sys.modules for m in ('torch', 'sentence_transformers'))))"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
