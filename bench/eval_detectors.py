@@ -34,13 +34,15 @@ from pipeline.detectors import DetectorStack, get_embedder, redact
 from pipeline.detectors.embedder import BACKENDS, Embedder, hash_text
 from pipeline.detectors.evaluation import (
     binary_metrics,
+    compared,
     deduplicate,
     folds,
+    lead_text,
     load_labelled,
     majority_baseline,
     truth_of,
 )
-from pipeline.detectors.training import compared, embed_frame, evaluate, fit_heads, predict_frame, take
+from pipeline.detectors.training import embed_frame, evaluate, fit_heads, predict_frame, take
 from pipeline.detectors.views import Views, gist, opening, prompt_view
 from pipeline.settings import DEFAULT_BACKEND
 
@@ -194,12 +196,6 @@ def fmt(m: dict[str, Any], key: str) -> str:
     return f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
 
 
-def lead(m: dict[str, Any]) -> str:
-    """The detector's paired accuracy lead over a baseline, its interval and McNemar's p; blank for the detector."""
-    d = m.get("detector_minus_this")
-    return "" if d is None else f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['mcnemar_p']:.3f}"
-
-
 def markdown(report: dict[str, Any]) -> str:
     lines = ["# Detector evaluation", "", f"Embedding model {report['model']}, backend of the quality figures: {report['embedding_backend']}.", "", report["splits_note"], ""]
     for section, by_model in report["quality"].items():
@@ -208,7 +204,7 @@ def markdown(report: dict[str, Any]) -> str:
         for model, tasks in by_model.items():
             for task, systems in tasks.items():
                 for system, m in systems.items():
-                    lines.append(f"| {model} | {task} | {system} | {m['n']} | {fmt(m, 'accuracy')} | {fmt(m, 'precision')} | {fmt(m, 'recall')} | {fmt(m, 'f1')} | {lead(m)} |")
+                    lines.append(f"| {model} | {task} | {system} | {m['n']} | {fmt(m, 'accuracy')} | {fmt(m, 'precision')} | {fmt(m, 'recall')} | {fmt(m, 'f1')} | {lead_text(m)} |")
         lines.append("")
     lines += ["## Truncation costs (cross-fitted single-view heads)", "", "| data | view | mean chars | n | accuracy | F1 | s |", "|---|---|---|---|---|---|---|"]
     for data, rows in report["truncation"].items():

@@ -93,7 +93,7 @@ def eval_detectors(
 ) -> None:
     """Evaluate the detectors (and the file's baselines) on labelled responses."""
     from pipeline.detectors.embedder import embedder_from_settings
-    from pipeline.detectors.evaluation import deduplicate, load_labelled
+    from pipeline.detectors.evaluation import deduplicate, lead_text, load_labelled
     from pipeline.detectors.head import HeadError, HeadSet
     from pipeline.detectors.stack import DetectorStack, load_head
     from pipeline.detectors.training import embed_frame, evaluate, predict_frame
@@ -117,9 +117,7 @@ def eval_detectors(
     for task, systems in metrics.items():
         for system, m in systems.items():
             cells = [f"{m[k]['value']:.3f} [{m[k]['ci'][0]:.2f}, {m[k]['ci'][1]:.2f}]" for k in ("accuracy", "precision", "recall", "f1")]
-            lead = m.get("detector_minus_this")
-            cells.append("" if lead is None else f"{lead['value']:+.3f} [{lead['ci'][0]:+.2f}, {lead['ci'][1]:+.2f}] p={lead['mcnemar_p']:.3g}")
-            table.add_row(task, system, str(m["n"]), *cells)
+            table.add_row(task, system, str(m["n"]), *cells, lead_text(m))
     console.print(table)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

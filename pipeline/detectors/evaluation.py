@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,17 @@ def paired_accuracy(truth: Sequence[int], pred: Sequence[int], other: Sequence[i
     else:  # identical verdicts: no difference to test
         ci, p_value = [round(diff, 4), round(diff, 4)], 1.0
     return {"value": round(diff, 4), "ci": ci, "mcnemar_p": float(f"{p_value:.4g}"), "only_first_right": only_a, "only_second_right": only_b}
+
+
+def compared(truth: Sequence[int], detector: Sequence[int], baseline: Sequence[int], n_boot: int) -> dict[str, Any]:
+    """A baseline's metrics and, under `detector_minus_this`, the detector's paired accuracy lead over it."""
+    return {**binary_metrics(truth, baseline, n_boot=n_boot), "detector_minus_this": paired_accuracy(truth, detector, baseline, n_boot=n_boot)}
+
+
+def lead_text(metrics: Mapping[str, Any]) -> str:
+    """The detector's paired lead over a baseline as one table cell; empty for the detector's own row."""
+    d = metrics.get("detector_minus_this")
+    return "" if d is None else f"{d['value']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] p={d['mcnemar_p']:.2g}"
 
 
 def majority_baseline(train_truth: np.ndarray, n: int) -> np.ndarray:

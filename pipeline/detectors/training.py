@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, groups_of, paired_accuracy, truth_of
+from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, compared, groups_of, truth_of
 from pipeline.detectors.head import RESPONSE_ONLY_FEATURES, TASK_FEATURES, HeadSet, LinearHead, fit_head
 from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
@@ -94,7 +94,3 @@ def evaluate(frame: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int = 10
         out[task] = entry
     return out
 
-
-def compared(truth: np.ndarray, detector: np.ndarray, baseline: np.ndarray, n_boot: int) -> dict[str, Any]:
-    """A baseline's metrics and, under `detector_minus_this`, the detector's paired accuracy lead over it."""
-    return {**binary_metrics(truth, baseline, n_boot=n_boot), "detector_minus_this": paired_accuracy(truth, detector, baseline, n_boot=n_boot)}
