@@ -110,7 +110,7 @@ def deliver_pending(client: Client, settings: Settings, sink: SlackSink | None =
     sink = sink or (SlackSink(settings) if use_slack else None)
     for stored in alert_store.pending(client):
         alert = stored.alert
-        bound = log.bind(alert_id=alert.alert_id, kind=str(alert.kind), target=alert.target, suite=alert.suite)
+        bound = log.bind(alert_id=alert.alert_id, kind=str(alert.kind), target_name=alert.target, suite=alert.suite)
         if sink is None:
             bound.warning("alert.logged", title=alert.title, summary=alert.summary)
             alert_store.save(client, stored.with_status("logged"))

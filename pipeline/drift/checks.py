@@ -153,7 +153,7 @@ def check_target(
     ref_window = reference_for(settings, start, end)
     key = {"target": target, "model_version": model_version, "window_start": start, "window_end": end,
            "reference_kind": ref_window.kind, "reference_label": ref_window.label}  # fmt: skip
-    bound = log.bind(target=target, model_version=model_version, window_end=end.isoformat())
+    bound = log.bind(target_name=target, model_version=model_version, window_end=end.isoformat())
     cur_w = drift_store.read_window(client, target, [(start, end)], model_version=model_version, limit=settings.drift_max_samples)
     ref_w = drift_store.read_window(client, target, ref_window.periods, model_version=ref_window.model_version,
                                     limit=settings.drift_reference_max_samples)  # fmt: skip

@@ -152,7 +152,7 @@ class ChatClient:
             for _ in range(size):
                 self._slots.put_nowait(lane)
         self._rate = RateLimiter(self.limits.rate_limit_per_s)
-        self._log = log.bind(target=target.name, model=target.model)
+        self._log = log.bind(target_name=target.name, model=target.model)
 
     def __repr__(self) -> str:
         return f"ChatClient(target={self.target.name!r}, endpoint={self.target.endpoint!r}, limits={self.limits!r})"
@@ -274,7 +274,7 @@ async def run_probes(
     errors = sum(a.error is not None for a in attempts)
     log.info(
         "probes.run_done",
-        target=target.name,
+        target_name=target.name,
         probes=len(attempts),
         errors=errors,
         wall_s=round(time.perf_counter() - t0, 3),

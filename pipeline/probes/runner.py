@@ -50,7 +50,7 @@ def execute(
 ) -> tuple[ProbeRun, list[Attempt]]:
     """Send every probe of `suite` to `target`."""
     started = utc_now()
-    log.info("probe.run_started", run_id=run_id, target=target.name, suite=suite.name, probes=len(suite.probes))
+    log.info("probe.run_started", run_id=run_id, target_name=target.name, suite=suite.name, probes=len(suite.probes))
     attempts = run_probes_sync(target, list(suite.probes), settings, on_done=on_done)
     errors = sum(a.error is not None for a in attempts)
     run = ProbeRun(

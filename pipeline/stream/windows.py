@@ -83,7 +83,7 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
     current, model_version, n_current = _counts(client, target, start, end)
     baseline, base_version, n_baseline = _counts(client, target, base_start, start)
     if n_current < settings.stream_min_samples or n_baseline < settings.stream_min_samples:
-        log.info("stream.window_insufficient", target=target, n_current=n_current, n_baseline=n_baseline)
+        log.info("stream.window_insufficient", target_name=target, n_current=n_current, n_baseline=n_baseline)
         return WindowCheck(target, n_current, n_baseline, (), None, "insufficient_data")
     comparisons = compare(
         [category_stat(c, *baseline[c]) for c in sorted(baseline)],
@@ -108,7 +108,7 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
         history, settings, link=link, now=end,
     )  # fmt: skip
     alert = alert_store.save_once(client, decided) if decided is not None else None
-    log.info("stream.window_checked", target=target, n_current=n_current, regressed=[c.category for c in comparisons if c.regressed])
+    log.info("stream.window_checked", target_name=target, n_current=n_current, regressed=[c.category for c in comparisons if c.regressed])
     return WindowCheck(target, n_current, n_baseline, tuple(comparisons), alert, "checked")
 
 
