@@ -1,0 +1,157 @@
+"""The three DAGs under a running Airflow, started the way the README tells users to.
+
+`deploy/airflow/airflow.sh` starts `airflow standalone` (LocalExecutor, SQLite) with a fresh
+AIRFLOW_HOME and the demo target; the stream worker first fills the store from a real Kafka
+broker. The DAGs are then driven through the REST API, as the UI's buttons would: unpausing
+makes the scheduler start one scheduled run of each (all three at once, taking turns on the
+embedded store), and the Trigger button starts manual runs with no logical date. Unlike
+`dag.test()`, every task runs in its own process under Airflow's task supervisor, which
+forwards the task's structured logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
+from matplotlib.image import imread
+
+from pipeline.records import utc_now
+from pipeline.report.browser import find_chromium, screenshot_url
+from pipeline.tasks import probe_run_id
+from tests.conftest import ROOT, require
+from tests.support.airflow_api import StandaloneAirflow
+from tests.support.kafka_broker import create_topic, free_port
+from tests.support.slack_server import SlackServer
+from tests.support.stream_worker import SHORT_PAIRS, make_sample, produce_samples, start_worker, worker_env
+
+pytestmark = [pytest.mark.airflow, pytest.mark.kafka]
+
+PROBE, STREAM, DRIFT = "safemon_probe__demo_assistant__demo", "safemon_stream_checks", "safemon_drift_checks"
+DAGS = (PROBE, STREAM, DRIFT)
+SCREENSHOT = ROOT / "tests" / "artifacts" / "airflow_grid.png"
+CURRENT, BASELINE = 200, 300
+
+
+def _fill_store_from_kafka(store, bootstrap: str, tmp_path) -> None:
+    """Samples of the demo target over the last day (200 in the last hour) through the real worker."""
+    now = utc_now()
+    current = [now - timedelta(minutes=50) + timedelta(seconds=12 * i) for i in range(CURRENT)]
+    baseline = [now - timedelta(hours=24) + timedelta(minutes=4.5 * i) for i in range(BASELINE)]
+    samples = [make_sample(*SHORT_PAIRS[i % len(SHORT_PAIRS)], occurred_at=at) for i, at in enumerate(current + baseline)]
+    topic = f"airflow-e2e-{free_port()}"
+    create_topic(bootstrap, topic, 2)
+    produce_samples(bootstrap, topic, samples)
+    settings = SimpleNamespace(clickhouse_dsn=f"chdb://{store}", clickhouse_database="safemon")
+    worker = start_worker(worker_env(settings, bootstrap=bootstrap, topic=topic, group=topic), tmp_path / "worker.log", max_idle_seconds=5)
+    assert worker.wait(300) == 0, worker.tail()
+    assert sum(e["batch_size"] for e in worker.events("stream.batch_committed")) == len(samples), worker.tail()
+
+
+def _sql(env: dict[str, str], query: str) -> list[dict]:
+    done = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "safemon"), "sql", query, "--format", "json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _overlap(runs: list[dict]) -> float:
+    """Seconds during which all the runs were running at once."""
+    from datetime import datetime
+
+    starts = [datetime.fromisoformat(r["start_date"]) for r in runs]
+    ends = [datetime.fromisoformat(r["end_date"]) for r in runs]
+    return (min(ends) - max(starts)).total_seconds()
+
+
+def test_the_three_dags_run_under_a_real_scheduler_and_alert(tmp_path, kafka_bootstrap) -> None:
+    require((ROOT / ".venv" / "bin" / "airflow").exists(), "the virtualenv is not installed (make test installs it)")
+    store, home = tmp_path / "store", tmp_path / "airflow"
+    _fill_store_from_kafka(store, kafka_bootstrap, tmp_path)
+
+    with SlackServer(token="xoxb-test") as slack:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SAFEMON_", "AIRFLOW"))}
+        env.update(
+            SAFEMON_CLICKHOUSE_DSN=f"chdb://{store}",
+            SAFEMON_SLACK_BOT_TOKEN="xoxb-test",
+            SAFEMON_SLACK_CHANNEL="#safety-alerts",
+            SAFEMON_SLACK_API_URL=slack.api_url,
+            SAFEMON_DRIFT_REFERENCE="previous_day",
+            AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
+        )
+        airflow = StandaloneAirflow(home, env, free_port())
+        with airflow:
+            api = airflow.api()
+            deadline = time.monotonic() + 180
+            while not set(DAGS) <= api.dag_ids():
+                assert time.monotonic() < deadline, f"DAGs not parsed: {api.dag_ids()}\n{airflow.tail()}"
+                time.sleep(1)
+
+            # On their schedules, all three at once: unpausing makes the scheduler start each
+            # DAG's latest scheduled run (catchup=False). The probe run is v1, the baseline.
+            for dag_id in DAGS:
+                api.unpause(dag_id)
+            scheduled = {dag_id: api.wait_for_scheduled_run(dag_id) for dag_id in DAGS}
+            finished = [api.wait_for_run(dag_id, run_id) for dag_id, run_id in scheduled.items()]
+            assert _overlap(finished) > 0, finished  # they ran together and took turns on the store
+            assert slack.messages == []
+
+            # The Trigger button, all three at once: manual runs with no logical date, v2 now.
+            targets = home / "targets.yaml"
+            targets.write_text(targets.read_text().replace("model_version: v1", "model_version: v2"))
+            triggered = time.monotonic()
+            manual = {dag_id: api.trigger(dag_id) for dag_id in DAGS}
+            assert all(api.run(d, r)["logical_date"] is None for d, r in manual.items())
+            for dag_id, run_id in manual.items():
+                api.wait_for_run(dag_id, run_id)
+            print(f"\nthree manual runs done {time.monotonic() - triggered:.1f}s after the trigger")
+
+            # The probe run: the regression alert reached Slack and links to this Airflow run.
+            assert len(slack.messages) == 1, slack.messages
+            message = slack.messages[0]
+            text = message["text"] + json.dumps(message["blocks"])
+            assert "cybercrime" in text and "indiscriminate_weapons" in text
+            link = f"{airflow.url}/dags/{PROBE}/runs/{manual[PROBE]}"
+            assert link in text
+            # The task logs carry safemon's own events, forwarded by the supervisor.
+            run_log = api.log(PROBE, manual[PROBE], "run")
+            assert "probe.run_started" in run_log and "probes.run_done" in run_log and "demo-assistant" in run_log
+            assert "stream.window_checked" in api.log(STREAM, manual[STREAM], "check")
+
+            # Manual checks read the window ending when they were triggered (run_after).
+            stream_check = api.xcom(STREAM, manual[STREAM], "check")["demo-assistant"]
+            assert stream_check["n"] == CURRENT and stream_check["status"] == "checked", stream_check
+            drift_check = api.xcom(DRIFT, manual[DRIFT], "check")["demo-assistant/v1"]
+            assert drift_check["n"] == CURRENT and drift_check["status"] == "checked" and not drift_check["error"], drift_check
+
+            if find_chromium() is not None:  # required under CI by the report's browser test
+                shot = screenshot_url(f"{airflow.url}/dags/{PROBE}/runs/{manual[PROBE]}", SCREENSHOT, cookies={"_token": api.token})
+                image = imread(shot)
+                assert image.shape[:2] == (1000, 1600) and float(image[..., :3].std()) > 0.05
+
+            airflow.stop()
+            deadline = time.monotonic() + 30
+            while (left := airflow.leftovers()) and time.monotonic() < deadline:
+                time.sleep(1)
+            assert left == {}, left
+
+    # What users query afterwards, through the read-only SQL path.
+    sql_env = {k: v for k, v in env.items() if not k.startswith("SAFEMON_SLACK")}
+    runs = _sql(sql_env, "SELECT run_id, model_version, outcome FROM probe_runs FINAL ORDER BY started_at")
+    assert [(r["model_version"], r["outcome"]) for r in runs] == [("v1", "passed"), ("v2", "regressed")]
+    assert runs[1]["run_id"] == probe_run_id(PROBE, manual[PROBE])
+    latest = _sql(sql_env, "SELECT run_id, model_version FROM latest_runs")
+    assert [(r["run_id"], r["model_version"]) for r in latest] == [(runs[1]["run_id"], "v2")]
+    counts = _sql(sql_env, "SELECT run_id, count() AS n, uniqExact(probe_id) AS probes FROM probe_results FINAL GROUP BY run_id")
+    assert len(counts) == 2 and all(int(c["n"]) == int(c["probes"]) > 0 for c in counts)
+    alerts = _sql(sql_env, "SELECT kind, status, run_id FROM alerts FINAL WHERE kind = 'regression'")
+    assert alerts == [{"kind": "regression", "status": "sent", "run_id": runs[1]["run_id"]}]
+    drift = _sql(sql_env, "SELECT count() AS n FROM drift_results")
+    assert int(drift[0]["n"]) > 0
