@@ -33,6 +33,18 @@ from pipeline.settings import Settings
 log = structlog.get_logger()
 
 
+# The limits of deploy/clickhouse's read-only server user, which the embedded engine has no
+# users to carry: people's SQL, the cookbook and the report get them on every read-only client.
+READ_LIMITS = {
+    "max_execution_time": 30,
+    "timeout_overflow_mode": "throw",
+    "max_memory_usage": 4_000_000_000,
+    "max_rows_to_read": 2_000_000_000,
+    "max_result_rows": 1_000_000,
+    "result_overflow_mode": "throw",
+}
+
+
 class StoreUnavailable(RuntimeError):
     """The store could not be opened before the deadline."""
 
@@ -67,15 +79,17 @@ def _connect(settings: Settings, readonly: bool) -> Client:
     # the client sends. Without one, the session itself is made read-only.
     dsn, readonly_user = _target(settings, readonly)
     embedded = dsn.startswith("chdb://")
-    session_settings: dict[str, Any] = {"readonly": 2} if readonly and not readonly_user and not embedded else {}
+    session_settings: dict[str, Any] = {"readonly": 2, **READ_LIMITS} if readonly and not readonly_user and not embedded else {}
     client = clickhouse_connect.get_client(dsn=dsn, settings=session_settings or None)
     # A read-only server user cannot create it; the embedded store is ours to set up.
     if embedded or not readonly:
         client.command(f"CREATE DATABASE IF NOT EXISTS `{settings.clickhouse_database}`")
     client.database = settings.clickhouse_database
-    # The embedded engine has no users: readonly=2 (reads, and settings other than readonly).
+    # The embedded engine has no users: readonly=2 (reads, and settings other than readonly),
+    # with the server user's limits; store.sql refuses SETTINGS clauses that could lift them.
     if readonly and embedded:
-        client.set_client_setting("readonly", "2")
+        for name, value in {"readonly": 2, **READ_LIMITS}.items():
+            client.set_client_setting(name, str(value))
     log.debug("store.opened", readonly=readonly, via="readonly_dsn" if readonly_user else "dsn", embedded=embedded)
     return client
 

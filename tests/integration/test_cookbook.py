@@ -209,14 +209,18 @@ def test_the_read_only_connection_refuses_writes_at_the_engine(filled) -> None:
         assert client.query("SELECT count() FROM probe_runs FINAL").result_rows[0][0] == 2
 
 
-def test_server_users_read_only_profile_quota_and_writer_grants() -> None:
+def test_server_users_read_only_profile_quota_and_writer_grants(client) -> None:
     root = ET.parse(ROOT / "deploy" / "clickhouse" / "users.d" / "safemon.xml").getroot()
     reader = root.find("users/safemon_readonly")
     profile = root.find(f"profiles/{reader.findtext('profile')}")
     assert profile.findtext("readonly") == "1"
     assert 0 < int(profile.findtext("max_execution_time")) <= 300
     assert root.find(f"quotas/{reader.findtext('quota')}/interval/queries") is not None
-    assert [q.text for q in reader.findall("grants/query")] == ["GRANT SELECT ON safemon.*"]
+    assert profile.findtext("allow_ddl") == "0"  # with readonly=1: no table functions that need temporary tables
+    grants = [q.text for q in reader.findall("grants/query")]
+    assert grants == ["GRANT SELECT ON safemon.*", "REVOKE SOURCES, CREATE TEMPORARY TABLE ON *.*"]
+    for grant in grants:  # the engine's parser takes them (the server adds the grantee)
+        client.query(f"EXPLAIN AST {grant} {'TO' if grant.startswith('GRANT') else 'FROM'} safemon_readonly")
     writer_grants = " ".join(q.text for q in root.findall("users/safemon_writer/grants/query"))
     assert "INSERT" in writer_grants and "SELECT" in writer_grants
     for forbidden in ("DROP", "ALTER", "TRUNCATE", "ALL"):
