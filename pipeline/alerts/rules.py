@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pipeline.records import Alert, AlertKind, Comparison, ProbeResult, ProbeRun, Sample
 from pipeline.settings import Settings
 from pipeline.store.alerts import StoredAlert
+from pipeline.store.sql import quoted
 
 _POSTED = ("pending", "sent", "logged")
 
@@ -53,7 +54,7 @@ def _in_cooldown(history: Sequence[StoredAlert], kind: AlertKind, now: datetime,
 
 def reproduce_sql(run: ProbeRun, baseline: ProbeRun | None, database: str) -> str:
     """SQL a person can paste into `safemon sql` to see the numbers behind an alert."""
-    runs = ", ".join(f"'{r.run_id}'" for r in (baseline, run) if r is not None)
+    runs = ", ".join(quoted(r.run_id) for r in (baseline, run) if r is not None)
     return (
         f"SELECT run_id, model_version, category, countIf(verdict = 'attack_success') AS successes, "
         f"countIf(verdict != 'error') AS n, round(successes / n, 3) AS asr\n"
@@ -179,7 +180,7 @@ def decide_unhealthy(
         created_at=now,
         sql=(
             f"SELECT probe_id, error, latency_ms FROM {settings.clickhouse_database}.probe_results FINAL\n"
-            f"WHERE run_id = '{run.run_id}' AND verdict = 'error' ORDER BY probe_id"
+            f"WHERE run_id = {quoted(run.run_id)} AND verdict = 'error' ORDER BY probe_id"
         ),
         link=link,
     )

@@ -36,6 +36,7 @@ from pipeline.stats.proportions import adjust_p_values
 from pipeline.store import alerts as alert_store
 from pipeline.store import drift as drift_store
 from pipeline.store.alerts import StoredAlert
+from pipeline.store.sql import quoted
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +189,7 @@ def check_target(
     subject = Subject(target, SUITE, model_version, run_id, ref_window.model_version or "", ref_window.label)
     history = [h for h in alert_store.history(client, drift_fingerprint(target)) if h.alert.run_id != run_id]
     sql = (f"SELECT window_end, method, status, n_current, statistic, p_adjusted, effect_size, drifted FROM "
-           f"{settings.clickhouse_database}.drift_results FINAL WHERE target = '{target}' ORDER BY window_end DESC, method LIMIT 48")  # fmt: skip
+           f"{settings.clickhouse_database}.drift_results FINAL WHERE target = {quoted(target)} ORDER BY window_end DESC, method LIMIT 48")  # fmt: skip
     decided = decide_drift(subject, comparison.drifted, summary, _samples(client, explanation.sample_ids), sql, history, now=end, link=link)
     alert = alert_store.save_once(client, decided) if decided is not None else None
     explained = json.dumps(explanation.to_dict())

@@ -21,6 +21,7 @@ from pipeline.stats.proportions import category_stat
 from pipeline.stats.regression import compare
 from pipeline.store import alerts as alert_store
 from pipeline.store.alerts import StoredAlert
+from pipeline.store.sql import quoted
 
 log = structlog.get_logger()
 SUITE = "stream"
@@ -72,7 +73,7 @@ def _samples(client: Client, target: str, start: datetime, end: datetime) -> tup
 def _sql(target: str, start: datetime, database: str) -> str:
     return (
         f"SELECT hour, category, n, violations, round(rate, 3) AS rate FROM {database}.violation_rate_by_hour\n"
-        f"WHERE target = '{target}' AND hour >= '{start:%Y-%m-%d %H:%M:%S}' ORDER BY category, hour"
+        f"WHERE target = {quoted(target)} AND hour >= {quoted(f'{start:%Y-%m-%d %H:%M:%S}')} ORDER BY category, hour"
     )
 
 

@@ -73,8 +73,13 @@ def test_every_attack_is_refused_before_it_runs(settings, client, web_page, tmp_
             with pytest.raises(ReadOnlyViolation, match="refused"):
                 run_read_only(ro, statement)
             assert _Recorder.hits == [], name
-        # Generators that read nothing outside the query still run.
+        # Generators that read nothing outside the query still run, and so do strings
+        # that look like comments or statement breaks.
         assert run_read_only(ro, "SELECT sum(number) AS s FROM numbers(10)") == (["s"], [(45,)])
+        assert run_read_only(ro, "SELECT 'a -- b; c' AS s -- a comment") == (["s"], [("a -- b; c",)])
+        for statement in ("INSERT INTO probe_runs (run_id) VALUES ('x')", "EXPLAIN INSERT INTO probe_runs (run_id) VALUES ('x')", "SET readonly = 0", "SELECT 1; DROP TABLE alerts"):
+            with pytest.raises(ReadOnlyViolation, match="refused"):
+                run_read_only(ro, statement)
 
 
 def test_the_read_only_client_carries_the_server_users_limits(settings, client) -> None:

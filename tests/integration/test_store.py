@@ -95,6 +95,8 @@ def test_read_only_sql_refuses_writes(settings, client) -> None:
     for statement in ["INSERT INTO probe_runs (run_id) VALUES ('x')", "DROP TABLE alerts", "SELECT 1; DROP TABLE alerts", ""]:
         with pytest.raises(ReadOnlyViolation):
             run_read_only(client, statement)
+    # The embedded engine runs every statement of a `;`-separated text: none of it was sent as a query.
+    assert client.query("EXISTS TABLE alerts").result_rows == [(1,)]
     with open_store(settings, readonly=True) as ro:
         columns, rows = run_read_only(ro, "SELECT count() AS n FROM probe_runs")
         assert columns == ["n"] and rows == [(0,)]

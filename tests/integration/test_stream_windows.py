@@ -30,3 +30,20 @@ def test_rise_in_one_hazard_alerts_once_and_quiet_traffic_does_not(client, setti
     again = {c.target: c for c in check_all(client, settings, end)}  # a retried check
     assert again["bot"].alert.alert.alert_id == bot.alert.alert.alert_id
     assert client.query("SELECT count() FROM alerts FINAL").result_rows == [(1,)]
+
+
+def test_the_alerts_sql_selects_only_its_target_whatever_the_target_is_named(client, settings) -> None:
+    from pipeline.store.sql import run_read_only
+
+    end = utc_now().replace(second=0, microsecond=0)
+    hour = end - timedelta(hours=1)
+    hostile = "x' OR 1=1 --"  # a target name as it could arrive in a Kafka message
+    for target, seed in ((hostile, 1), ("other", 3)):
+        insert_scores(client, target, hour - timedelta(hours=24), 24 * 60, 800, {"cybercrime": 0.02}, seed=seed)
+        insert_scores(client, target, hour, 60, 200, {"cybercrime": 0.25}, seed=seed + 1)
+
+    alert = {c.target: c for c in check_all(client, settings, end)}[hostile].alert.alert
+    columns, rows = run_read_only(client, alert.sql.replace(f"{settings.clickhouse_database}.", ""))
+    assert rows and columns[:2] == ["hour", "category"]
+    counted = run_read_only(client, f"SELECT DISTINCT target FROM ({alert.sql.replace(f'{settings.clickhouse_database}.', '').replace('SELECT hour,', 'SELECT target, hour,', 1)})")
+    assert counted[1] == [(hostile,)]
