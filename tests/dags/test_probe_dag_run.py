@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +31,12 @@ def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings,
     from pipeline.probes.replay import ReplayServer
     from pipeline.store.client import open_store
 
-    recording = files("pipeline.demo") / "recording.jsonl"
+    # The demo recording, with PII in one of v1's responses.
+    lines = (files("pipeline.demo") / "recording.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps({**first, "response": first["response"] + " Questions: jane.doe@example.org."})
+    recording = tmp_path / "recording.jsonl"
+    recording.write_text("\n".join(lines) + "\n")
     targets = tmp_path / "targets.yaml"
     with ReplayServer(recording) as replay, SlackServer(token="xoxb-test") as slack:
         for key, value in {
@@ -68,5 +76,8 @@ def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings,
         alerts = client.query("SELECT kind, status, slack_ts != '' FROM alerts FINAL").result_rows
         dupes = client.query("SELECT count() - uniqExact(run_id, probe_id) FROM probe_results").result_rows[0][0]
     assert runs == [("v1", "passed"), ("v2", "regressed")]
+    # XCom lands in Airflow's database: only redacted responses pass between the tasks.
+    xcom = " ".join(str(v) for (v,) in sqlite3.connect(Path(airflow_db) / "airflow.db").execute("SELECT value FROM xcom"))
+    assert "jane.doe@example.org" not in xcom and "Questions: [EMAIL]." in xcom
     assert alerts == [("regression", "sent", True)]
     assert dupes == 0
