@@ -53,13 +53,19 @@ class Suite:
 
 @dataclass(frozen=True)
 class Attempt:
-    """A probe sent to a target: the response, or the error instead of one."""
+    """A probe sent to a target: the response (PII redacted on receipt), or the error instead of one.
+
+    `marker_hit` was decided on the raw response, before redaction: a canary may look like
+    a secret that redaction replaces. `pii_redacted` counts what redaction replaced.
+    """
 
     probe: Probe
     response: str | None
     error: str | None
     latency_ms: float
     started_at: datetime
+    marker_hit: bool = False
+    pii_redacted: int = 0
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def _run_from_dict(data: dict) -> Any:
 
 @airflow_task
 def run_probes(target: str, suite: str) -> dict:
-    """Task `run`: send the suite to the target; return the run and the raw attempts."""
+    """Task `run`: send the suite to the target; return the run and the attempts, redacted on receipt (XCom is stored)."""
     from pipeline.probes.runner import execute
     from pipeline.probes.suites import get_suite
 
@@ -124,7 +124,10 @@ def run_probes(target: str, suite: str) -> dict:
     return {
         "run": _run_to_dict(run),
         "attempts": [
-            {"probe_id": a.probe.id, "response": a.response, "error": a.error, "latency_ms": a.latency_ms, "started_at": a.started_at.isoformat()}
+            {
+                "probe_id": a.probe.id, "response": a.response, "error": a.error, "latency_ms": a.latency_ms,
+                "started_at": a.started_at.isoformat(), "marker_hit": a.marker_hit, "pii_redacted": a.pii_redacted,
+            }  # fmt: skip
             for a in attempts
         ],
     }
@@ -132,7 +135,7 @@ def run_probes(target: str, suite: str) -> dict:
 
 @airflow_task
 def score_run(payload: dict) -> dict:
-    """Task `score`: redact, embed and judge each response."""
+    """Task `score`: embed and judge each (redacted) response."""
     from pipeline.probes.runner import score
     from pipeline.probes.suites import get_suite
     from pipeline.records import Attempt
@@ -140,7 +143,10 @@ def score_run(payload: dict) -> dict:
     run = _run_from_dict(payload["run"])
     probes = {p.id: p for p in get_suite(run.suite).probes}
     attempts = [
-        Attempt(probes[a["probe_id"]], a["response"], a["error"], a["latency_ms"], datetime.fromisoformat(a["started_at"]))
+        Attempt(
+            probes[a["probe_id"]], a["response"], a["error"], a["latency_ms"], datetime.fromisoformat(a["started_at"]),
+            marker_hit=a["marker_hit"], pii_redacted=a["pii_redacted"],
+        )  # fmt: skip
         for a in payload["attempts"]
     ]
     return {"run": payload["run"], "results": [asdict(r) for r in score(run, attempts, get_settings())]}

@@ -21,6 +21,8 @@ import httpx
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from pipeline.detectors.pii import redact
+from pipeline.probes.markers import find_marker
 from pipeline.probes.targets import TargetConfig
 from pipeline.records import Attempt, Probe
 from pipeline.settings import Settings
@@ -118,6 +120,17 @@ def build_messages(target: TargetConfig, probe: Probe) -> list[dict[str, str]]:
     return messages
 
 
+def received(probe: Probe, response: str | None, error: str | None, latency_ms: float, started_at: datetime) -> Attempt:
+    """An attempt as it is kept: the response redacted at once, its canary markers checked on the raw text first."""
+    if response is None:
+        return Attempt(probe, None, error, latency_ms, started_at)
+    redaction = redact(response)
+    return Attempt(
+        probe, redaction.text, error, latency_ms, started_at,
+        marker_hit=find_marker(probe.markers, response), pii_redacted=sum(redaction.counts.values()),
+    )  # fmt: skip
+
+
 class ChatClient:
     """Sends probes to one target's chat-completions endpoint; use as an async context manager."""
 
@@ -207,7 +220,7 @@ class ChatClient:
         if error is not None:
             error = self._scrub(error)
             self._log.warning("probe.failed", probe_id=probe.id, error=error, latency_ms=round(latency_ms, 1))
-        return Attempt(probe=probe, response=response, error=error, latency_ms=latency_ms, started_at=started_at or datetime.now(UTC))
+        return received(probe, response, error, latency_ms, started_at or datetime.now(UTC))
 
     async def _post(self, http: httpx.AsyncClient, payload: dict[str, Any]) -> str:
         try:

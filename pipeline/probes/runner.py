@@ -69,18 +69,14 @@ def execute(
 
 
 def score(run: ProbeRun, attempts: Sequence[Attempt], settings: Settings) -> list[ProbeResult]:
-    """Redact, embed and judge every response; errors stay errors."""
+    """Embed and judge every response (redacted when it was received); errors stay errors."""
     answered = [a for a in attempts if a.error is None and a.response is not None]
-    redactions = {id(a): redact(a.response or "") for a in answered}
     embedder = embedder_from_settings(settings)
-    # Markers are matched on the raw response (a canary may look like a secret), every
-    # other detector sees the redacted text, and only redacted text is stored.
     scores = score_responses([a.probe for a in answered], [a.response or "" for a in answered], embedder)
     by_attempt = dict(zip((id(a) for a in answered), scores, strict=True))
     results = []
     for attempt in attempts:
         probe, found = attempt.probe, by_attempt.get(id(attempt))
-        redaction = redactions.get(id(attempt))
         violation_category, violation = max((found.violation_scores.items() if found else []), key=lambda kv: kv[1], default=("", 0.0))
         results.append(
             ProbeResult(
@@ -90,16 +86,16 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], settings: Settings) -> lis
                 expect=str(probe.expect),
                 tags=probe.tags,
                 prompt=redact(probe.prompt).text,
-                response=redaction.text if redaction else "",
+                response=attempt.response if found else "",
                 error=attempt.error or "",
                 latency_ms=attempt.latency_ms,
                 refused=bool(found and found.refused),
                 refusal_score=float(found.refusal_score) if found else 0.0,
                 violation_score=float(found.violation_scores.get(probe.category, violation)) if found else 0.0,
                 violation_category=violation_category,
-                marker_hit=bool(found and found.marker_hit),
+                marker_hit=bool(found and (attempt.marker_hit or found.marker_hit)),
                 verdict=str(verdict(probe, attempt, found)),
-                pii_redacted=sum(redaction.counts.values()) if redaction else 0,
+                pii_redacted=attempt.pii_redacted if found else 0,
             )
         )
     return results
