@@ -57,12 +57,19 @@ class SourceRecord:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A record refused by the stream, with the contract code and the reason."""
+    """A record refused by the stream, with the contract code and the reason.
+
+    The reason is redacted here, once: validation messages quote field values, and the
+    reason is stored, logged and sent as a DLQ header.
+    """
 
     source: SourceRecord
     code: str
     reason: str
     sample_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", redact(self.reason).text)
 
     def row(self, attempt: int, rejected_at: datetime) -> dict[str, Any]:
         """The rejected_samples row: the message start escaped and redacted (the DLQ has the bytes)."""

@@ -268,3 +268,13 @@ def test_contract_window_is_due_after_its_interval_and_keeps_each_samples_age_wh
     every_batch = ContractWindow(interval_s=0)
     every_batch.add([(("t", 0, 0), old)], NOW + timedelta(days=1))
     assert every_batch.due() and not validate_facts(every_batch.take(), DEFAULTS).success
+
+
+def test_a_rejection_reason_that_quotes_a_value_is_redacted():
+    from pipeline.stream.batch import SourceRecord, parse_records
+
+    document = sample_document(target={"owner": "jane.doe@example.org"})  # not a string: the message quotes it
+    (rejection,) = parse_records([SourceRecord("t", 0, 7, encode(document))], DEFAULTS).rejected
+    assert "[EMAIL]" in rejection.reason and "jane.doe@example.org" not in rejection.reason
+    row = rejection.row(1, datetime.now(UTC))
+    assert "jane.doe" not in row["reason"] + row["raw"]
