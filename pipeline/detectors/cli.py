@@ -117,7 +117,8 @@ def eval_detectors(
     for task, systems in metrics.items():
         for system, m in systems.items():
             cells = [f"{m[k]['value']:.3f} [{m[k]['ci'][0]:.2f}, {m[k]['ci'][1]:.2f}]" for k in ("accuracy", "precision", "recall", "f1")]
-            table.add_row(task, system, str(m["n"]), *cells, lead_text(m))
+            n = f"{m['n']} ({m['missing']} rows lack it)" if m.get("missing") else str(m["n"])
+            table.add_row(task, system, n, *cells, lead_text(m))
     console.print(table)
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

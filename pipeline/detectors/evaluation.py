@@ -76,6 +76,8 @@ def load_labelled(path: Path, fmt: str | None = None) -> pd.DataFrame:
     if fmt not in loaders:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     frame = loaders[fmt](path).reset_index(drop=True)
+    if frame.empty:
+        raise ValueError(f"{path}: no usable row (each needs a prompt, a response and its label)")
     frame["format"] = fmt
     frame["row_id"] = np.arange(len(frame))
     log.info("eval.loaded", path=str(path), format=fmt, rows=len(frame))
@@ -130,7 +132,10 @@ def load_xstest(path: Path) -> pd.DataFrame:
 
 def load_jbb(path: Path) -> pd.DataFrame:
     d = pd.read_json(path, lines=True)
-    d = d[d["response"].notna() & d["prompt"].notna()]
+    usable = d["response"].notna() & d["prompt"].notna() & pd.to_numeric(d["jailbroken"], errors="coerce").notna()
+    if not usable.all():
+        log.warning("eval.rows_dropped", path=str(path), dropped=int((~usable).sum()), reason="no response, prompt or jailbroken label")
+    d = d[usable]
     frame = pd.DataFrame(
         {
             "prompt": d["prompt"].astype(str),
@@ -147,7 +152,9 @@ def load_jbb(path: Path) -> pd.DataFrame:
         }
     )
     if "jailbroken_llama_guard1" in d:
-        frame["base:llama_guard1:harmful_compliance"] = d["jailbroken_llama_guard1"].astype(int).values
+        # Missing on some rows in published artifacts: NaN there, and the baseline is compared
+        # on the rows that have it.
+        frame["base:llama_guard1:harmful_compliance"] = pd.to_numeric(d["jailbroken_llama_guard1"], errors="coerce").values
     return frame
 
 
@@ -315,7 +322,7 @@ def majority_baseline(train_truth: np.ndarray, n: int) -> np.ndarray:
 
 
 def baseline_columns(frame: pd.DataFrame, task: str) -> dict[str, np.ndarray]:
-    """The joined baselines' verdicts for `task` (gpteval, streval, llama_guard1, ...)."""
+    """The joined baselines' verdicts for `task` (gpteval, streval, llama_guard1, ...); NaN where a baseline has no verdict."""
     out = {}
     for column in frame.columns:
         if column.startswith("base:") and column.endswith(f":{task}"):

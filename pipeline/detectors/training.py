@@ -90,7 +90,10 @@ def evaluate(frame: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int = 10
         if task == "refusal":
             baselines = {"substring": substring_refusal(frame["response"].tolist()), **baselines}
         for name, verdicts in baselines.items():
-            entry[name] = compared(truth, detector, verdicts, n_boot)
+            # A baseline is compared on the rows where it has a verdict; `missing` says how many it lacks.
+            present = ~np.isnan(np.asarray(verdicts, dtype=float))
+            if present.any():
+                entry[name] = {**compared(truth[present], detector[present], verdicts[present].astype(int), n_boot), "missing": int((~present).sum())}
         out[task] = entry
     return out
 
