@@ -56,7 +56,7 @@ def fit(
         sources.append(
             {"path": str(path), "sha256": file_digest(path), "format": frame["format"].iloc[0], "rows": len(frame), "fitted_rows": int((~mask).sum())}
         )
-        frames.append(frame[~mask])
+        frames.append(frame[~mask].assign(source=path.name))
     train = pd.concat(frames, ignore_index=True)
     stack = DetectorStack.from_settings(settings)
     with console.status(f"embedding {len(train)} rows"):
@@ -64,9 +64,18 @@ def fit(
     provenance = provenance_stamp(
         data=sources, split={"by": split, "test_size": test_size, "seed": seed, "fitted_part": "train", "deduplicated": "response"}
     )
-    heads = fit_heads(train, parts, model=stack.embedder.model_name, group_by="row" if split == "none" else split, provenance=provenance)
+    try:
+        heads = fit_heads(train, parts, model=stack.embedder.model_name, group_by="row" if split == "none" else split, provenance=provenance)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     heads.save(out)
-    console.print(f"wrote {out}: heads {', '.join(sorted(heads.heads))} on {len(train)} rows; set SAFEMON_DETECTOR_HEAD={out}")
+    for task, by_source in heads.provenance["heads_fitted"].items():
+        rows = ", ".join(f"{n} from {source}" for source, n in by_source.items())
+        console.print(f"fitted {task} on {sum(by_source.values())} rows ({rows})")
+    for task, why in heads.provenance["heads_not_fitted"].items():
+        console.print(f"[yellow]not fitted[/yellow] {task}: {why}")
+    console.print(f"wrote {out}; set SAFEMON_DETECTOR_HEAD={out}")
 
 
 def held_out_rows(frame: Any, path: Path, provenance: dict[str, Any]) -> tuple[Any, str]:

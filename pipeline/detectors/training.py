@@ -30,30 +30,43 @@ def take(parts: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray
     return {k: v[rows] for k, v in parts.items()}
 
 
+HEAD_LABELS = {"refusal": "refusal", "harmful_compliance": "harmful", "prompt_harm": "prompt_harm"}
+
+
 def fit_heads(
     frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, group_by: str, provenance: dict[str, Any] | None = None
 ) -> HeadSet:
-    """Fit every head the frame's labels allow: refusal (3 classes), harmful compliance, prompt harm.
+    """Fit each head on the rows that carry its label: refusal (3 classes), harmful compliance, prompt harm.
 
-    When every prompt is known to be harmful (JailbreakBench), the harmful-compliance head reads
-    the response only (`RESPONSE_ONLY_FEATURES`).
+    Files mix: JailbreakBench rows carry no refusal label, so with an XSTest file beside them
+    the refusal head is fitted on the XSTest rows alone. What was fitted on how many rows of
+    which `source`, and what could not be fitted and why, goes into the provenance under
+    `heads_fitted` and `heads_not_fitted`. When every prompt of a head's rows is known to be
+    harmful (JailbreakBench), the harmful-compliance head reads the response only
+    (`RESPONSE_ONLY_FEATURES`).
     """
     groups = groups_of(frame, group_by)
+    sources = frame["source"] if "source" in frame else pd.Series("data", index=frame.index)
     heads: dict[str, LinearHead] = {}
-    labels = {
-        "refusal": None if frame["refusal"].isna().any() else frame["refusal"].astype(str).tolist(),
-        "harmful_compliance": None if frame["harmful"].isna().any() else frame["harmful"].astype(int).astype(str).tolist(),
-        "prompt_harm": None if frame["prompt_harm"].isna().any() else frame["prompt_harm"].astype(int).astype(str).tolist(),
-    }
-    all_harmful = labels["prompt_harm"] is not None and set(labels["prompt_harm"]) == {"1"}
-    for task, y in labels.items():
-        if y is None or len(set(y)) < 2:
+    fitted: dict[str, dict[str, int]] = {}
+    not_fitted: dict[str, str] = {}
+    for task, column in HEAD_LABELS.items():
+        rows = frame[column].notna().to_numpy()
+        y = frame.loc[rows, column]
+        y = (y if task == "refusal" else y.astype(int)).astype(str).tolist()
+        if not rows.any():
+            not_fitted[task] = f"no row carries a {column} label"
             continue
+        if len(set(y)) < 2:
+            not_fitted[task] = f"its {int(rows.sum())} labelled rows hold one class only ({y[0]})"
+            continue
+        all_harmful = frame.loc[rows, "prompt_harm"].notna().all() and set(frame.loc[rows, "prompt_harm"].astype(int)) == {1}
         features = RESPONSE_ONLY_FEATURES if task == "harmful_compliance" and all_harmful else TASK_FEATURES[task]
-        heads[task] = fit_head(task, np.hstack([parts[f] for f in features]), y, groups, features=features)
+        heads[task] = fit_head(task, np.hstack([parts[f][rows] for f in features]), y, groups[rows], features=features)
+        fitted[task] = {str(k): int(v) for k, v in sources[rows].value_counts().sort_index().items()}
     if not heads:
-        raise ValueError("the data's labels define no task with two classes")
-    return HeadSet(heads=heads, model=model, provenance=provenance or {})
+        raise ValueError("the data's labels define no task with two classes: " + "; ".join(f"{t}: {why}" for t, why in not_fitted.items()))
+    return HeadSet(heads=heads, model=model, provenance={**(provenance or {}), "heads_fitted": fitted, "heads_not_fitted": not_fitted})
 
 
 def predict_frame(stack: DetectorStack, frame: pd.DataFrame, parts: dict[str, np.ndarray]) -> pd.DataFrame:
