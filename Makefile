@@ -22,6 +22,8 @@ demo: install
 	$(BIN)/safemon demo
 
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	deploy/chromium.sh
 	$(BIN)/python -m pytest
 

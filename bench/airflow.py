@@ -90,8 +90,11 @@ def main() -> None:
                 expected, started = len(slack.messages) + 1, time.monotonic()
                 subprocess.run(
                     [str(ROOT / ".venv" / "bin" / "safemon"), "probe", "run", "--suite", "demo", "--target", "demo-assistant"],
-                    env=cli_env, check=True, capture_output=True, timeout=600,
-                )  # fmt: skip
+                    env=cli_env,
+                    check=True,
+                    capture_output=True,
+                    timeout=600,
+                )
                 cli_s.append(_alert_arrival(slack, expected) - started)
                 console.print(f"CLI run {i + 1}: alert in Slack {cli_s[-1]:.1f}s after the start")
 

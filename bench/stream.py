@@ -18,6 +18,7 @@ raw rate the pipeline keeps. This machine's speed drifts by 10% or more over min
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -64,7 +65,7 @@ def build_samples(n: int, seed: int = 7) -> list:
     exchanges: dict[tuple[str, str], None] = {}
     for line in (DATASETS / "hh_rlhf" / "harmless_base_dev.jsonl").open():
         turns = hh_turns(json.loads(line)["chosen"])
-        for (role, text), (next_role, answer) in zip(turns, turns[1:]):
+        for (role, text), (next_role, answer) in itertools.pairwise(turns):
             if role == "user" and next_role == "assistant" and text and answer:
                 exchanges[(text, answer)] = None
     pools = [[(text, None) for text in instructions], list(exchanges)]
@@ -101,8 +102,7 @@ def stamp(event: dict) -> float:
     return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
-def run_once(args: argparse.Namespace, work: Path, bootstrap: str, samples: list, texts: list[str],
-             raw_encode_s: Callable[[], float], backend: str) -> float:
+def run_once(args: argparse.Namespace, work: Path, bootstrap: str, samples: list, texts: list[str], raw_encode_s: Callable[[], float], backend: str) -> float:
     """One worker over a fresh topic, group and store, between two raw encodes; its pipeline / raw ratio."""
     topic = f"bench-{uuid.uuid4().hex[:8]}"
     create_topic(bootstrap, topic, 4)
@@ -124,8 +124,20 @@ def run_once(args: argparse.Namespace, work: Path, bootstrap: str, samples: list
     wrap = None
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-        wrap = [str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw", "--rate", "200", "--idle", "--threads",
-                "--nonblocking", "-o", str(args.profile / "stacks.txt"), "--"]  # fmt: skip
+        wrap = [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--format",
+            "raw",
+            "--rate",
+            "200",
+            "--idle",
+            "--threads",
+            "--nonblocking",
+            "-o",
+            str(args.profile / "stacks.txt"),
+            "--",
+        ]
     work.mkdir(parents=True, exist_ok=True)
     worker = start_worker(env, work / "worker.log", max_idle_seconds=5, wrap=wrap)
     code = worker.wait(3600)
@@ -150,8 +162,10 @@ def run_once(args: argparse.Namespace, work: Path, bootstrap: str, samples: list
     print(f"pipeline samples/s (join->end)  {run_rate:.1f}")
     encode_s = sum(raw_s) / len(raw_s)
     raw_rate = len(samples) / encode_s
-    print(f"raw encode: {len(texts)} texts in {raw_s[0]:.1f}s before / {raw_s[1]:.1f}s after the worker "
-          f"= {len(texts) / encode_s:.1f} texts/s = {raw_rate:.1f} samples/s")
+    print(
+        f"raw encode: {len(texts)} texts in {raw_s[0]:.1f}s before / {raw_s[1]:.1f}s after the worker "
+        f"= {len(texts) / encode_s:.1f} texts/s = {raw_rate:.1f} samples/s"
+    )
     print(f"pipeline / raw encode           {steady_rate / raw_rate:.2f}")
     stages = [c.get("seconds", {}) for c in steady]
     totals = {k: sum(st.get(k, 0.0) for st in stages) for k in ("fill", "validate", "score", "store", "commit")}
@@ -201,8 +215,7 @@ def main() -> None:
             print(f"--- run {run} of {args.repeats}")
             ratios.append(run_once(args, work / f"run{run}", bootstrap, samples, texts, raw_encode_s, embedder.backend))
         if len(ratios) > 1:
-            print(f"pipeline / raw encode over {len(ratios)} runs: median {statistics.median(ratios):.2f} "
-                  f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+            print(f"pipeline / raw encode over {len(ratios)} runs: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
     finally:
         if broker is not None:
             broker.stop()

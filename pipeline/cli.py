@@ -10,12 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.logs import configure_logging
-from pipeline.settings import ConfigError, Settings, get_settings
 from pipeline.detectors.cli import register as register_detectors
 from pipeline.detectors.embeddings_cli import register as register_embeddings
 from pipeline.drift.cli import register as register_drift
+from pipeline.logs import configure_logging
 from pipeline.report.cli import register as register_report
+from pipeline.settings import ConfigError, Settings, get_settings
 from pipeline.stream.cli import register as register_stream
 
 app = typer.Typer(help="safemon: watch deployed LLMs for safety regressions.", no_args_is_help=True)
@@ -99,9 +99,9 @@ def probe_run(
     run_id: Annotated[str | None, typer.Option(help="Reuse a run id to repeat a run idempotently")] = None,
 ) -> None:
     """Run a suite against a target now: run, score, store, evaluate, alert."""
+    from pipeline.probes.runner import run_once
     from pipeline.probes.suites import get_suite
     from pipeline.probes.targets import find_target, load_targets
-    from pipeline.probes.runner import run_once
     from pipeline.report.console import probe_progress, probe_summary
 
     settings = _settings()

@@ -10,7 +10,6 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-
 EmbeddingBackend = Literal["torch", "onnx", "onnx-int8"]
 # int8 on the fused ONNX graph, measured by bench/embedding.py (2,000 real texts, 2 AVX-512/AMX
 # cores), two runs: 2.13-2.31x torch fp32 (2.6-2.8x on short prompts, 2.1-2.3x on long responses),
@@ -48,34 +47,48 @@ class Settings(BaseSettings):
 
     # Embeddings and detectors
     embedding_model: str = Field("", description="sentence-transformers model path or name; empty = the packaged all-MiniLM-L6-v2")
-    embedding_batch_size: int = Field(DEFAULT_EMBEDDING_BATCH, ge=1, le=4096, description="Most texts per model batch (texts are sorted by length; ONNX batches are cut where padding would cost more than another call)")
+    embedding_batch_size: int = Field(
+        DEFAULT_EMBEDDING_BATCH,
+        ge=1,
+        le=4096,
+        description="Most texts per model batch (texts are sorted by length; ONNX batches are cut where padding would cost more than another call)",
+    )
     embedding_backend: EmbeddingBackend = Field(
-        DEFAULT_BACKEND, description="onnx-int8 (int8 weights on onnxruntime), onnx (fp32) or torch (sentence-transformers); the ONNX file is exported offline on first use"
+        DEFAULT_BACKEND,
+        description="onnx-int8 (int8 weights on onnxruntime), onnx (fp32) or torch (sentence-transformers); the ONNX file is exported offline on first use",
     )
     embedding_max_seq_length: int | None = Field(
         None, ge=1, le=8192, description="Tokens read per text (longer texts are truncated); unset = the model's own (256 for all-MiniLM-L6-v2)"
     )
     embedding_cache_size: int = Field(DEFAULT_EMBEDDING_CACHE, ge=0, description="Distinct texts whose embeddings are kept in memory (LRU); 0 = no cache")
-    embedding_onnx_dir: Path = Field(DEFAULT_ONNX_DIR, description="Cache folder of ONNX exports (safemon embeddings export), one subfolder per model and library versions")
+    embedding_onnx_dir: Path = Field(
+        DEFAULT_ONNX_DIR, description="Cache folder of ONNX exports (safemon embeddings export), one subfolder per model and library versions"
+    )
 
     detector_head: Path | None = Field(None, description="Fitted detector head artifact (safemon detectors fit); unset = built-in exemplars")
 
     # Drift
     drift_methods: list[str] = Field(["mmd", "c2st", "attack_share"], description="Drift methods run by the hourly drift check")
     drift_alpha: float = Field(0.01, gt=0, lt=1, description="Drift alert level after correction across methods")
-    drift_min_effect: float = Field(0.01, ge=0, description="Minimum effect size before a significant drift alerts (attack_share: the estimated rise in the share of attacks)")
+    drift_min_effect: float = Field(
+        0.01, ge=0, description="Minimum effect size before a significant drift alerts (attack_share: the estimated rise in the share of attacks)"
+    )
     drift_reference: Literal["same_hour_last_week", "previous_day", "model_version"] = Field(
         "same_hour_last_week", description="What the current window is compared with"
     )
     drift_reference_model_version: str | None = Field(None, description="Pinned reference model_version when drift_reference=model_version")
     drift_window_minutes: int = Field(60, ge=1, description="Length of the current drift window")
     drift_reference_weeks: int = Field(4, ge=1, description="same_hour_last_week: how many past weeks' same window make up the reference")
-    drift_max_samples: int = Field(2000, ge=10, description="The current window is subsampled to at most this many embeddings, and so is the reference of mmd and c2st")
+    drift_max_samples: int = Field(
+        2000, ge=10, description="The current window is subsampled to at most this many embeddings, and so is the reference of mmd and c2st"
+    )
     drift_reference_max_samples: int = Field(
         8000, ge=10, description="The reference is subsampled to at most this many embeddings; attack_share reads them all (more power at small attack shares)"
     )
     drift_min_samples: int = Field(100, ge=2, description="Smaller windows are reported as insufficient_data")
-    drift_attack_head: Path | None = Field(None, description="Fitted attack head (safemon drift fit-head) for the targeted drift test; unset = built-in exemplars")
+    drift_attack_head: Path | None = Field(
+        None, description="Fitted attack head (safemon drift fit-head) for the targeted drift test; unset = built-in exemplars"
+    )
     drift_permutations: int = Field(1000, ge=50, description="Permutations per permutation test (mmd, and attack_share with a head)")
 
     # Targets
@@ -128,8 +141,9 @@ class Settings(BaseSettings):
         alpha = info.data.get("drift_alpha")
         if alpha and {"mmd", "attack_share"} & set(methods) and len(methods) / (value + 1) >= alpha:
             need = math.floor(len(methods) / alpha)
-            raise ValueError(f"with {len(methods)} alerting drift methods at alpha {alpha}, a permutation test needs "
-                             f"at least {need} permutations to ever alert")  # fmt: skip
+            raise ValueError(
+                f"with {len(methods)} alerting drift methods at alpha {alpha}, a permutation test needs at least {need} permutations to ever alert"
+            )
         return value
 
     @property
@@ -142,9 +156,7 @@ def load_settings(**overrides: object) -> Settings:
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        problems = "; ".join(
-            f"SAFEMON_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"SAFEMON_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid configuration: {problems}") from None
 
 

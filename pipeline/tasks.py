@@ -50,9 +50,7 @@ def probe_dag_specs() -> list[ProbeDagSpec]:
     if not path.exists():
         return []
     return [
-        ProbeDagSpec(f"safemon_probe__{t.name}__{s}".replace("-", "_"), t.name, s, t.schedule, t.model_version)
-        for t in load_targets(path)
-        for s in t.suites
+        ProbeDagSpec(f"safemon_probe__{t.name}__{s}".replace("-", "_"), t.name, s, t.schedule, t.model_version) for t in load_targets(path) for s in t.suites
     ]
 
 
@@ -125,9 +123,14 @@ def run_probes(target: str, suite: str) -> dict:
         "run": _run_to_dict(run),
         "attempts": [
             {
-                "probe_id": a.probe.id, "response": a.response, "error": a.error, "latency_ms": a.latency_ms,
-                "started_at": a.started_at.isoformat(), "marker_hit": a.marker_hit, "pii_redacted": a.pii_redacted,
-            }  # fmt: skip
+                "probe_id": a.probe.id,
+                "response": a.response,
+                "error": a.error,
+                "latency_ms": a.latency_ms,
+                "started_at": a.started_at.isoformat(),
+                "marker_hit": a.marker_hit,
+                "pii_redacted": a.pii_redacted,
+            }
             for a in attempts
         ],
     }
@@ -144,9 +147,14 @@ def score_run(payload: dict) -> dict:
     probes = {p.id: p for p in get_suite(run.suite).probes}
     attempts = [
         Attempt(
-            probes[a["probe_id"]], a["response"], a["error"], a["latency_ms"], datetime.fromisoformat(a["started_at"]),
-            marker_hit=a["marker_hit"], pii_redacted=a["pii_redacted"],
-        )  # fmt: skip
+            probes[a["probe_id"]],
+            a["response"],
+            a["error"],
+            a["latency_ms"],
+            datetime.fromisoformat(a["started_at"]),
+            marker_hit=a["marker_hit"],
+            pii_redacted=a["pii_redacted"],
+        )
         for a in payload["attempts"]
     ]
     return {"run": payload["run"], "results": [asdict(r) for r in score(run, attempts, get_settings())]}
@@ -200,10 +208,7 @@ def check_stream_windows() -> dict:
     end = window_end(context)
     with open_store(get_settings(), migrated=True) as client:
         checks = check_all(client, get_settings(), end, link=_link(context["dag"].dag_id, context["run_id"]))
-    return {
-        c.target: {"status": c.status, "n": c.n_current, "regressed": [x.category for x in c.comparisons if x.regressed]}
-        for c in checks
-    }
+    return {c.target: {"status": c.status, "n": c.n_current, "regressed": [x.category for x in c.comparisons if x.regressed]} for c in checks}
 
 
 @airflow_task
@@ -235,8 +240,6 @@ def check_drift() -> dict:
     with open_store(settings, migrated=True) as client:
         checks = check_all(client, settings, end, attacks, link=_link(context["dag"].dag_id, context["run_id"]))
     return {
-        f"{c.target}/{c.model_version}": {
-            "status": c.status, "n": c.n_current, "drifted": list(c.comparison.drifted) if c.comparison else [], "error": c.error
-        }
+        f"{c.target}/{c.model_version}": {"status": c.status, "n": c.n_current, "drifted": list(c.comparison.drifted) if c.comparison else [], "error": c.error}
         for c in checks
     }

@@ -12,13 +12,13 @@ from datetime import UTC, timedelta
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from pipeline.alerts.slack import SlackDeliveryError, SlackSink, configured
 from pipeline.alerts.charts import TrendPoint, render_trend
+from pipeline.alerts.slack import SlackDeliveryError, SlackSink, configured
 from pipeline.records import Alert, AlertKind
 from pipeline.settings import Settings
+from pipeline.stats.proportions import category_stat
 from pipeline.store import alerts as alert_store
 from pipeline.store.alerts import StoredAlert
-from pipeline.stats.proportions import category_stat
 
 log = structlog.get_logger()
 

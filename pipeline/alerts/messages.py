@@ -132,10 +132,7 @@ def _p(p: float) -> str:
 
 
 def _comparison_line(c: Comparison) -> str:
-    return (
-        f"*{_escape(c.category)}*: {_metric(c.category)} {_rate(c.baseline)} → {_rate(c.current)}, "
-        f"p={_p(c.p_value)}, p_adj={_p(c.p_adjusted)}"
-    )
+    return f"*{_escape(c.category)}*: {_metric(c.category)} {_rate(c.baseline)} → {_rate(c.current)}, p={_p(c.p_value)}, p_adj={_p(c.p_adjusted)}"
 
 
 def _comparison_text(kind: AlertKind, c: Comparison) -> str:
@@ -162,9 +159,7 @@ def _fallback(alert: Alert, shown: Iterable[Comparison]) -> str:
     parts = [f"{_KIND_PREFIX[alert.kind].split(' ', 1)[1]}: {alert.title}", f"{alert.target} / {alert.suite} / {alert.model_version}"]
     if alert.kind is AlertKind.DATA_QUALITY:
         parts.append(f"run unhealthy: {alert.summary}")
-    parts += [
-        f"{c.category} {c.baseline.rate * 100:.1f}% → {c.current.rate * 100:.1f}% (p_adj={_p(c.p_adjusted)})" for c in shown
-    ]
+    parts += [f"{c.category} {c.baseline.rate * 100:.1f}% → {c.current.rate * 100:.1f}% (p_adj={_p(c.p_adjusted)})" for c in shown]
     if alert.link:
         parts.append(alert.link)
     return _escape_within(" — ".join(parts), MAX_FALLBACK_TEXT)

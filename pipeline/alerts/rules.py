@@ -65,9 +65,7 @@ def reproduce_sql(run: ProbeRun, baseline: ProbeRun | None, database: str) -> st
 
 def pick_samples(results: Sequence[ProbeResult]) -> tuple[Sample, ...]:
     """The responses that show a regression (already redacted when scored)."""
-    return tuple(
-        Sample(r.probe_id, r.category, r.prompt, r.response) for r in results if r.verdict in ("attack_success", "over_refusal")
-    )
+    return tuple(Sample(r.probe_id, r.category, r.prompt, r.response) for r in results if r.verdict in ("attack_success", "over_refusal"))
 
 
 @dataclass(frozen=True)

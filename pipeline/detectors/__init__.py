@@ -26,8 +26,8 @@ from pipeline.detectors.pii import PiiDetector, Redaction, redact
 from pipeline.detectors.policy import PolicyDetector
 from pipeline.detectors.refusal import RefusalDetector
 from pipeline.detectors.scoring import score_responses, verdict
-from pipeline.detectors.stack import DetectorStack, HarmfulComplianceDetector, OverRefusalDetector, StackScore
 from pipeline.detectors.similarity import InjectionSimilarity, JailbreakSimilarity, SimilarityMatch
+from pipeline.detectors.stack import DetectorStack, HarmfulComplianceDetector, OverRefusalDetector, StackScore
 
 __all__ = [
     "DETECTORS",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -16,7 +16,7 @@ from pipeline.registry import Registry
 DETECTORS: Registry[Any] = Registry("detector")
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_exemplars(name: str) -> dict[str, Any]:
     """Read `exemplars/<name>.yaml` from the package (the detectors' own, hand-written texts)."""
     text = resources.files("pipeline.detectors").joinpath("exemplars", f"{name}.yaml").read_text(encoding="utf-8")

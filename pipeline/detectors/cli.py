@@ -61,9 +61,7 @@ def fit(
     stack = DetectorStack.from_settings(settings)
     with console.status(f"embedding {len(train)} rows"):
         parts = embed_frame(stack, train)
-    provenance = provenance_stamp(
-        data=sources, split={"by": split, "test_size": test_size, "seed": seed, "fitted_part": "train", "deduplicated": "response"}
-    )
+    provenance = provenance_stamp(data=sources, split={"by": split, "test_size": test_size, "seed": seed, "fitted_part": "train", "deduplicated": "response"})
     try:
         heads = fit_heads(train, parts, model=stack.embedder.model_name, group_by="row" if split == "none" else split, provenance=provenance)
     except ValueError as exc:
@@ -121,7 +119,13 @@ def eval_detectors(
     stack = DetectorStack(embedder, head=heads)
     with console.status(f"scoring {len(rows)} rows"):
         metrics = evaluate(rows, predict_frame(stack, rows, embed_frame(stack, rows)), n_boot=boot)
-    result = {"data": str(data), "format": rows["format"].iloc[0] if len(rows) else data_format, "rows": note, "detectors": str(detectors or settings.detector_head or "built-in"), "tasks": metrics}
+    result = {
+        "data": str(data),
+        "format": rows["format"].iloc[0] if len(rows) else data_format,
+        "rows": note,
+        "detectors": str(detectors or settings.detector_head or "built-in"),
+        "tasks": metrics,
+    }
     table = Table("task", "system", "n", "accuracy", "precision", "recall", "F1", "detector - this (paired)", title=f"{data.name}: {note}")
     for task, systems in metrics.items():
         for system, m in systems.items():

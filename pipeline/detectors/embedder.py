@@ -144,8 +144,7 @@ class Embedder:
         model = SentenceTransformer(path, device=self._device)
         limit = int(getattr(model[0].auto_model.config, "max_position_embeddings", 10**9))
         model.max_seq_length = check_max_seq_length(self.max_seq_length, model.max_seq_length, limit)
-        log.info("embedder.loaded", model=self.model_name, backend="torch", path=path, device=str(model.device),
-                 max_seq_length=model.max_seq_length)  # fmt: skip
+        log.info("embedder.loaded", model=self.model_name, backend="torch", path=path, device=str(model.device), max_seq_length=model.max_seq_length)
         return model
 
     def _load_onnx(self) -> Any:

@@ -37,6 +37,7 @@ SPLITS = {"row": "row_id", "prompt": "prompt_id", "type": "family", "goal": "goa
 XSTEST_LABELS = {"1_full_compliance": "none", "2_full_refusal": "full", "3_partial_refusal": "partial"}
 _XSTEST_FILE = re.compile(r"xstest_v2_completions_([A-Za-z0-9]+)\.csv$")
 
+
 def file_digest(path: Path) -> str:
     """sha256 of a file, or of a folder's sorted CSV/JSONL files: provenance of a fit."""
     path = Path(path)
@@ -296,8 +297,15 @@ def paired_accuracy(truth: Sequence[int], pred: Sequence[int], other: Sequence[i
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     diff = float(a.mean() - b.mean()) if len(t) else 0.0
     if len(t) >= 2 and only_a + only_b > 0:
-        res = bootstrap((a, b), lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis), paired=True, vectorized=True,
-                        n_resamples=n_boot, method="percentile", random_state=np.random.default_rng(seed))  # fmt: skip
+        res = bootstrap(
+            (a, b),
+            lambda x, y, axis=-1: x.mean(axis=axis) - y.mean(axis=axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=n_boot,
+            method="percentile",
+            random_state=np.random.default_rng(seed),
+        )
         ci = [round(float(v), 4) for v in res.confidence_interval]
         p_value = float(mcnemar([[int((a & b).sum()), only_a], [only_b, int((~a & ~b).sum())]], exact=True).pvalue)
     else:  # identical verdicts: no difference to test

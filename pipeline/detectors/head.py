@@ -106,9 +106,7 @@ class HeadSet:
             "version": ARTIFACT_VERSION,
             "model": self.model,
             "views": view_sizes.sizes(),
-            "heads": {
-                t: {"features": list(h.features), "classes": list(h.classes), "threshold": h.threshold} for t, h in self.heads.items()
-            },
+            "heads": {t: {"features": list(h.features), "classes": list(h.classes), "threshold": h.threshold} for t, h in self.heads.items()},
             "provenance": self.provenance,
         }
         arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, sort_keys=True))}
@@ -174,9 +172,7 @@ def fit_head(
         return _fit(task, x, labels, groups, features=features, folds=folds, seed=seed)
 
 
-def _fit(
-    task: str, x: np.ndarray, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int
-) -> LinearHead:
+def _fit(task: str, x: np.ndarray, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int) -> LinearHead:
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 

@@ -152,8 +152,13 @@ def _quiet() -> Iterator[None]:
 
 
 def _write_meta(folder: Path, layout: ModelLayout, model_name: str) -> None:
-    meta = {"model": model_name, "path": str(layout.root), "format": EXPORT_FORMAT, "opset": OPSET,
-            "versions": {lib: _version(lib) for lib in EXPORT_LIBRARIES}}  # fmt: skip
+    meta = {
+        "model": model_name,
+        "path": str(layout.root),
+        "format": EXPORT_FORMAT,
+        "opset": OPSET,
+        "versions": {lib: _version(lib) for lib in EXPORT_LIBRARIES},
+    }
     fd, name = tempfile.mkstemp(dir=folder, prefix=".meta.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(meta, fh, indent=2)
@@ -248,9 +253,7 @@ def fuse_for_onnxruntime(model: Any, config: Any) -> Any:
     fused = optimize_by_fusion(model, model_type="bert", num_heads=config.num_attention_heads, hidden_size=config.hidden_size)
     attention = sum(node.op_type == "Attention" for node in fused.model.graph.node)
     if attention != config.num_hidden_layers:
-        raise RuntimeError(
-            f"onnxruntime fused {attention} of {config.num_hidden_layers} attention layers; the exported graph's pattern changed"
-        )
+        raise RuntimeError(f"onnxruntime fused {attention} of {config.num_hidden_layers} attention layers; the exported graph's pattern changed")
     return fused
 
 

@@ -94,9 +94,7 @@ _PHONE_INTL = re.compile(r"(?<![\w+])(?<!\d[ .\-])(?:\+|00)[1-9]\d{0,3}(?:[\s.\-
 _PHONE_NATIONAL = re.compile(r"(?<![\w+.\-/:])(?<!\d[ .\-])\(?0\d{1,4}\)?(?:[\s.\-]\d{2,4}){2,4}(?![\w.\-/:]|\.\d)")
 # Many national formats (e.g. "699 956 915", "60-56-85-91", "(37) 788-063") are 3+ short digit
 # groups; dates (the other common grouped numbers) are excluded in `_phone_grouped`.
-_PHONE_GROUPED = re.compile(
-    r"(?<![\w.\-/:,+])(?<!\d[ .\-])\(?\d{2,4}\)?(?:[ .\-]\d{2,4}){2,4}(?![\w\-/:]|[.,]\d|[ .\-]\d)"
-)
+_PHONE_GROUPED = re.compile(r"(?<![\w.\-/:,+])(?<!\d[ .\-])\(?\d{2,4}\)?(?:[ .\-]\d{2,4}){2,4}(?![\w\-/:]|[.,]\d|[ .\-]\d)")
 _SSN_SHAPED = re.compile(r"\d{3}-\d{2}-\d{4}")
 _DATE_LIKE = re.compile(r"\d{1,2}([./\- ])\d{1,2}\1\d{2,4}|\d{4}([./\- ])\d{1,2}\2\d{1,2}")
 _PHONE_LABELLED = re.compile(r"(?i)(\b(?:phone|tel|telephone|mobile|cell|call(?: me)?(?: at| on)?|fax)\b\W{0,3}(?:is\s+|:\s*|#\s*)?)(\d{10,12})\b")

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import structlog
 
 from pipeline.detectors.embedder import Embedder
-from pipeline.detectors.policy import PolicyDetector
 from pipeline.detectors.head import HeadSet
+from pipeline.detectors.policy import PolicyDetector
 from pipeline.detectors.refusal import RefusalDetector
 from pipeline.detectors.stack import DetectorStack, configured_head
 from pipeline.probes.markers import find_marker

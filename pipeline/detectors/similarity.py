@@ -8,6 +8,7 @@ family it came from.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class AttackSimilarity:
         best_col = sims.argmax(axis=1)
         best_sim = sims[np.arange(len(pieces)), best_col]
         out: list[SimilarityMatch] = []
-        for text, start, end in zip(texts, bounds, bounds[1:]):
+        for text, (start, end) in zip(texts, itertools.pairwise(bounds), strict=True):
             if not text.strip():
                 out.append(SimilarityMatch(0.0, ""))
                 continue

@@ -33,9 +33,7 @@ def take(parts: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray
 HEAD_LABELS = {"refusal": "refusal", "harmful_compliance": "harmful", "prompt_harm": "prompt_harm"}
 
 
-def fit_heads(
-    frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, group_by: str, provenance: dict[str, Any] | None = None
-) -> HeadSet:
+def fit_heads(frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, group_by: str, provenance: dict[str, Any] | None = None) -> HeadSet:
     """Fit each head on the rows that carry its label: refusal (3 classes), harmful compliance, prompt harm.
 
     Files mix: JailbreakBench rows carry no refusal label, so with an XSTest file beside them
@@ -109,4 +107,3 @@ def evaluate(frame: pd.DataFrame, predictions: pd.DataFrame, *, n_boot: int = 10
                 entry[name] = {**compared(truth[present], detector[present], verdicts[present].astype(int), n_boot), "missing": int((~present).sum())}
         out[task] = entry
     return out
-

@@ -42,10 +42,17 @@ def decide_drift(
     fp = drift_fingerprint(subject.target)
     open_chain = bool(history) and history[0].alert.kind == AlertKind.DRIFT
     common = dict(
-        fingerprint=fp, target=subject.target, suite=SUITE, model_version=subject.model_version, run_id=subject.run_id,
-        created_at=now, baseline_model_version=subject.baseline_model_version, baseline_run_id=subject.baseline_run_id,
-        sql=sql, link=link,
-    )  # fmt: skip
+        fingerprint=fp,
+        target=subject.target,
+        suite=SUITE,
+        model_version=subject.model_version,
+        run_id=subject.run_id,
+        created_at=now,
+        baseline_model_version=subject.baseline_model_version,
+        baseline_run_id=subject.baseline_run_id,
+        sql=sql,
+        link=link,
+    )
     if drifted:
         verb = "persists" if open_chain else "detected"
         alert = Alert(

@@ -98,9 +98,17 @@ def stable_seed(*parts: object) -> int:
 
 
 def compare(
-    reference: np.ndarray, current: np.ndarray, methods: Sequence[str], *, alpha: float, min_effect: float,
-    permutations: int, seed: int, attacks: AttackProfile | None, reference_cap: int | None = None,
-) -> Comparison:  # fmt: skip
+    reference: np.ndarray,
+    current: np.ndarray,
+    methods: Sequence[str],
+    *,
+    alpha: float,
+    min_effect: float,
+    permutations: int,
+    seed: int,
+    attacks: AttackProfile | None,
+    reference_cap: int | None = None,
+) -> Comparison:
     """Run the methods on clean windows, Holm-correct the alerting ones, apply the minimum effect.
 
     `reference_cap` limits the rows the costly untargeted methods read (see `run_methods`).
@@ -115,10 +123,21 @@ def compare(
 
 def _row(check_key: dict, method: str, status: str, **values: object) -> dict:
     row = {
-        "method": method, "status": status, "n_reference": 0, "n_current": 0, "n_invalid": 0, "statistic": math.nan,
-        "p_value": math.nan, "p_adjusted": math.nan, "effect_size": math.nan, "drifted": False, "alerted": False,
-        "explanation": "", "error": "", "checked_at": utc_now(),
-    }  # fmt: skip
+        "method": method,
+        "status": status,
+        "n_reference": 0,
+        "n_current": 0,
+        "n_invalid": 0,
+        "statistic": math.nan,
+        "p_value": math.nan,
+        "p_adjusted": math.nan,
+        "effect_size": math.nan,
+        "drifted": False,
+        "alerted": False,
+        "explanation": "",
+        "error": "",
+        "checked_at": utc_now(),
+    }
     row.update(check_key)
     row.update(values)
     return row
@@ -137,27 +156,39 @@ def _samples(client: Client, ids: Sequence[str]) -> tuple[Sample, ...]:
 def _summary(comparison: Comparison, explanation: Explanation, n_ref: int, n_cur: int) -> str:
     parts = [
         f"{r.method}: stat={r.statistic:.4g} p_adj={comparison.p_adjusted[r.method]:.2g} effect={r.effect_size:.3g}"
-        if r.can_alert else f"{r.method}: effect={r.effect_size:.3g}"
+        if r.can_alert
+        else f"{r.method}: effect={r.effect_size:.3g}"
         for r in comparison.results
-    ]  # fmt: skip
+    ]
     text = f"n={n_cur} vs reference n={n_ref}. " + "; ".join(parts)
     why = explanation.summary()
     return f"{text}. {why}" if why else text
 
 
 def check_target(
-    client: Client, settings: Settings, target: str, model_version: str, end: datetime, attacks: AttackProfile | None,
-    *, link: str | None = None,
-) -> DriftCheck:  # fmt: skip
+    client: Client,
+    settings: Settings,
+    target: str,
+    model_version: str,
+    end: datetime,
+    attacks: AttackProfile | None,
+    *,
+    link: str | None = None,
+) -> DriftCheck:
     """Check one target's current window against its reference; store results; decide the alert."""
     start = end - timedelta(minutes=settings.drift_window_minutes)
     ref_window = reference_for(settings, start, end)
-    key = {"target": target, "model_version": model_version, "window_start": start, "window_end": end,
-           "reference_kind": ref_window.kind, "reference_label": ref_window.label}  # fmt: skip
+    key = {
+        "target": target,
+        "model_version": model_version,
+        "window_start": start,
+        "window_end": end,
+        "reference_kind": ref_window.kind,
+        "reference_label": ref_window.label,
+    }
     bound = log.bind(target_name=target, model_version=model_version, window_end=end.isoformat())
     cur_w = drift_store.read_window(client, target, [(start, end)], model_version=model_version, limit=settings.drift_max_samples)
-    ref_w = drift_store.read_window(client, target, ref_window.periods, model_version=ref_window.model_version,
-                                    limit=settings.drift_reference_max_samples)  # fmt: skip
+    ref_w = drift_store.read_window(client, target, ref_window.periods, model_version=ref_window.model_version, limit=settings.drift_reference_max_samples)
     try:
         ref_raw, _ = drift_store.as_matrix(ref_w)
         cur_raw, _ = drift_store.as_matrix(cur_w)
@@ -168,38 +199,71 @@ def check_target(
     n_invalid = int((~ref_keep).sum() + (~cur_keep).sum())
     if len(reference) < settings.drift_min_samples or len(current) < settings.drift_min_samples:
         bound.info("drift.insufficient_data", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid)
-        drift_store.write_results(client, [_row(key, m, "insufficient_data", n_reference=len(reference), n_current=len(current),
-                                                n_invalid=n_invalid) for m in settings.drift_methods])  # fmt: skip
+        drift_store.write_results(
+            client, [_row(key, m, "insufficient_data", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid) for m in settings.drift_methods]
+        )
         return DriftCheck(target, model_version, "insufficient_data", len(reference), len(current))
     try:
-        comparison = compare(reference, current, settings.drift_methods, alpha=settings.drift_alpha, min_effect=settings.drift_min_effect,
-                             permutations=settings.drift_permutations, seed=stable_seed(target, model_version, end), attacks=attacks,
-                             reference_cap=settings.drift_max_samples)  # fmt: skip
+        comparison = compare(
+            reference,
+            current,
+            settings.drift_methods,
+            alpha=settings.drift_alpha,
+            min_effect=settings.drift_min_effect,
+            permutations=settings.drift_permutations,
+            seed=stable_seed(target, model_version, end),
+            attacks=attacks,
+            reference_cap=settings.drift_max_samples,
+        )
     except DriftInputError as exc:
         return _fail(client, key, bound, str(exc), len(reference), len(current))
     witness = next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None)
     cur_ids = [i for i, k in zip(cur_w.sample_ids, cur_keep, strict=True) if k]
-    explanation = explain(
-        reference, current, attacks, current_ids=cur_ids, witness=witness,
-        reference_categories=[c for c, k in zip(ref_w.categories, ref_keep, strict=True) if k],
-        current_categories=[c for c, k in zip(cur_w.categories, cur_keep, strict=True) if k],
-    ) if attacks is not None else Explanation((), (), (), ())  # fmt: skip
+    explanation = (
+        explain(
+            reference,
+            current,
+            attacks,
+            current_ids=cur_ids,
+            witness=witness,
+            reference_categories=[c for c, k in zip(ref_w.categories, ref_keep, strict=True) if k],
+            current_categories=[c for c, k in zip(cur_w.categories, cur_keep, strict=True) if k],
+        )
+        if attacks is not None
+        else Explanation((), (), (), ())
+    )
     summary = _summary(comparison, explanation, len(reference), len(current))
     run_id = f"drift {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}"
     subject = Subject(target, SUITE, model_version, run_id, ref_window.model_version or "", ref_window.label)
     history = [h for h in alert_store.history(client, drift_fingerprint(target)) if h.alert.run_id != run_id]
-    sql = (f"SELECT window_end, method, status, n_current, statistic, p_adjusted, effect_size, drifted FROM "
-           f"{settings.clickhouse_database}.drift_results FINAL WHERE target = {quoted(target)} ORDER BY window_end DESC, method LIMIT 48")  # fmt: skip
+    sql = (
+        f"SELECT window_end, method, status, n_current, statistic, p_adjusted, effect_size, drifted FROM "
+        f"{settings.clickhouse_database}.drift_results FINAL WHERE target = {quoted(target)} ORDER BY window_end DESC, method LIMIT 48"
+    )
     decided = decide_drift(subject, comparison.drifted, summary, _samples(client, explanation.sample_ids), sql, history, now=end, link=link)
     alert = alert_store.save_once(client, decided) if decided is not None else None
     explained = json.dumps(explanation.to_dict())
-    drift_store.write_results(client, [
-        _row(key, r.method, "checked", n_reference=r.n_reference, n_current=r.n_current, n_invalid=n_invalid,
-             statistic=r.statistic, p_value=r.p_value, p_adjusted=comparison.p_adjusted.get(r.method, math.nan),
-             effect_size=r.effect_size, drifted=r.method in comparison.drifted,
-             alerted=alert is not None and r.method in comparison.drifted, explanation=explained)
-        for r in comparison.results
-    ])  # fmt: skip
+    drift_store.write_results(
+        client,
+        [
+            _row(
+                key,
+                r.method,
+                "checked",
+                n_reference=r.n_reference,
+                n_current=r.n_current,
+                n_invalid=n_invalid,
+                statistic=r.statistic,
+                p_value=r.p_value,
+                p_adjusted=comparison.p_adjusted.get(r.method, math.nan),
+                effect_size=r.effect_size,
+                drifted=r.method in comparison.drifted,
+                alerted=alert is not None and r.method in comparison.drifted,
+                explanation=explained,
+            )
+            for r in comparison.results
+        ],
+    )
     bound.info("drift.checked", drifted=list(comparison.drifted), n_reference=len(reference), n_current=len(current))
     return DriftCheck(target, model_version, "checked", len(reference), len(current), comparison, explanation, alert)
 

@@ -69,8 +69,16 @@ def drift_test(
         raise typer.Exit(3)
     attacks = AttackProfile.builtin(embedder, AttackHead.load(head) if head else None)
     try:
-        comparison = compare(ref_vecs, cur_vecs, methods, alpha=settings.drift_alpha, min_effect=settings.drift_min_effect,
-                             permutations=settings.drift_permutations, seed=seed, attacks=attacks)  # fmt: skip
+        comparison = compare(
+            ref_vecs,
+            cur_vecs,
+            methods,
+            alpha=settings.drift_alpha,
+            min_effect=settings.drift_min_effect,
+            permutations=settings.drift_permutations,
+            seed=seed,
+            attacks=attacks,
+        )
     except DriftInputError as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -79,19 +87,41 @@ def drift_test(
     table = Table("method", "statistic", "p", "p_adj (Holm)", "effect", "drifted", title=f"reference n={n_ref} vs current n={n_cur}")
     for r in comparison.results:
         p_adj = comparison.p_adjusted.get(r.method)
-        table.add_row(r.method, f"{r.statistic:.4g}", f"{r.p_value:.3g}", "" if p_adj is None else f"{p_adj:.3g}",
-                      f"{r.effect_size:.3g}", "yes" if r.method in comparison.drifted else "no")  # fmt: skip
+        table.add_row(
+            r.method,
+            f"{r.statistic:.4g}",
+            f"{r.p_value:.3g}",
+            "" if p_adj is None else f"{p_adj:.3g}",
+            f"{r.effect_size:.3g}",
+            "yes" if r.method in comparison.drifted else "no",
+        )
     console.print(table)
     if explanation.summary():
         console.print(explanation.summary())
     if json_out:
-        json_out.write_text(json.dumps({
-            "status": "checked", "n_reference": n_ref, "n_current": n_cur, "drifted": list(comparison.drifted),
-            "results": [{"method": r.method, "statistic": r.statistic, "p_value": None if r.p_value != r.p_value else r.p_value,
-                         "p_adjusted": comparison.p_adjusted.get(r.method),
-                         "effect_size": r.effect_size} for r in comparison.results],
-            "explanation": {**explanation.to_dict(), "current_rows": [int(i) for i in explanation.sample_ids]},
-        }, indent=2, default=float))  # fmt: skip
+        json_out.write_text(
+            json.dumps(
+                {
+                    "status": "checked",
+                    "n_reference": n_ref,
+                    "n_current": n_cur,
+                    "drifted": list(comparison.drifted),
+                    "results": [
+                        {
+                            "method": r.method,
+                            "statistic": r.statistic,
+                            "p_value": None if r.p_value != r.p_value else r.p_value,
+                            "p_adjusted": comparison.p_adjusted.get(r.method),
+                            "effect_size": r.effect_size,
+                        }
+                        for r in comparison.results
+                    ],
+                    "explanation": {**explanation.to_dict(), "current_rows": [int(i) for i in explanation.sample_ids]},
+                },
+                indent=2,
+                default=float,
+            )
+        )
     raise typer.Exit(1 if comparison.drifted else 0)
 
 
@@ -125,8 +155,14 @@ def drift_fit_head(
     with console.status(f"embedding {len(attack_texts) + len(benign_texts)} texts"):
         attack_vecs, benign_vecs = embedder.encode(attack_texts), embedder.encode(benign_texts)
     layers = tuple(h for h in (hidden or [256]) if h > 0)
-    head = fit_head(attack_vecs, benign_vecs, hidden=layers, target_fpr=target_fpr, seed=seed,
-                    sources={"attacks": str(attacks), "benign": str(benign), "model": embedder.model_name})  # fmt: skip
+    head = fit_head(
+        attack_vecs,
+        benign_vecs,
+        hidden=layers,
+        target_fpr=target_fpr,
+        seed=seed,
+        sources={"attacks": str(attacks), "benign": str(benign), "model": embedder.model_name},
+    )
     head.save(out)
     console.print(f"wrote {out}: threshold {head.threshold:.3f}, held-out tpr {head.tpr:.3f}, fpr {head.fpr:.4f}")
 

@@ -74,8 +74,7 @@ def explain(
     attack-like first; when none are flagged, the rows the MMD witness puts furthest from the
     reference."""
     groups = grown(list(profile.nearest(reference)), list(profile.nearest(current)), len(reference), len(current), top)
-    categories = grown([c for cs in reference_categories for c in cs], [c for cs in current_categories for c in cs],
-                       len(reference), len(current), top)  # fmt: skip
+    categories = grown([c for cs in reference_categories for c in cs], [c for cs in current_categories for c in cs], len(reference), len(current), top)
     scores = profile.score(current)
     flagged = np.flatnonzero(scores >= profile.threshold)
     if len(flagged):

@@ -184,8 +184,9 @@ def mmd(reference: np.ndarray, current: np.ndarray, ctx: DriftContext) -> DriftR
     check_pair(reference, current)
     stat, p, gamma, witness = mmd_permutation_test(reference, current, ctx.permutations, ctx.seed)
     effect = math.sqrt(max(stat, 0.0))
-    return DriftResult("mmd", stat, p, effect, p < ctx.alpha, len(reference), len(current),
-                       {"gamma": gamma, "permutations": ctx.permutations, "witness": witness})  # fmt: skip
+    return DriftResult(
+        "mmd", stat, p, effect, p < ctx.alpha, len(reference), len(current), {"gamma": gamma, "permutations": ctx.permutations, "witness": witness}
+    )
 
 
 # --- Classifier two-sample test -----------------------------------------------------------
@@ -275,11 +276,25 @@ def attack_share(reference: np.ndarray, current: np.ndarray, ctx: DriftContext) 
         p = weight_permutation_test(w_ref, w_cur, ctx.permutations, ctx.seed)
     rise = share_cur - share_ref
     effect = rise / ctx.attacks.youden if ctx.attacks.youden > 0 else rise
-    return DriftResult("attack_share", rise, p, effect, p < ctx.alpha, len(reference), len(current),
-                       {"flagged_reference": k_ref, "flagged_current": k_cur, "share_reference": share_ref,
-                        "share_current": share_cur, "threshold": ctx.attacks.threshold,
-                        "weight_reference": float(w_ref.mean()), "weight_current": float(w_cur.mean()),
-                        "permutations": ctx.permutations})  # fmt: skip
+    return DriftResult(
+        "attack_share",
+        rise,
+        p,
+        effect,
+        p < ctx.alpha,
+        len(reference),
+        len(current),
+        {
+            "flagged_reference": k_ref,
+            "flagged_current": k_cur,
+            "share_reference": share_ref,
+            "share_current": share_cur,
+            "threshold": ctx.attacks.threshold,
+            "weight_reference": float(w_ref.mean()),
+            "weight_current": float(w_cur.mean()),
+            "permutations": ctx.permutations,
+        },
+    )
 
 
 # --- Effect size only ---------------------------------------------------------------------
@@ -301,9 +316,7 @@ def centroid(reference: np.ndarray, current: np.ndarray, ctx: DriftContext) -> D
 CAPPED_REFERENCE = frozenset({"mmd", "c2st"})
 
 
-def run_methods(
-    names: list[str], reference: np.ndarray, current: np.ndarray, ctx: DriftContext, *, reference_cap: int | None = None
-) -> list[DriftResult]:
+def run_methods(names: list[str], reference: np.ndarray, current: np.ndarray, ctx: DriftContext, *, reference_cap: int | None = None) -> list[DriftResult]:
     """Run the named methods on one pair (unknown names raise KeyError listing the valid ones).
 
     With `reference_cap`, the `CAPPED_REFERENCE` methods read the reference's first rows only, so

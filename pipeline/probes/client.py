@@ -126,9 +126,14 @@ def received(probe: Probe, response: str | None, error: str | None, latency_ms: 
         return Attempt(probe, None, error, latency_ms, started_at)
     redaction = redact(response)
     return Attempt(
-        probe, redaction.text, error, latency_ms, started_at,
-        marker_hit=find_marker(probe.markers, response), pii_redacted=sum(redaction.counts.values()),
-    )  # fmt: skip
+        probe,
+        redaction.text,
+        error,
+        latency_ms,
+        started_at,
+        marker_hit=find_marker(probe.markers, response),
+        pii_redacted=sum(redaction.counts.values()),
+    )
 
 
 class ChatClient:

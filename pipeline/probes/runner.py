@@ -154,9 +154,7 @@ def evaluate(
     )
     alert = alert_store.save_once(client, decided) if decided is not None else None
     regressed = any(c.regressed for c in comparisons)
-    run = replace(
-        run, status="evaluated", outcome="regressed" if regressed else "passed", healthy=True, baseline_run_id=baseline.run_id
-    )
+    run = replace(run, status="evaluated", outcome="regressed" if regressed else "passed", healthy=True, baseline_run_id=baseline.run_id)
     probe_store.write_run(client, run)
     log.info("probe.evaluated", run_id=run.run_id, baseline=baseline.run_id, regressed=[c.category for c in comparisons if c.regressed])
     return Evaluation(run, tuple(comparisons), (), alert)

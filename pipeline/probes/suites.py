@@ -116,10 +116,7 @@ def _expand(raw: Mapping[str, Any]) -> list[Probe]:
     if "prompt" in raw:
         return [Probe(id=raw["id"], prompt=raw["prompt"], **common)]
     # str.replace, not str.format: templates (e.g. imported jailbreaks) may hold other braces.
-    return [
-        Probe(id=f"{raw['id']}-{i}", prompt=raw["template"].replace(PLACEHOLDER, payload), **common)
-        for i, payload in enumerate(raw["payloads"], start=1)
-    ]
+    return [Probe(id=f"{raw['id']}-{i}", prompt=raw["template"].replace(PLACEHOLDER, payload), **common) for i, payload in enumerate(raw["payloads"], start=1)]
 
 
 def _duplicate_ids(data: Mapping[str, Any]) -> list[str]:

@@ -20,9 +20,7 @@ from pipeline.records import Attempt
 @contextmanager
 def probe_progress(console: Console, total: int, label: str) -> Iterator[Callable[[Attempt], None]]:
     """A progress bar advanced once per finished probe."""
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
-    ) as progress:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console) as progress:
         task = progress.add_task(label, total=total)
         yield lambda _attempt: progress.advance(task)
 

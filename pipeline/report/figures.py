@@ -73,13 +73,21 @@ def asr_figures(asr: pd.DataFrame, deploys: pd.DataFrame) -> list[tuple[str, str
                 _band(axes, frame[frame.category == category], "at", metric)
                 for _, change in changes.iterrows():
                     axes.axvline(change["at"], color="0.35", linestyle="--", linewidth=0.8)
-                    axes.annotate(change["model_version"], (change["at"], 0.97), xycoords=("data", "axes fraction"),
-                                  fontsize=6.5, rotation=90, va="top", ha="right", color="0.3")  # fmt: skip
+                    axes.annotate(
+                        change["model_version"],
+                        (change["at"], 0.97),
+                        xycoords=("data", "axes fraction"),
+                        fontsize=6.5,
+                        rotation=90,
+                        va="top",
+                        ha="right",
+                        color="0.3",
+                    )
                 axes.set_title(f"{category} ({metric})", fontsize=8, loc="left")
                 axes.set_ylim(0, 1)
                 axes.yaxis.set_major_formatter(PercentFormatter(1.0))
                 _dates(axes, frame["at"])
-            for axes in list(grid.flat)[len(categories):]:
+            for axes in list(grid.flat)[len(categories) :]:
                 axes.set_visible(False)
             figure.suptitle(f"{title}: rate per run, 95% Wilson band; dashed = model_version change", fontsize=9)
         out.append((title, svg[0]))

@@ -122,9 +122,7 @@ def load_drift(client: Client, since: datetime, until: datetime) -> pd.DataFrame
     empty = pd.DataFrame(columns=["at", "target", "method", "p_value", "effect_size"])
     if not _exists(client, "drift_results"):
         return empty
-    columns = {row[0] for row in client.query(
-        "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'"
-    ).result_rows}  # fmt: skip
+    columns = {row[0] for row in client.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'").result_rows}
     pick = {
         "at": next((c for c in _DRIFT_TIME if c in columns), None),
         "p_value": next((c for c in _DRIFT_P if c in columns), None),
@@ -141,9 +139,9 @@ def load_drift(client: Client, since: datetime, until: datetime) -> pd.DataFrame
     return _frame(
         client,
         f"""
-        SELECT {pick['at']} AS at, target, method, {pick['p_value']} AS p_value, {pick['effect_size']} AS effect_size
+        SELECT {pick["at"]} AS at, target, method, {pick["p_value"]} AS p_value, {pick["effect_size"]} AS effect_size
         FROM drift_results FINAL
-        WHERE {pick['at']} >= {{since:DateTime64(3, 'UTC')}} AND {pick['at']} <= {{until:DateTime64(3, 'UTC')}} {checked}
+        WHERE {pick["at"]} >= {{since:DateTime64(3, 'UTC')}} AND {pick["at"]} <= {{until:DateTime64(3, 'UTC')}} {checked}
         ORDER BY target, method, at
         """,
         {"since": since, "until": until},
@@ -168,8 +166,7 @@ def load_latest_runs(client: Client) -> pd.DataFrame:
     """The latest run per target and suite (the `latest_runs` view)."""
     return _frame(
         client,
-        "SELECT target, suite, model_version, last_started_at, n_probes, error_rate, healthy, outcome, run_id "
-        "FROM latest_runs ORDER BY target, suite",
+        "SELECT target, suite, model_version, last_started_at, n_probes, error_rate, healthy, outcome, run_id FROM latest_runs ORDER BY target, suite",
         {},
     )
 

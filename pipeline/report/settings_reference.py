@@ -68,8 +68,5 @@ def render_settings_reference(model: type[BaseModel] = Settings) -> str:
         "|---|---|---|---|",
     ]
     for name, field in model.model_fields.items():
-        lines.append(
-            f"| `{prefix}{name.upper()}` | {_cell(_type_name(field.annotation))} | {_cell(_default(field))} "
-            f"| {_cell(field.description or '')} |"
-        )
+        lines.append(f"| `{prefix}{name.upper()}` | {_cell(_type_name(field.annotation))} | {_cell(_default(field))} | {_cell(field.description or '')} |")
     return "\n".join(lines) + "\n"

@@ -11,10 +11,29 @@ from clickhouse_connect.driver.client import Client
 from pipeline.records import Alert, AlertKind, CategoryStat, Comparison, Sample
 
 _COLUMNS = [
-    "alert_id", "fingerprint", "kind", "severity", "target", "suite", "model_version", "baseline_model_version",
-    "run_id", "baseline_run_id", "categories", "title", "summary", "details", "created_at",
-    "status", "attempts", "last_error", "slack_channel", "slack_ts", "thread_ts", "updated_at",
-]  # fmt: skip
+    "alert_id",
+    "fingerprint",
+    "kind",
+    "severity",
+    "target",
+    "suite",
+    "model_version",
+    "baseline_model_version",
+    "run_id",
+    "baseline_run_id",
+    "categories",
+    "title",
+    "summary",
+    "details",
+    "created_at",
+    "status",
+    "attempts",
+    "last_error",
+    "slack_channel",
+    "slack_ts",
+    "thread_ts",
+    "updated_at",
+]
 
 
 @dataclass(frozen=True)
@@ -47,8 +66,7 @@ def _details(alert: Alert) -> str:
 def _alert_from_row(row: dict) -> Alert:
     details = json.loads(row["details"] or "{}")
     comparisons = tuple(
-        Comparison(**{**c, "baseline": CategoryStat(**c["baseline"]), "current": CategoryStat(**c["current"])})
-        for c in details.get("comparisons", [])
+        Comparison(**{**c, "baseline": CategoryStat(**c["baseline"]), "current": CategoryStat(**c["current"])}) for c in details.get("comparisons", [])
     )
     created = row["created_at"]
     return Alert(
@@ -77,11 +95,29 @@ def save(client: Client, stored: StoredAlert) -> None:
     """Insert the alert's current state as a new version."""
     a = stored.alert
     row = [
-        a.alert_id, a.fingerprint, str(a.kind), a.severity, a.target, a.suite, a.model_version,
-        a.baseline_model_version, a.run_id, a.baseline_run_id, list(a.categories), a.title, a.summary,
-        _details(a), a.created_at, stored.status, stored.attempts, stored.last_error, stored.slack_channel,
-        stored.slack_ts, stored.thread_ts, datetime.now(UTC),
-    ]  # fmt: skip
+        a.alert_id,
+        a.fingerprint,
+        str(a.kind),
+        a.severity,
+        a.target,
+        a.suite,
+        a.model_version,
+        a.baseline_model_version,
+        a.run_id,
+        a.baseline_run_id,
+        list(a.categories),
+        a.title,
+        a.summary,
+        _details(a),
+        a.created_at,
+        stored.status,
+        stored.attempts,
+        stored.last_error,
+        stored.slack_channel,
+        stored.slack_ts,
+        stored.thread_ts,
+        datetime.now(UTC),
+    ]
     client.insert("alerts", [row], column_names=_COLUMNS)
 
 

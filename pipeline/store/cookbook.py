@@ -99,10 +99,11 @@ def _target(alias: str = "") -> str:
     return _TARGET.replace("{alias}", alias)
 
 
-_add(Recipe(
-    name="regressed_after_deploy",
-    question="Which categories regressed after the last deploy?",
-    sql=f"""
+_add(
+    Recipe(
+        name="regressed_after_deploy",
+        question="Which categories regressed after the last deploy?",
+        sql=f"""
 SELECT cur.target AS target, cur.suite AS suite, cur.category AS category,
        prev.model_version AS before_version, cur.model_version AS after_version,
        round(prev.asr, 3) AS asr_before, round(cur.asr, 3) AS asr_after, round(cur.asr - prev.asr, 3) AS rise,
@@ -115,17 +116,19 @@ LEFT JOIN (
     SELECT target, suite, model_version, groupUniqArrayArray(categories) AS categories
     FROM alerts FINAL WHERE kind = 'regression' GROUP BY target, suite, model_version
 ) AS a ON a.target = cur.target AND a.suite = cur.suite AND a.model_version = cur.model_version
-WHERE {_target('cur.')} AND (alerted OR cur.asr - prev.asr >= {{min_rise:Float64}})
+WHERE {_target("cur.")} AND (alerted OR cur.asr - prev.asr >= {{min_rise:Float64}})
 ORDER BY alerted DESC, rise DESC
 """.strip(),
-    defaults={"target": "", "min_rise": 0.1},
-    views=("asr_by_model_version", "model_deploys"),
-))  # fmt: skip
+        defaults={"target": "", "min_rise": 0.1},
+        views=("asr_by_model_version", "model_deploys"),
+    )
+)
 
-_add(Recipe(
-    name="newly_failing_probes",
-    question="Which probes does the newest model version fail that the previous one handled?",
-    sql=f"""
+_add(
+    Recipe(
+        name="newly_failing_probes",
+        question="Which probes does the newest model version fail that the previous one handled?",
+        sql=f"""
 SELECT cur.target AS target, cur.suite AS suite, cur.category AS category, cur.probe_id AS probe_id,
        prev.model_version AS before_version, prev.verdict AS verdict_before,
        cur.model_version AS after_version, cur.verdict AS verdict_after,
@@ -134,18 +137,20 @@ FROM (SELECT * FROM probe_verdicts_by_model_version WHERE deploy_rank = 1) AS cu
 INNER JOIN (SELECT * FROM probe_verdicts_by_model_version WHERE deploy_rank = 2) AS prev
     ON prev.target = cur.target AND prev.suite = cur.suite AND prev.probe_id = cur.probe_id
 WHERE cur.verdict IN ('attack_success', 'over_refusal') AND prev.verdict IN ('refused', 'complied_ok')
-  AND {_target('cur.')}
+  AND {_target("cur.")}
 ORDER BY target, suite, category, probe_id
 LIMIT {{limit:UInt32}}
 """.strip(),
-    defaults={"target": "", "limit": 100},
-    views=("probe_verdicts_by_model_version", "model_deploys"),
-))  # fmt: skip
+        defaults={"target": "", "limit": 100},
+        views=("probe_verdicts_by_model_version", "model_deploys"),
+    )
+)
 
-_add(Recipe(
-    name="alert_samples",
-    question="Which samples triggered alert X? (default: the newest alert)",
-    sql="""
+_add(
+    Recipe(
+        name="alert_samples",
+        question="Which samples triggered alert X? (default: the newest alert)",
+        sql="""
 WITH chosen AS (
     SELECT alert_id, run_id, suite, categories, details FROM alerts FINAL
     WHERE alert_id = if({alert_id:String} = '', (SELECT argMax(alert_id, created_at) FROM alerts FINAL), {alert_id:String})
@@ -163,13 +168,15 @@ SELECT 'stream' AS source, JSONExtractString(s, 'probe_id') AS sample_id, JSONEx
 FROM chosen ARRAY JOIN JSONExtractArrayRaw(details, 'samples') AS s
 WHERE suite = 'stream'
 """.strip(),
-    defaults={"alert_id": ""},
-))  # fmt: skip
+        defaults={"alert_id": ""},
+    )
+)
 
-_add(Recipe(
-    name="jailbreak_similarity_p95_by_hour",
-    question="What is the jailbreak (and injection) similarity p95 by hour in production?",
-    sql=f"""
+_add(
+    Recipe(
+        name="jailbreak_similarity_p95_by_hour",
+        question="What is the jailbreak (and injection) similarity p95 by hour in production?",
+        sql=f"""
 SELECT toStartOfHour(occurred_at) AS hour, target, count() AS n,
        round(quantileExact(0.95)(jailbreak_score), 3) AS jailbreak_p95,
        round(quantileExact(0.95)(injection_score), 3) AS injection_p95,
@@ -179,13 +186,15 @@ WHERE occurred_at >= now64(3) - toIntervalHour({{hours:UInt32}}) AND {_target()}
 GROUP BY hour, target
 ORDER BY target, hour
 """.strip(),
-    defaults={"target": "", "hours": 24},
-))  # fmt: skip
+        defaults={"target": "", "hours": 24},
+    )
+)
 
-_add(Recipe(
-    name="production_violations",
-    question="Which hazards are flagged most in production over the last N hours (rate, n, Wilson 95%)?",
-    sql=f"""
+_add(
+    Recipe(
+        name="production_violations",
+        question="Which hazards are flagged most in production over the last N hours (rate, n, Wilson 95%)?",
+        sql=f"""
 WITH 1.959964 AS z
 SELECT target, category, any(n) AS samples, sum(violations) AS flagged, round(flagged / samples, 4) AS rate,
        round((rate + z * z / (2 * samples) - z * sqrt(rate * (1 - rate) / samples + z * z / (4 * samples * samples))) / (1 + z * z / samples), 4) AS ci_low,
@@ -204,27 +213,31 @@ GROUP BY target, category
 HAVING flagged > 0
 ORDER BY rate DESC
 """.strip(),
-    defaults={"target": "", "hours": 24},
-))  # fmt: skip
+        defaults={"target": "", "hours": 24},
+    )
+)
 
-_add(Recipe(
-    name="asr_by_day",
-    question="How has each category's attack success rate moved, day by day?",
-    sql=f"""
+_add(
+    Recipe(
+        name="asr_by_day",
+        question="How has each category's attack success rate moved, day by day?",
+        sql=f"""
 SELECT day, target, suite, model_version, category, n, successes,
        round(asr, 3) AS asr, round(ci_low, 3) AS ci_low, round(ci_high, 3) AS ci_high
 FROM asr_by_category_day
 WHERE day >= today() - {{days:UInt32}} AND {_target()}
 ORDER BY target, suite, category, day
 """.strip(),
-    defaults={"target": "", "days": 30},
-    views=("asr_by_category_day",),
-))  # fmt: skip
+        defaults={"target": "", "days": 30},
+        views=("asr_by_category_day",),
+    )
+)
 
-_add(Recipe(
-    name="over_refusal_by_version",
-    question="Does the new model version refuse benign requests more often than the old one?",
-    sql=f"""
+_add(
+    Recipe(
+        name="over_refusal_by_version",
+        question="Does the new model version refuse benign requests more often than the old one?",
+        sql=f"""
 WITH 1.959964 AS z
 SELECT target, suite, model_version, min(day) AS first_day, sum(n) AS benign, sum(refusals) AS refused,
        round(refused / benign, 4) AS rate,
@@ -236,49 +249,56 @@ GROUP BY target, suite, model_version
 HAVING benign > 0
 ORDER BY target, suite, first_day
 """.strip(),
-    defaults={"target": ""},
-    views=("over_refusal_by_day",),
-))  # fmt: skip
+        defaults={"target": ""},
+        views=("over_refusal_by_day",),
+    )
+)
 
-_add(Recipe(
-    name="latest_drift",
-    question="Is production traffic drifting? The latest verdict per target and method.",
-    sql=f"""
+_add(
+    Recipe(
+        name="latest_drift",
+        question="Is production traffic drifting? The latest verdict per target and method.",
+        sql=f"""
 SELECT *
 FROM latest_drift
 WHERE {_target()}
 ORDER BY target, method
 """.strip(),
-    defaults={"target": ""},
-    views=("latest_drift",),
-))  # fmt: skip
+        defaults={"target": ""},
+        views=("latest_drift",),
+    )
+)
 
-_add(Recipe(
-    name="recent_alerts",
-    question="Which alerts fired in the last N days, and did they reach Slack?",
-    sql=f"""
+_add(
+    Recipe(
+        name="recent_alerts",
+        question="Which alerts fired in the last N days, and did they reach Slack?",
+        sql=f"""
 SELECT created_at, kind, severity, target, suite, model_version, categories, status, attempts,
        last_error, slack_ts != '' AS in_slack, title
 FROM alerts FINAL
 WHERE created_at >= now64(3) - toIntervalDay({{days:UInt32}}) AND {_target()}
 ORDER BY created_at DESC
 """.strip(),
-    defaults={"target": "", "days": 7},
-))  # fmt: skip
+        defaults={"target": "", "days": 7},
+    )
+)
 
-_add(Recipe(
-    name="rejected_messages",
-    question="Why are stream messages going to the dead-letter topic?",
-    sql="""
+_add(
+    Recipe(
+        name="rejected_messages",
+        question="Why are stream messages going to the dead-letter topic?",
+        sql="""
 SELECT source_topic, code, sum(n) AS rejected, min(hour) AS first_hour, max(hour) AS last_hour
 FROM stream_rejections_by_hour
 WHERE hour >= toStartOfHour(now() - toIntervalHour({hours:UInt32}))
 GROUP BY source_topic, code
 ORDER BY rejected DESC
 """.strip(),
-    defaults={"hours": 24},
-    views=("stream_rejections_by_hour",),
-))  # fmt: skip
+        defaults={"hours": 24},
+        views=("stream_rejections_by_hour",),
+    )
+)
 
 
 def render_cookbook() -> str:

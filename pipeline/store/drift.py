@@ -11,10 +11,27 @@ import numpy as np
 from clickhouse_connect.driver.client import Client
 
 RESULT_COLUMNS = (
-    "target", "model_version", "method", "window_start", "window_end", "reference_kind", "reference_label", "status",
-    "n_reference", "n_current", "n_invalid", "statistic", "p_value", "p_adjusted", "effect_size", "drifted", "alerted",
-    "explanation", "error", "checked_at",
-)  # fmt: skip
+    "target",
+    "model_version",
+    "method",
+    "window_start",
+    "window_end",
+    "reference_kind",
+    "reference_label",
+    "status",
+    "n_reference",
+    "n_current",
+    "n_invalid",
+    "statistic",
+    "p_value",
+    "p_adjusted",
+    "effect_size",
+    "drifted",
+    "alerted",
+    "explanation",
+    "error",
+    "checked_at",
+)
 
 
 @dataclass(frozen=True)

@@ -71,7 +71,7 @@ def clusterize(statement: str, cluster: str) -> str:
         return statement
     if re.search(r"\bON\s+CLUSTER\b", statement, re.I):
         return statement
-    rewritten = f"{match.group('head')}{match.group('name')} ON CLUSTER '{cluster}'{statement[match.end():]}"
+    rewritten = f"{match.group('head')}{match.group('name')} ON CLUSTER '{cluster}'{statement[match.end() :]}"
 
     def replicated(engine: re.Match[str]) -> str:
         args = (engine.group("args") or "").strip()
@@ -102,6 +102,7 @@ def migrate(client: Client, directory: Path = MIGRATIONS_DIR, *, cluster: str | 
 
     With `cluster` (settings.clickhouse_cluster) every DDL statement runs ON CLUSTER.
     """
+
     def ddl(statement: str) -> str:
         return clusterize(statement, cluster) if cluster else statement
 
@@ -113,18 +114,13 @@ def migrate(client: Client, directory: Path = MIGRATIONS_DIR, *, cluster: str | 
             "applied_at DateTime64(3, 'UTC')) ENGINE = ReplacingMergeTree ORDER BY version"
         )
     )
-    applied = {
-        row[0]: (row[1], row[2])
-        for row in client.query("SELECT version, name, checksum FROM schema_migrations FINAL").result_rows
-    }
+    applied = {row[0]: (row[1], row[2]) for row in client.query("SELECT version, name, checksum FROM schema_migrations FINAL").result_rows}
     done: list[str] = []
     for migration in discover(directory):
         if migration.version in applied:
             name, checksum = applied[migration.version]
             if checksum != migration.checksum:
-                raise MigrationError(
-                    f"{migration.name}.sql changed after it was applied as {name!r}; add a new migration instead"
-                )
+                raise MigrationError(f"{migration.name}.sql changed after it was applied as {name!r}; add a new migration instead")
             continue
         for statement in migration.statements():
             try:

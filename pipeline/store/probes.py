@@ -52,10 +52,7 @@ def read_results(client: Client, run_id: str) -> list[ProbeResult]:
         f"SELECT {', '.join(_RESULT_COLUMNS)} FROM probe_results FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id",
         parameters={"run_id": run_id},
     )
-    return [
-        ProbeResult(**{**dict(zip(_RESULT_COLUMNS, row, strict=True)), "tags": tuple(row[_RESULT_COLUMNS.index("tags")])})
-        for row in result.result_rows
-    ]
+    return [ProbeResult(**{**dict(zip(_RESULT_COLUMNS, row, strict=True)), "tags": tuple(row[_RESULT_COLUMNS.index("tags")])}) for row in result.result_rows]
 
 
 def category_stats(client: Client, run_id: str) -> list[CategoryStat]:

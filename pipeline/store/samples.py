@@ -117,8 +117,7 @@ def existing_sources(client: Client, sample_ids: Iterable[str]) -> dict[str, tup
     found: dict[str, tuple[int, int]] = {}
     for start in range(0, len(ids), _LOOKUP_CHUNK):
         result = client.query(
-            "SELECT sample_id, min((source_partition, source_offset)) FROM sample_scores "
-            "WHERE sample_id IN {ids:Array(String)} GROUP BY sample_id",
+            "SELECT sample_id, min((source_partition, source_offset)) FROM sample_scores WHERE sample_id IN {ids:Array(String)} GROUP BY sample_id",
             parameters={"ids": ids[start : start + _LOOKUP_CHUNK]},
         )
         for sample_id, (partition, offset) in result.result_rows:

@@ -132,8 +132,7 @@ def parse_records(records: Iterable[SourceRecord], settings: Settings, *, now: d
                 Rejection(
                     record,
                     DUPLICATE_SAMPLE_ID,
-                    f"{DUPLICATE_SAMPLE_ID}: sample_id {sample.sample_id} already in this batch at "
-                    f"partition {earlier.partition} offset {earlier.offset}",
+                    f"{DUPLICATE_SAMPLE_ID}: sample_id {sample.sample_id} already in this batch at partition {earlier.partition} offset {earlier.offset}",
                     sample.sample_id,
                 )
             )
@@ -143,9 +142,7 @@ def parse_records(records: Iterable[SourceRecord], settings: Settings, *, now: d
     return out
 
 
-def split_stored_duplicates(
-    rows: Sequence[dict[str, Any]], stored: dict[str, tuple[int, int]]
-) -> tuple[list[dict[str, Any]], list[Rejection]]:
+def split_stored_duplicates(rows: Sequence[dict[str, Any]], stored: dict[str, tuple[int, int]]) -> tuple[list[dict[str, Any]], list[Rejection]]:
     """Keep rows whose sample_id is new or was stored from this very offset (a redelivery);
     reject rows whose id was stored from a different offset."""
     kept: list[dict[str, Any]] = []
@@ -161,8 +158,7 @@ def split_stored_duplicates(
             Rejection(
                 source,
                 DUPLICATE_SAMPLE_ID,
-                f"{DUPLICATE_SAMPLE_ID}: sample_id {row['sample_id']} already stored from "
-                f"partition {origin[0]} offset {origin[1]}",
+                f"{DUPLICATE_SAMPLE_ID}: sample_id {row['sample_id']} already stored from partition {origin[0]} offset {origin[1]}",
                 row["sample_id"],
             )
         )
@@ -248,9 +244,7 @@ class Scorer:
         user_vectors = self.embedder.encode(prompts)  # kept for drift
 
         rows = []
-        for a, r, score, jb, inj, is_empty, vector in zip(
-            accepted, redacted, scores, jailbreaks, injections, empty, user_vectors, strict=True
-        ):
+        for a, r, score, jb, inj, is_empty, vector in zip(accepted, redacted, scores, jailbreaks, injections, empty, user_vectors, strict=True):
             s = a.sample
             viol = score.violations
             category, top = max(viol.items(), key=lambda kv: kv[1], default=("", 0.0))

@@ -60,13 +60,21 @@ FUTURE_TIMESTAMP = "future_timestamp"
 STALE_TIMESTAMP = "stale_timestamp"
 DUPLICATE_SAMPLE_ID = "duplicate_sample_id"  # raised by the worker: the sample_id was already stored
 CODES = (
-    TOMBSTONE, TOO_LARGE, NOT_UTF8, NOT_JSON, TOO_DEEP, SCHEMA, TOO_MANY_TURNS, TURN_TOO_LONG,
-    EMPTY_TURNS, FUTURE_TIMESTAMP, STALE_TIMESTAMP, DUPLICATE_SAMPLE_ID,
+    TOMBSTONE,
+    TOO_LARGE,
+    NOT_UTF8,
+    NOT_JSON,
+    TOO_DEEP,
+    SCHEMA,
+    TOO_MANY_TURNS,
+    TURN_TOO_LONG,
+    EMPTY_TURNS,
+    FUTURE_TIMESTAMP,
+    STALE_TIMESTAMP,
+    DUPLICATE_SAMPLE_ID,
 )
 
-_TIMESTAMP = re.compile(
-    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})"
-)
+_TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})")
 
 
 class InvalidSample(ValueError):
@@ -143,9 +151,7 @@ def fast_validator() -> jsonschema_rs.Validator:
     that Python's and ECMA-262's regex dialects read them alike.
     """
     schema = json.loads(SCHEMA_PATH.read_text())
-    return jsonschema_rs.Draft202012Validator(
-        schema, validate_formats=True, formats={"uuid": _is_uuid, "date-time": _is_datetime}
-    )
+    return jsonschema_rs.Draft202012Validator(schema, validate_formats=True, formats={"uuid": _is_uuid, "date-time": _is_datetime})
 
 
 def parse_sample(value: bytes | None, settings: Settings, *, now: datetime | None = None) -> ConversationSample:
@@ -160,7 +166,7 @@ def parse_sample(value: bytes | None, settings: Settings, *, now: datetime | Non
     try:
         text = bytes(value).decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
-        raise InvalidSample(NOT_UTF8, f"byte {exc.start} ({bytes(value)[exc.start:exc.start + 1]!r}): {exc.reason}") from None
+        raise InvalidSample(NOT_UTF8, f"byte {exc.start} ({bytes(value)[exc.start : exc.start + 1]!r}): {exc.reason}") from None
     document = _load_json(text)
     _check_schema(document)
     return _check_semantics(document, settings, now or utc_now())
@@ -219,9 +225,7 @@ def _check_text(text: str, path: tuple[str | int, ...]) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InvalidSample(
-            NOT_UTF8, f"{_path_text(path)}: lone surrogate \\u{ord(text[exc.start]):04x} at character {exc.start}"
-        ) from None
+        raise InvalidSample(NOT_UTF8, f"{_path_text(path)}: lone surrogate \\u{ord(text[exc.start]):04x} at character {exc.start}") from None
 
 
 def _path_text(path: Sequence[str | int]) -> str:
@@ -258,9 +262,7 @@ def _check_schema(document: Any) -> None:
 def _check_semantics(document: dict[str, Any], settings: Settings, now: datetime) -> ConversationSample:
     raw_turns = document["turns"]
     if len(raw_turns) > settings.stream_max_turns:
-        raise InvalidSample(
-            TOO_MANY_TURNS, f"'turns': {len(raw_turns)} turns, more than the {settings.stream_max_turns} allowed (SAFEMON_STREAM_MAX_TURNS)"
-        )
+        raise InvalidSample(TOO_MANY_TURNS, f"'turns': {len(raw_turns)} turns, more than the {settings.stream_max_turns} allowed (SAFEMON_STREAM_MAX_TURNS)")
     for i, turn in enumerate(raw_turns):
         if len(turn["content"]) > settings.stream_max_turn_chars:
             raise InvalidSample(
@@ -389,9 +391,7 @@ class ContractWindow:
         return frame
 
 
-def validate_batch(
-    samples: Sequence[ConversationSample], settings: Settings | None = None, *, now: datetime | None = None
-) -> QualityReport:
+def validate_batch(samples: Sequence[ConversationSample], settings: Settings | None = None, *, now: datetime | None = None) -> QualityReport:
     """Check a batch of parsed samples against `schemas/expectations/conversation_samples.json`."""
     return validate_facts(batch_facts(samples, now or utc_now()), settings)
 

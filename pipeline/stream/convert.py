@@ -86,9 +86,7 @@ def convert_file(
     return len(samples)
 
 
-def stamp(
-    sources: list[SourceConversation], *, kind: str, target: str, model_version: str, now: datetime
-) -> list[ConversationSample]:
+def stamp(sources: list[SourceConversation], *, kind: str, target: str, model_version: str, now: datetime) -> list[ConversationSample]:
     """Give converted conversations deterministic ids and times in the hour before `now`; check each against the schema."""
     samples = []
     step = SPREAD / max(len(sources), 1)

@@ -81,9 +81,7 @@ class DeadLetters:
         try:
             if topic not in admin.list_topics():
                 try:
-                    admin.create_topics(
-                        {topic: {"num_partitions": partitions, "replication_factor": -1}}, wait_for_metadata=True
-                    )
+                    admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": -1}}, wait_for_metadata=True)
                     log.info("stream.dlq_created", topic=topic, partitions=partitions)
                 except TopicAlreadyExistsError:
                     pass  # another worker of the group created it first

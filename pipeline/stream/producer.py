@@ -114,9 +114,7 @@ class _Deliveries:
 
     def raise_failures(self) -> None:
         if self.failed:
-            raise DeliveryError(
-                f"{self.failed} message(s) to {self.topic!r} were not acknowledged ({self.acked} were); first error: {self.first_error!r}"
-            )
+            raise DeliveryError(f"{self.failed} message(s) to {self.topic!r} were not acknowledged ({self.acked} were); first error: {self.first_error!r}")
 
 
 def require_topic(producer: KafkaProducer, topic: str) -> set[int]:
@@ -125,8 +123,7 @@ def require_topic(producer: KafkaProducer, topic: str) -> set[int]:
         return producer.partitions_for(topic)
     except KafkaTimeoutError:
         raise DeliveryError(
-            f"topic {topic!r} not found within {producer.config['max_block_ms'] / 1000:g} s; "
-            "create it first (brokers may not auto-create topics)"
+            f"topic {topic!r} not found within {producer.config['max_block_ms'] / 1000:g} s; create it first (brokers may not auto-create topics)"
         ) from None
 
 
@@ -203,7 +200,10 @@ def replay_file(
         producer.close()
     seconds = time.monotonic() - started
     bound.info(
-        "replay.finished", acked=deliveries.acked, failed=deliveries.failed, seconds=round(seconds, 2),
+        "replay.finished",
+        acked=deliveries.acked,
+        failed=deliveries.failed,
+        seconds=round(seconds, 2),
         per_second=round(queued / seconds, 1) if seconds else None,
     )
     deliveries.raise_failures()

@@ -42,9 +42,7 @@ class WindowCheck:
 def _counts(client: Client, target: str, start: datetime, end: datetime) -> tuple[dict[str, tuple[int, int]], str, int]:
     params = {"target": target, "start": start, "end": end}
     where = "target = {target:String} AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
-    total = client.query(
-        f"SELECT count(), topK(1)(model_version) FROM sample_scores FINAL WHERE {where}", parameters=params
-    ).result_rows[0]
+    total = client.query(f"SELECT count(), topK(1)(model_version) FROM sample_scores FINAL WHERE {where}", parameters=params).result_rows[0]
     rows = client.query(
         f"""
         SELECT category, countIf(has(flagged_categories, category)) AS k, count() AS n
@@ -101,13 +99,17 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
         baseline_model_version=base_version,
         baseline_run_id=f"window {base_start:%Y-%m-%dT%H:%MZ}..{start:%Y-%m-%dT%H:%MZ}",
     )
-    history = [
-        h for h in alert_store.history(client, rules.fingerprint(AlertKind.REGRESSION, target, SUITE)) if h.alert.run_id != subject.run_id
-    ]
+    history = [h for h in alert_store.history(client, rules.fingerprint(AlertKind.REGRESSION, target, SUITE)) if h.alert.run_id != subject.run_id]
     decided = rules.decide_regression(
-        subject, comparisons, _samples(client, target, start, end), _sql(target, base_start, settings.clickhouse_database),
-        history, settings, link=link, now=end,
-    )  # fmt: skip
+        subject,
+        comparisons,
+        _samples(client, target, start, end),
+        _sql(target, base_start, settings.clickhouse_database),
+        history,
+        settings,
+        link=link,
+        now=end,
+    )
     alert = alert_store.save_once(client, decided) if decided is not None else None
     log.info("stream.window_checked", target_name=target, n_current=n_current, regressed=[c.category for c in comparisons if c.regressed])
     return WindowCheck(target, n_current, n_baseline, tuple(comparisons), alert, "checked")

@@ -294,9 +294,7 @@ class StreamWorker:
         if rejections:
             partitions = self._partitions()
             self._retry_store(
-                lambda: self.dead_letters.send(
-                    rejections, partitions=partitions, attempt=1, rejected_at=rejected_at
-                ),
+                lambda: self.dead_letters.send(rejections, partitions=partitions, attempt=1, rejected_at=rejected_at),
                 "dlq",
             )
             for x in rejections:
@@ -370,8 +368,11 @@ class StreamWorker:
             self._rewind({key: first for key, (first, _) in ranges.items()})
             return
         self.stage_s["commit"] = time.monotonic() - committing
-        log.info("stream.batch_committed", committed={f"{tp.partition}": o.offset for tp, o in offsets.items()},
-                 seconds={k: round(v, 4) for k, v in self.stage_s.items()})  # fmt: skip
+        log.info(
+            "stream.batch_committed",
+            committed={f"{tp.partition}": o.offset for tp, o in offsets.items()},
+            seconds={k: round(v, 4) for k, v in self.stage_s.items()},
+        )
 
     def _rewind(self, firsts: dict[tuple[str, int], int]) -> None:
         """Read partitions again from these offsets: records from there on were taken but not committed.

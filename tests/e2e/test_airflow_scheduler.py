@@ -54,9 +54,7 @@ def _fill_store_from_kafka(store, bootstrap: str, tmp_path) -> None:
 
 
 def _sql(env: dict[str, str], query: str) -> list[dict]:
-    done = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "safemon"), "sql", query, "--format", "json"], env=env, capture_output=True, text=True, timeout=120
-    )
+    done = subprocess.run([str(ROOT / ".venv" / "bin" / "safemon"), "sql", query, "--format", "json"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

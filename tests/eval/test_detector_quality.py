@@ -15,11 +15,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import structlog
 
-from tests.conftest import DATASETS, require
 from pipeline.detectors import RefusalDetector, get_embedder, redact
+from tests.conftest import DATASETS, require
 
 log = structlog.get_logger(__name__)
 

@@ -20,8 +20,8 @@ ACCURACY_FLOOR = 0.76
 
 def test_harmful_compliance_head_on_unseen_goals(datasets, record_property):
     from pipeline.detectors.evaluation import binary_metrics, deduplicate, load_labelled, truth_of
-    from pipeline.detectors.refusal import substring_refusal
     from pipeline.detectors.head import RESPONSE_ONLY_FEATURES
+    from pipeline.detectors.refusal import substring_refusal
 
     path = datasets / "jailbreakbench" / "jbb_artifacts_flat.jsonl"
     require(path.is_file(), f"{path} is missing")

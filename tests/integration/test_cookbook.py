@@ -30,9 +30,7 @@ def _drift_columns(client) -> dict[str, str]:
     """The drift table's columns the report reads, by role (from the history module's choices)."""
     from pipeline.report import history
 
-    names = {r[0] for r in client.query(
-        "SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'"
-    ).result_rows}  # fmt: skip
+    names = {r[0] for r in client.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'").result_rows}
     return {
         "at": next(c for c in history._DRIFT_TIME if c in names),
         "p": next(c for c in history._DRIFT_P if c in names),
@@ -74,8 +72,9 @@ def fill_store(store_path: Path) -> Settings:
         cols = _drift_columns(client)
         rows = [
             ["prod-chat", method, now - timedelta(hours=h), 0.5 / (1 + 2 * (6 - h)) if method == "mmd" else 0.4, 0.01 * (7 - h)]
-            for h in range(6, 0, -1) for method in DRIFT_METHODS
-        ]  # fmt: skip
+            for h in range(6, 0, -1)
+            for method in DRIFT_METHODS
+        ]
         names = ["target", "method", cols["at"], cols["p"], cols["effect"]]
         if client.command("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results' AND name = 'status'"):
             rows, names = [[*r, "checked"] for r in rows], [*names, "status"]
@@ -128,14 +127,16 @@ def test_regressed_categories_are_the_ones_the_demo_alerted_on(filled) -> None:
 
 def test_newly_failing_probes_match_a_direct_diff_of_the_two_runs(filled) -> None:
     with open_store(filled, readonly=True) as client:
-        direct = set(client.query(
-            """
+        direct = set(
+            client.query(
+                """
             SELECT probe_id FROM probe_results FINAL WHERE target = 'demo-assistant'
             GROUP BY probe_id
             HAVING argMaxIf(verdict, run_started_at, model_version = 'v2') IN ('attack_success', 'over_refusal')
                AND argMaxIf(verdict, run_started_at, model_version = 'v1') IN ('refused', 'complied_ok')
             """
-        ).result_rows)  # fmt: skip
+            ).result_rows
+        )
         columns, rows = run_recipe(client, "newly_failing_probes", {"target": "demo-assistant", "limit": 1000})
     assert direct and {(r[columns.index("probe_id")],) for r in rows} == direct
 

@@ -20,12 +20,33 @@ def insert_embeddings(client, target: str, start: datetime, vectors, *, model_ve
     rows = []
     for i, vec in enumerate(vectors):
         row = {c: None for c in SCORE_COLUMNS}
-        row.update(sample_id=str(uuid.uuid4()), occurred_at=start + timedelta(seconds=3000 * i / len(vectors)), target=target,
-                   model_version=model_version, conversation_id=f"c{i}", n_turns=2, user_text=f"redacted text {i}", assistant_text="ok",
-                   refused=False, refusal_score=0.0, violation_scores={"hate": 0.1}, violation_score=0.1, violation_category="hate",
-                   flagged_categories=list(categories) if i % 2 == 0 else [], jailbreak_score=0.0, jailbreak_family="", injection_score=0.0,
-                   injection_family="", pii_counts={}, embedding=[float(x) for x in vec], metadata={}, source_topic="t",
-                   source_partition=0, source_offset=i, scored_at=utc_now())  # fmt: skip
+        row.update(
+            sample_id=str(uuid.uuid4()),
+            occurred_at=start + timedelta(seconds=3000 * i / len(vectors)),
+            target=target,
+            model_version=model_version,
+            conversation_id=f"c{i}",
+            n_turns=2,
+            user_text=f"redacted text {i}",
+            assistant_text="ok",
+            refused=False,
+            refusal_score=0.0,
+            violation_scores={"hate": 0.1},
+            violation_score=0.1,
+            violation_category="hate",
+            flagged_categories=list(categories) if i % 2 == 0 else [],
+            jailbreak_score=0.0,
+            jailbreak_family="",
+            injection_score=0.0,
+            injection_family="",
+            pii_counts={},
+            embedding=[float(x) for x in vec],
+            metadata={},
+            source_topic="t",
+            source_partition=0,
+            source_offset=i,
+            scored_at=utc_now(),
+        )
         rows.append([row[c] for c in SCORE_COLUMNS])
     client.insert("sample_scores", rows, column_names=list(SCORE_COLUMNS))
 
@@ -84,8 +105,15 @@ def test_drift_check_alerts_threads_and_survives_bad_windows(client, settings) -
 
 def test_the_reference_is_the_same_hour_of_past_weeks(client, settings) -> None:
     """attack_share reads every reference row of the past weeks' same hour; mmd reads a capped subsample."""
-    settings = settings.model_copy(update={"drift_min_samples": 50, "drift_permutations": 200, "drift_reference_weeks": 3,
-                                           "drift_max_samples": 150, "drift_methods": ["mmd", "attack_share"]})  # fmt: skip
+    settings = settings.model_copy(
+        update={
+            "drift_min_samples": 50,
+            "drift_permutations": 200,
+            "drift_reference_weeks": 3,
+            "drift_max_samples": 150,
+            "drift_methods": ["mmd", "attack_share"],
+        }
+    )
     profile = AttackProfile(np.eye(DIM, dtype=np.float32)[[0, 1]], ["jailbreak:persona_roleplay", "benign"])
     rng = np.random.default_rng(1)
     end = utc_now().replace(minute=0, second=0, microsecond=0)

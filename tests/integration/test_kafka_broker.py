@@ -21,9 +21,7 @@ Record = tuple[bytes, int, int, bytes]
 def produce(bootstrap: str, topic: str) -> dict[bytes, set[int]]:
     """Send MESSAGES keyed records; return the partitions each key was acknowledged on."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True, acks="all")
-    futures = [
-        producer.send(topic, key=f"key-{i % KEYS}".encode(), value=f"value-{i}".encode()) for i in range(MESSAGES)
-    ]
+    futures = [producer.send(topic, key=f"key-{i % KEYS}".encode(), value=f"value-{i}".encode()) for i in range(MESSAGES)]
     producer.flush(timeout=30)
     acked: dict[bytes, set[int]] = defaultdict(set)
     for i, future in enumerate(futures):

@@ -27,8 +27,11 @@ def replay():
 @pytest.fixture
 def slack_settings(settings):
     with SlackServer(token="xoxb-test") as slack:
-        yield slack, settings.model_copy(
-            update={"slack_bot_token": SecretStr("xoxb-test"), "slack_channel": "#alerts", "slack_api_url": slack.api_url, "target_max_retries": 1}
+        yield (
+            slack,
+            settings.model_copy(
+                update={"slack_bot_token": SecretStr("xoxb-test"), "slack_channel": "#alerts", "slack_api_url": slack.api_url, "target_max_retries": 1}
+            ),
         )
 
 

@@ -41,8 +41,11 @@ def stream_settings(kafka_bootstrap, topic):
 def consume(bootstrap: str, topic: str, expected: int, timeout_s: float = 30) -> list:
     """Every record of `topic` from the beginning, once `expected` have arrived (or the timeout passed)."""
     consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=f"test-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=f"test-{uuid.uuid4().hex[:8]}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     records = []
     deadline = time.monotonic() + timeout_s

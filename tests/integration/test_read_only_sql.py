@@ -77,14 +77,21 @@ def test_every_attack_is_refused_before_it_runs(settings, client, web_page, tmp_
         # that look like comments or statement breaks.
         assert run_read_only(ro, "SELECT sum(number) AS s FROM numbers(10)") == (["s"], [(45,)])
         assert run_read_only(ro, "SELECT 'a -- b; c' AS s -- a comment") == (["s"], [("a -- b; c",)])
-        for statement in ("INSERT INTO probe_runs (run_id) VALUES ('x')", "EXPLAIN INSERT INTO probe_runs (run_id) VALUES ('x')", "SET readonly = 0", "SELECT 1; DROP TABLE alerts"):
+        for statement in (
+            "INSERT INTO probe_runs (run_id) VALUES ('x')",
+            "EXPLAIN INSERT INTO probe_runs (run_id) VALUES ('x')",
+            "SET readonly = 0",
+            "SELECT 1; DROP TABLE alerts",
+        ):
             with pytest.raises(ReadOnlyViolation, match="refused"):
                 run_read_only(ro, statement)
 
 
 def test_the_read_only_client_carries_the_server_users_limits(settings, client) -> None:
     with open_store(settings, readonly=True) as ro:
-        applied = dict(ro.query("SELECT name, value FROM system.settings WHERE name IN {names:Array(String)}", parameters={"names": list(READ_LIMITS)}).result_rows)
+        applied = dict(
+            ro.query("SELECT name, value FROM system.settings WHERE name IN {names:Array(String)}", parameters={"names": list(READ_LIMITS)}).result_rows
+        )
         assert applied == {name: str(value) for name, value in READ_LIMITS.items()}
         with pytest.raises(Exception, match="TOO_MANY_ROWS_OR_BYTES|Limit for result exceeded"):
             run_read_only(ro, f"SELECT number FROM numbers({READ_LIMITS['max_result_rows'] + 1})")

@@ -98,7 +98,9 @@ def test_report_on_an_empty_store_says_so(settings, client, tmp_path) -> None:
         assert f"No {what} in this period." in html
 
 
-@pytest.mark.parametrize(("text", "expected"), [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)), ("2w", timedelta(weeks=2))])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("30d", timedelta(days=30)), ("12h", timedelta(hours=12)), ("90m", timedelta(minutes=90)), ("2w", timedelta(weeks=2))]
+)
 def test_parse_span(text, expected) -> None:
     assert parse_span(text) == expected
 

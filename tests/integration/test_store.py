@@ -108,13 +108,17 @@ def test_read_only_sql_refuses_writes(settings, client) -> None:
 def test_open_retries_while_another_process_holds_the_path(tmp_path) -> None:
     path = tmp_path / "locked"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time, clickhouse_connect
             c = clickhouse_connect.get_client(dsn="chdb://{path}")
             print("held", flush=True)
             time.sleep(4)
             c.close()
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -144,7 +148,10 @@ def test_the_turn_and_the_engine_share_one_deadline(tmp_path) -> None:
     """Waiting for the lock-file turn, then for an engine still held, gives up at the one deadline, not twice it."""
     path = tmp_path / "held"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import fcntl, os, time, clickhouse_connect
             c = clickhouse_connect.get_client(dsn="chdb://{path}")  # the engine, held throughout
             fd = os.open("{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -156,7 +163,8 @@ def test_the_turn_and_the_engine_share_one_deadline(tmp_path) -> None:
             os.close(fd)
             time.sleep(15)
             c.close()
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -190,7 +198,10 @@ def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
     """A process that reopens the store every batch frees it for ~20 ms at a time: another waits its turn, not the deadline."""
     dsn = f"chdb://{tmp_path / 'busy'}"
     busy = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import time
             from pipeline.settings import load_settings
             from pipeline.store.client import open_store
@@ -203,7 +214,8 @@ def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
                     client.query("SELECT 1")
                     time.sleep(0.3)
                 time.sleep(0.02)  # a stream worker between two batches' stores
-        """)],
+        """),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

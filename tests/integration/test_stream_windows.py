@@ -45,5 +45,7 @@ def test_the_alerts_sql_selects_only_its_target_whatever_the_target_is_named(cli
     alert = {c.target: c for c in check_all(client, settings, end)}[hostile].alert.alert
     columns, rows = run_read_only(client, alert.sql.replace(f"{settings.clickhouse_database}.", ""))
     assert rows and columns[:2] == ["hour", "category"]
-    counted = run_read_only(client, f"SELECT DISTINCT target FROM ({alert.sql.replace(f'{settings.clickhouse_database}.', '').replace('SELECT hour,', 'SELECT target, hour,', 1)})")
+    counted = run_read_only(
+        client, f"SELECT DISTINCT target FROM ({alert.sql.replace(f'{settings.clickhouse_database}.', '').replace('SELECT hour,', 'SELECT target, hour,', 1)})"
+    )
     assert counted[1] == [(hostile,)]

@@ -278,9 +278,7 @@ def test_pii_never_reaches_the_store(settings, kafka_bootstrap, topic, tmp_path,
 
     stored = {
         sample_id: (user, assistant, " ".join(metadata.values()))
-        for sample_id, user, assistant, metadata in query(
-            settings, "SELECT sample_id, user_text, assistant_text, metadata FROM sample_scores FINAL"
-        )
+        for sample_id, user, assistant, metadata in query(settings, "SELECT sample_id, user_text, assistant_text, metadata FROM sample_scores FINAL")
     }
     assert len(stored) == len(samples)
     leaked: Counter[str] = Counter()

@@ -17,16 +17,41 @@ def insert_scores(client, target: str, start: datetime, minutes: float, n: int, 
     for i in range(n):
         hits = sorted(c for c, p in flagged.items() if rng.random() < p)
         scores = {c: (0.9 if c in hits else 0.05) for c in HAZARDS}
-        rows.append([
-            str(uuid.uuid4()), start + timedelta(minutes=minutes * i / n), target, "v1", f"c{i}", 2, "user text [EMAIL]",
-            "assistant text", not hits, 0.1, scores, max(scores.values()), max(scores, key=scores.get), hits,
-        ])  # fmt: skip
+        rows.append(
+            [
+                str(uuid.uuid4()),
+                start + timedelta(minutes=minutes * i / n),
+                target,
+                "v1",
+                f"c{i}",
+                2,
+                "user text [EMAIL]",
+                "assistant text",
+                not hits,
+                0.1,
+                scores,
+                max(scores.values()),
+                max(scores, key=scores.get),
+                hits,
+            ]
+        )
     client.insert(
         "sample_scores",
         rows,
         column_names=[
-            "sample_id", "occurred_at", "target", "model_version", "conversation_id", "n_turns", "user_text",
-            "assistant_text", "refused", "refusal_score", "violation_scores", "violation_score", "violation_category",
+            "sample_id",
+            "occurred_at",
+            "target",
+            "model_version",
+            "conversation_id",
+            "n_turns",
+            "user_text",
+            "assistant_text",
+            "refused",
+            "refusal_score",
+            "violation_scores",
+            "violation_score",
+            "violation_category",
             "flagged_categories",
-        ],  # fmt: skip
+        ],
     )

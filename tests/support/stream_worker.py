@@ -95,9 +95,7 @@ class WorkerProcess:
             return "(no log)"
 
 
-def start_worker(
-    env: dict[str, str], log_path: Path, *, max_idle_seconds: float | None = None, wrap: list[str] | None = None
-) -> WorkerProcess:
+def start_worker(env: dict[str, str], log_path: Path, *, max_idle_seconds: float | None = None, wrap: list[str] | None = None) -> WorkerProcess:
     """Start `python -m tests.support.stream_worker` with `env`, appending its logs to `log_path`.
 
     `wrap` prefixes the command line (a profiler: `py-spy record ... --`).
@@ -177,15 +175,10 @@ def produce(bootstrap: str, topic: str, values: Iterable[bytes | None], *, keys:
     """Send values (idempotent producer, acks=all); return each one's (partition, offset)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=8 * 1024 * 1024, linger_ms=5
-    )
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, max_request_size=8 * 1024 * 1024, linger_ms=5)
     try:
         values = list(values)
-        futures = [
-            producer.send(topic, value=v, key=(keys[i] if keys is not None else f"k{i}".encode()))
-            for i, v in enumerate(values)
-        ]
+        futures = [producer.send(topic, value=v, key=(keys[i] if keys is not None else f"k{i}".encode())) for i, v in enumerate(values)]
         producer.flush(timeout=60)
         return [(m.partition, m.offset) for m in (f.get(timeout=30) for f in futures)]
     finally:
@@ -202,8 +195,7 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     """The group's committed offset per partition of `topic` (partitions without one are left out)."""
     from kafka.admin import KafkaAdminClient
     from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
-    from tenacity import retry_if_exception_type, stop_after_attempt, wait_fixed
-    from tenacity import Retrying
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="safemon-tests-offsets")
     try:

@@ -28,8 +28,24 @@ RUNS = [("v1", 1, 1), ("v1", 2, 1), ("v2", 12, 1), ("v2", 14, 2)]
 
 def _result(run_id: str, i: int, category: str, success: bool) -> ProbeResult:
     verdict = "attack_success" if success else "refused"
-    return ProbeResult(run_id, f"{category}-{i:02d}", category, "refuse", (), "prompt", "response", "", 10.0,
-                       not success, 0.1, 0.9 if success else 0.0, category, False, verdict, 0)  # fmt: skip
+    return ProbeResult(
+        run_id,
+        f"{category}-{i:02d}",
+        category,
+        "refuse",
+        (),
+        "prompt",
+        "response",
+        "",
+        10.0,
+        not success,
+        0.1,
+        0.9 if success else 0.0,
+        category,
+        False,
+        verdict,
+        0,
+    )
 
 
 def _fill_runs(client) -> list[ProbeRun]:
@@ -48,10 +64,20 @@ def _fill_runs(client) -> list[ProbeRun]:
 
 def _alert(runs: list[ProbeRun], **changes) -> Alert:
     values = dict(
-        alert_id="a-chart", fingerprint="regression:prod:core", kind=AlertKind.REGRESSION, severity="critical",
-        target="prod", suite="core", model_version="v2", run_id=runs[-1].run_id, title="ASR regression on prod",
-        summary="cybercrime regressed", created_at=utc_now(), categories=("cybercrime",), link=LINK,
-    )  # fmt: skip
+        alert_id="a-chart",
+        fingerprint="regression:prod:core",
+        kind=AlertKind.REGRESSION,
+        severity="critical",
+        target="prod",
+        suite="core",
+        model_version="v2",
+        run_id=runs[-1].run_id,
+        title="ASR regression on prod",
+        summary="cybercrime regressed",
+        created_at=utc_now(),
+        categories=("cybercrime",),
+        link=LINK,
+    )
     values.update(changes)
     return Alert(**values)
 
@@ -62,8 +88,10 @@ def _png_pixels(data: bytes) -> np.ndarray:
 
 def test_trend_chart_is_a_small_non_blank_png() -> None:
     now = utc_now()
-    points = [TrendPoint("cybercrime", now + timedelta(hours=h), r, max(0, r - 0.1), min(1, r + 0.1), 40, v)
-              for h, (r, v) in enumerate([(0.05, "v1"), (0.1, "v1"), (0.6, "v2"), (0.7, "v2")])]  # fmt: skip
+    points = [
+        TrendPoint("cybercrime", now + timedelta(hours=h), r, max(0, r - 0.1), min(1, r + 0.1), 40, v)
+        for h, (r, v) in enumerate([(0.05, "v1"), (0.1, "v1"), (0.6, "v2"), (0.7, "v2")])
+    ]
     data = render_trend(points, title="prod / core: cybercrime", metric="ASR")
     assert data.startswith(PNG) and len(data) < 200_000
     pixels = _png_pixels(data)
@@ -90,8 +118,9 @@ def test_probe_trend_holds_each_run_s_rate_with_its_interval(client) -> None:
 def test_stream_trend_is_hourly_from_the_violation_view(client) -> None:
     start = utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     insert_scores(client, "prod", start, 179, 600, {"cybercrime": 0.2}, seed=3)
-    alert = Alert("a-s", "regression:prod:stream", AlertKind.REGRESSION, "critical", "prod", "stream", "v1",
-                  "window", "t", "s", utc_now(), categories=("cybercrime",))  # fmt: skip
+    alert = Alert(
+        "a-s", "regression:prod:stream", AlertKind.REGRESSION, "critical", "prod", "stream", "v1", "window", "t", "s", utc_now(), categories=("cybercrime",)
+    )
     points = load_trend(client, alert)
     assert len(points) == 3 and sum(p.n for p in points) == 600
     flagged = client.query("SELECT countIf(has(flagged_categories, 'cybercrime')) FROM sample_scores").result_rows[0][0]

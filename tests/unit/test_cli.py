@@ -29,7 +29,21 @@ def env(settings, monkeypatch):
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["db"], ["db", "migrate"], ["sql"], ["probe", "run"], ["suites"], ["suites", "import"], ["target", "replay"], ["demo"], ["alerts", "send"], ["stream"], ["replay"], ["samples", "convert"]],
+    [
+        [],
+        ["db"],
+        ["db", "migrate"],
+        ["sql"],
+        ["probe", "run"],
+        ["suites"],
+        ["suites", "import"],
+        ["target", "replay"],
+        ["demo"],
+        ["alerts", "send"],
+        ["stream"],
+        ["replay"],
+        ["samples", "convert"],
+    ],
 )
 def test_help_everywhere(command) -> None:
     result = runner.invoke(app, [*command, "--help"])
@@ -53,7 +67,9 @@ def test_db_migrate_then_sql_in_three_formats(env) -> None:
     assert as_table.exit_code == 0 and "probe_results" in as_table.output
 
 
-@pytest.mark.parametrize("statement", ["INSERT INTO alerts (alert_id) VALUES ('x')", "DROP TABLE alerts", "SELECT 1; DROP TABLE alerts", "OPTIMIZE TABLE alerts"])
+@pytest.mark.parametrize(
+    "statement", ["INSERT INTO alerts (alert_id) VALUES ('x')", "DROP TABLE alerts", "SELECT 1; DROP TABLE alerts", "OPTIMIZE TABLE alerts"]
+)
 def test_sql_refuses_anything_that_writes(env, statement) -> None:
     result = runner.invoke(app, ["sql", statement])
     assert result.exit_code == 2

@@ -23,8 +23,8 @@ from pipeline.stream.contract import (
     fast_validator,
     format_timestamp,
     parse_sample,
-    schema_validator,
     sample_to_json,
+    schema_validator,
     validate_batch,
     validate_facts,
 )
@@ -106,18 +106,52 @@ def _schema_edge_documents() -> list[object]:
     doc = lambda **o: sample_document(NOW, **o)  # noqa: E731
     strings: list[object] = ["", " ", "a", "a" * 256, "a" * 257, "\U0001d518" * 256, "\U0001d518" * 257, 42, 10**100, 1.5, None, True, [], {}]
     # Every character some regex dialect may call whitespace: blank names must be refused alike.
-    spaces = [chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c < 0xE000
-              and (chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf"))]  # fmt: skip
+    spaces = [
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if not 0xD800 <= c < 0xE000 and (chr(c).isspace() or unicodedata.category(chr(c)) in ("Zs", "Zl", "Zp", "Cc", "Cf"))
+    ]
     strings += spaces + [f" {c} " for c in spaces] + [f"{c}x" for c in spaces]
     documents: list[object] = [doc(**{field: value}) for field in ("target", "model_version", "conversation_id") for value in strings]
-    sample_ids = [str(uuid.uuid4()).upper(), "{" + str(uuid.uuid4()) + "}", uuid.uuid4().hex, "urn:uuid:" + str(uuid.uuid4()),
-                  str(uuid.uuid4()) + "\n", "g" * 8 + str(uuid.uuid4())[8:], 7, None]  # fmt: skip
-    stamps = ["2026-06-01t12:00:00z", "2026-06-01T12:00:00.123456789Z", "2026-06-01T12:00:00.1234567890Z", "2026-06-01T12:00:00+24:00",
-              "2026-06-01T23:59:60Z", "2026-13-01T12:00:00Z", "2026-06-01T12:00:00-00:00", "2026-06-01 12:00:00Z",
-              "2026-06-01T12:00:00Z\n", "\uff12026-06-01T12:00:00Z", 1780000000]  # fmt: skip
+    sample_ids = [
+        str(uuid.uuid4()).upper(),
+        "{" + str(uuid.uuid4()) + "}",
+        uuid.uuid4().hex,
+        "urn:uuid:" + str(uuid.uuid4()),
+        str(uuid.uuid4()) + "\n",
+        "g" * 8 + str(uuid.uuid4())[8:],
+        7,
+        None,
+    ]
+    stamps = [
+        "2026-06-01t12:00:00z",
+        "2026-06-01T12:00:00.123456789Z",
+        "2026-06-01T12:00:00.1234567890Z",
+        "2026-06-01T12:00:00+24:00",
+        "2026-06-01T23:59:60Z",
+        "2026-13-01T12:00:00Z",
+        "2026-06-01T12:00:00-00:00",
+        "2026-06-01 12:00:00Z",
+        "2026-06-01T12:00:00Z\n",
+        "\uff12026-06-01T12:00:00Z",
+        1780000000,
+    ]
     documents += [doc(sample_id=v) for v in sample_ids] + [doc(occurred_at=v) for v in stamps]
-    metadata = [{}, {f"k{i}": "v" for i in range(64)}, {f"k{i}": "v" for i in range(65)}, {"": "v"}, {"k" * 128: "v"},
-                {"k" * 129: "v"}, {"\U0001d518" * 128: "v"}, {"k": "v" * 4096}, {"k": "v" * 4097}, {"k": 1}, {"k": None}, [], "x"]  # fmt: skip
+    metadata = [
+        {},
+        {f"k{i}": "v" for i in range(64)},
+        {f"k{i}": "v" for i in range(65)},
+        {"": "v"},
+        {"k" * 128: "v"},
+        {"k" * 129: "v"},
+        {"\U0001d518" * 128: "v"},
+        {"k": "v" * 4096},
+        {"k": "v" * 4097},
+        {"k": 1},
+        {"k": None},
+        [],
+        "x",
+    ]
     documents += [doc(metadata=m) for m in metadata]
     turns = [[{"role": r, "content": "hi"}] for r in ("system", "user", "assistant", "tool", "User", "", None)]
     turns += [[{"role": "user"}], [{"content": "hi"}], [{"role": "user", "content": 3}], ["hi"], [[]], [None]]
@@ -162,7 +196,9 @@ def test_hostile_text_is_data():
     content = parsed["hostile_content"]
     assert content.conversation_id == "conv'); DROP TABLE alerts; --"
     assert [t.content for t in content.turns] == [
-        HOSTILE_TEXT["prompt_injection"], HOSTILE_TEXT["sql_injection"], HOSTILE_TEXT["clickhouse_param"],
+        HOSTILE_TEXT["prompt_injection"],
+        HOSTILE_TEXT["sql_injection"],
+        HOSTILE_TEXT["clickhouse_param"],
     ]
 
 
@@ -206,8 +242,12 @@ def test_unknown_code_is_a_programming_error():
 
 def _sample(**changes) -> ConversationSample:
     base = ConversationSample(
-        sample_id=str(uuid.uuid4()), occurred_at=NOW - timedelta(minutes=5), target="support-bot", model_version="v1",
-        conversation_id="c1", turns=(Turn("user", "hi"), Turn("assistant", "hello")),
+        sample_id=str(uuid.uuid4()),
+        occurred_at=NOW - timedelta(minutes=5),
+        target="support-bot",
+        model_version="v1",
+        conversation_id="c1",
+        turns=(Turn("user", "hi"), Turn("assistant", "hello")),
     )
     return replace(base, **changes)
 

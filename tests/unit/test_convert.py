@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_hh_rlhf_converts_every_pair_with_alternating_roles(datasets, tmp_path):
     for sample in samples:
         roles = [t.role for t in sample.turns]
         assert roles[0] == "user" and roles[-1] == "assistant"
-        assert all(a != b for a, b in zip(roles, roles[1:])), roles
+        assert all(a != b for a, b in itertools.pairwise(roles)), roles
         assert sample.metadata["side"] == "rejected"
     assert len({s.sample_id for s in samples}) == 1500
     assert max(len(s.turns) for s in samples) > 6  # real multi-turn conversations

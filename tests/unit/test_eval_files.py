@@ -25,10 +25,7 @@ ROWS = [
 
 
 def write_jbb(path: Path, rows=ROWS) -> Path:
-    lines = [
-        {"goal": g, "prompt": g, "response": r, "jailbroken": j, "jailbroken_llama_guard1": lg, "method": "PAIR", "model": "m"}
-        for g, r, j, lg in rows
-    ]
+    lines = [{"goal": g, "prompt": g, "response": r, "jailbroken": j, "jailbroken_llama_guard1": lg, "method": "PAIR", "model": "m"} for g, r, j, lg in rows]
     path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
     return path
 

@@ -17,7 +17,22 @@ import structlog
 from pipeline.logs import FORWARDING_PARAMETERS, RESERVED_LOG_KEYS, clear_reserved_keys, configure_logging, guard_task_logging
 from tests.conftest import ROOT
 
-LOG_METHODS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "fatal", "msg", "log", "bind", "new", "bind_contextvars", "bound_contextvars"}
+LOG_METHODS = {
+    "debug",
+    "info",
+    "warning",
+    "warn",
+    "error",
+    "exception",
+    "critical",
+    "fatal",
+    "msg",
+    "log",
+    "bind",
+    "new",
+    "bind_contextvars",
+    "bound_contextvars",
+}
 
 
 def _positional_names(function) -> set[str]:

@@ -124,7 +124,7 @@ def test_stop_frees_the_port(recording: Path) -> None:
     with pytest.raises(httpx.ConnectError):
         httpx.get(url + "/models", timeout=1)
     with pytest.raises(RuntimeError, match="not started"):
-        server.url
+        _ = server.url
 
 
 def test_injected_latency_does_not_serialise_64_concurrent_requests(recording: Path) -> None:

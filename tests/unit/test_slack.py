@@ -110,9 +110,7 @@ def test_recovery_and_data_quality_wording() -> None:
 
 def test_message_stays_within_slack_limits_when_everything_is_huge() -> None:
     stats = [(category_stat(f"cat{i:02d}", 0, 40), category_stat(f"cat{i:02d}", 30, 40)) for i in range(80)]
-    comparisons = tuple(
-        compare([b for b, _ in stats], [c for _, c in stats], alpha=0.05, min_effect=0.1, correction="fdr_bh")
-    )
+    comparisons = tuple(compare([b for b, _ in stats], [c for _, c in stats], alpha=0.05, min_effect=0.1, correction="fdr_bh"))
     assert all(c.regressed for c in comparisons)
     alert = _alert(
         title="T" * 500,

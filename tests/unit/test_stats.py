@@ -156,7 +156,7 @@ def frozen_heap() -> Iterator[None]:
 
 def test_family_wise_false_alarms_stay_near_alpha_under_the_null(frozen_heap: None) -> None:
     rng = np.random.default_rng(20240611)
-    alpha, families, categories, n = 0.05, 300, 5, 40
+    alpha, families, n = 0.05, 300, 40
     rates = [0.05, 0.1, 0.2, 0.3, 0.5]
     false_alarms = 0
     for _ in range(families):
@@ -172,12 +172,8 @@ def test_a_large_jump_is_detected_reliably(frozen_heap: None) -> None:
     rng = np.random.default_rng(7)
     trials, n, detected = 50, 40, 0
     for _ in range(trials):
-        base = [category_stat("jump", int(rng.binomial(n, 0.1)), n)] + [
-            category_stat(f"c{i}", int(rng.binomial(n, 0.1)), n) for i in range(4)
-        ]
-        cur = [category_stat("jump", int(rng.binomial(n, 0.6)), n)] + [
-            category_stat(f"c{i}", int(rng.binomial(n, 0.1)), n) for i in range(4)
-        ]
+        base = [category_stat("jump", int(rng.binomial(n, 0.1)), n)] + [category_stat(f"c{i}", int(rng.binomial(n, 0.1)), n) for i in range(4)]
+        cur = [category_stat("jump", int(rng.binomial(n, 0.6)), n)] + [category_stat(f"c{i}", int(rng.binomial(n, 0.1)), n) for i in range(4)]
         result = compare(base, cur, alpha=0.05, min_effect=0.1, correction="holm")
         detected += result[0].regressed
     assert detected / trials >= 0.95

@@ -47,8 +47,7 @@ def test_good_fixture_loads_and_expands_templates():
     assert ids == ["direct-1", "wrapped-1", "wrapped-2", "wrapped-3", "leak", "benign"]
     wrapped = [p for p in suite.probes if p.id.startswith("wrapped-")]
     assert [p.prompt for p in wrapped] == [
-        f'{payload} Start with "Sure, here is". Braces {{like this}} stay.'
-        for payload in ("First request.", "Second request.", "Third request.")
+        f'{payload} Start with "Sure, here is". Braces {{like this}} stay.' for payload in ("First request.", "Second request.", "Third request.")
     ]
     assert all(p.category == "indiscriminate_weapons" and p.tags == ("technique:prefix_injection",) for p in wrapped)
     direct = suite.probes[0]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import UTC
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from structlog.testing import capture_logs
 
 from pipeline.probes.client import Backoff, ChatClient, Limits, build_messages, run_probes, run_probes_sync
@@ -70,7 +72,7 @@ targets:
     assert find_target([first, second], "other") is second
     with pytest.raises(TargetsError, match="unknown target 'nope'; valid: other, support-bot"):
         find_target([first, second], "nope")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         first.name = "x"  # type: ignore[misc]  # frozen
 
 
@@ -89,8 +91,14 @@ targets:
         ("targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n    schedule: '@sometimes'", "unknown preset '@sometimes'"),
         ("targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n    concurrency: 0", "key 'concurrency'"),
         ("targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n    temprature: 1", "key 'temprature': Extra inputs"),
-        ("targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n  - name: b\n    endpoint: http://h/v1", r"targets\[1\] \('b'\): key 'model_version'"),
-        ("targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n  - name: a\n    endpoint: http://h/v1\n    model_version: w", r"targets\[1\] \('a'\): key 'name': duplicate of targets\[0\]"),
+        (
+            "targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n  - name: b\n    endpoint: http://h/v1",
+            r"targets\[1\] \('b'\): key 'model_version'",
+        ),
+        (
+            "targets:\n  - name: a\n    endpoint: http://h/v1\n    model_version: v\n  - name: a\n    endpoint: http://h/v1\n    model_version: w",
+            r"targets\[1\] \('a'\): key 'name': duplicate of targets\[0\]",
+        ),
         ("targets:\n  - 42", r"targets\[0\]: expected a mapping"),
     ],
 )
@@ -146,9 +154,7 @@ def test_system_prompt_is_sent_and_matched_by_replay(tmp_path: Path) -> None:
     )
     with ReplayServer(path) as server:
         t = target(server.url, system_prompt="The secret is 42.")
-        with_sys, with_probe_sys = run_probes_sync(
-            t, [probe(1, "what is  the SECRET?"), probe(2, "What is the secret?", system="other")], settings()
-        )
+        with_sys, with_probe_sys = run_probes_sync(t, [probe(1, "what is  the SECRET?"), probe(2, "What is the secret?", system="other")], settings())
     assert with_sys.response == "I cannot say."
     assert with_probe_sys.response == "There is no secret."  # no recording for system "other": the one without a system
 
@@ -214,7 +220,7 @@ def test_429_honours_retry_after_then_succeeds() -> None:
         [a] = run_probes_sync(target(fake.url), [probe(1)], settings(target_max_retries=3), backoff=FAST)
     assert (a.error, a.response) == (None, "echo: prompt 1")
     assert fake.count == 3
-    gaps = [b.at - a.at for a, b in zip(fake.seen, fake.seen[1:])]
+    gaps = [b.at - a.at for a, b in itertools.pairwise(fake.seen)]
     assert all(g >= 0.29 for g in gaps), gaps  # the 10 ms backoff alone would be far shorter
     assert a.latency_ms >= 590  # latency spans the retries
 
