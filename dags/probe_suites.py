@@ -18,10 +18,10 @@ def build(spec: tasks.ProbeDagSpec):
         doc_md=f"Probe suite `{spec.suite}` against target `{spec.target}` ({spec.model_version}).",
     )
     def probe_suite():
-        attempts = task(tasks.run_probes, task_id="run")(spec.target, spec.suite)
-        scored = task(tasks.score_run, task_id="score")(attempts)
-        run_id = task(tasks.store_run, task_id="store")(scored)
-        evaluation = task(tasks.evaluate_run, task_id="evaluate")(run_id)
+        sent = task(tasks.run_probes, task_id="run")(spec.target, spec.suite)
+        scored = task(tasks.score_run, task_id="score")(sent)
+        stored = task(tasks.store_run, task_id="store")(scored)
+        evaluation = task(tasks.evaluate_run, task_id="evaluate")(stored)
         task(tasks.send_alerts, task_id="alert")(evaluation)
 
     return probe_suite()

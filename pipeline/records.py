@@ -157,7 +157,7 @@ class ProbeRun:
     finished_at: datetime
     n_probes: int
     n_errors: int
-    status: str = "scored"  # scored -> evaluated
+    status: str = "scored"  # running (probes sent, Airflow) -> scored -> evaluated
     outcome: str = ""  # passed | regressed | unhealthy, once evaluated
     healthy: bool = True
     baseline_run_id: str = ""

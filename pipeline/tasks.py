@@ -2,9 +2,9 @@
 
 Importing this module is cheap (no torch, Great Expectations, ClickHouse or scipy): DAG
 files are parsed often, and heavy modules are imported inside the task functions.
-Tasks pass small JSON-safe dicts through XCom and key everything they write by a
-run_id derived from the Airflow run, so a retried task repeats its work without
-adding rows.
+Tasks pass identifiers through XCom (Airflow keeps XCom in its metadata database, so
+no prompt or response goes there) and key everything they write by a run_id derived
+from the Airflow run, so a retried task repeats its work without adding rows.
 """
 
 from __future__ import annotations
@@ -98,80 +98,59 @@ def _link(dag_id: str, airflow_run_id: str) -> str | None:
     return f"{base.rstrip('/')}/dags/{dag_id}/runs/{airflow_run_id}" if base else None
 
 
-def _run_to_dict(run: Any) -> dict:
-    data = asdict(run)
-    for key in ("started_at", "finished_at"):
-        data[key] = data[key].isoformat()
-    return data
-
-
-def _run_from_dict(data: dict) -> Any:
-    from pipeline.records import ProbeRun
-
-    return ProbeRun(**{**data, **{k: datetime.fromisoformat(data[k]) for k in ("started_at", "finished_at")}})
-
-
 @airflow_task
-def run_probes(target: str, suite: str) -> dict:
-    """Task `run`: send the suite to the target; return the run and the attempts, redacted on receipt (XCom is stored)."""
+def run_probes(target: str, suite: str) -> str:
+    """Task `run`: send the suite to the target; store the run (status `running`) and its attempts,
+    redacted on receipt. XCom, which Airflow keeps in its database, carries only the run_id."""
+    from dataclasses import replace
+
     from pipeline.probes.runner import execute
     from pipeline.probes.suites import get_suite
-
-    dag_id, airflow_run_id = _airflow_run()
-    run, attempts = execute(_target(target), get_suite(suite), get_settings(), probe_run_id(dag_id, airflow_run_id))
-    return {
-        "run": _run_to_dict(run),
-        "attempts": [
-            {
-                "probe_id": a.probe.id,
-                "response": a.response,
-                "error": a.error,
-                "latency_ms": a.latency_ms,
-                "started_at": a.started_at.isoformat(),
-                "marker_hit": a.marker_hit,
-                "pii_redacted": a.pii_redacted,
-            }
-            for a in attempts
-        ],
-    }
-
-
-@airflow_task
-def score_run(payload: dict) -> dict:
-    """Task `score`: embed and judge each (redacted) response."""
-    from pipeline.probes.runner import score
-    from pipeline.probes.suites import get_suite
-    from pipeline.records import Attempt
-
-    run = _run_from_dict(payload["run"])
-    probes = {p.id: p for p in get_suite(run.suite).probes}
-    attempts = [
-        Attempt(
-            probes[a["probe_id"]],
-            a["response"],
-            a["error"],
-            a["latency_ms"],
-            datetime.fromisoformat(a["started_at"]),
-            marker_hit=a["marker_hit"],
-            pii_redacted=a["pii_redacted"],
-        )
-        for a in payload["attempts"]
-    ]
-    return {"run": payload["run"], "results": [asdict(r) for r in score(run, attempts, get_settings())]}
-
-
-@airflow_task
-def store_run(payload: dict) -> str:
-    """Task `store`: write results and the run; idempotent per run_id."""
-    from pipeline.probes.runner import store
-    from pipeline.records import ProbeResult
+    from pipeline.store import probes as probe_store
     from pipeline.store.client import open_store
 
     settings = get_settings()
-    results = [ProbeResult(**{**r, "tags": tuple(r["tags"])}) for r in payload["results"]]
+    dag_id, airflow_run_id = _airflow_run()
+    run, attempts = execute(_target(target), get_suite(suite), settings, probe_run_id(dag_id, airflow_run_id))
     with open_store(settings, migrated=True) as client:
-        store(client, _run_from_dict(payload["run"]), results)
-    return payload["run"]["run_id"]
+        probe_store.write_attempts(client, run, attempts)
+        probe_store.write_run(client, replace(run, status="running"))
+    return run.run_id
+
+
+@airflow_task
+def score_run(probe_run: str) -> str:
+    """Task `score`: embed and judge each stored (redacted) attempt; write the results."""
+    from pipeline.probes.runner import score
+    from pipeline.probes.suites import get_suite
+    from pipeline.store import probes as probe_store
+    from pipeline.store.client import open_store
+
+    settings = get_settings()
+    with open_store(settings) as client:
+        run = probe_store.read_run(client, probe_run)
+        attempts = probe_store.read_attempts(client, probe_run, list(get_suite(run.suite).probes))
+    results = score(run, attempts, settings)  # the store is free while the model runs
+    with open_store(settings) as client:
+        probe_store.write_results(client, run, results)
+    return probe_run
+
+
+@airflow_task
+def store_run(probe_run: str) -> str:
+    """Task `store`: mark the run scored once its results are stored; idempotent per run_id."""
+    from dataclasses import replace
+
+    from pipeline.store import probes as probe_store
+    from pipeline.store.client import open_store
+
+    with open_store(get_settings()) as client:
+        run = probe_store.read_run(client, probe_run)
+        stored = probe_store.count_results(client, probe_run)
+        if stored != run.n_probes:
+            raise RuntimeError(f"probe run {probe_run}: {stored} of {run.n_probes} results stored; the score task must run again")
+        probe_store.write_run(client, replace(run, status="scored"))
+    return probe_run
 
 
 @airflow_task

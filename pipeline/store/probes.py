@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.records import CategoryStat, ProbeResult, ProbeRun
+from pipeline.records import Attempt, CategoryStat, Probe, ProbeResult, ProbeRun
 from pipeline.stats.proportions import category_stat
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
@@ -32,6 +32,39 @@ def write_results(client: Client, run: ProbeRun, results: list[ProbeResult]) -> 
     )
 
 
+_ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit", "pii_redacted"]
+
+
+def write_attempts(client: Client, run: ProbeRun, attempts: list[Attempt]) -> None:
+    """Keep a run's attempts (their responses already redacted) for the task that scores them."""
+    now = datetime.now(UTC)
+    rows = [[run.run_id, a.probe.id, *(getattr(a, c) for c in _ATTEMPT_COLUMNS), now] for a in attempts]
+    client.insert(
+        "probe_attempts",
+        rows,
+        column_names=["run_id", "probe_id", *_ATTEMPT_COLUMNS, "stored_at"],
+        settings={"insert_deduplication_token": f"probe_attempts:{run.run_id}:{len(rows)}"},
+    )
+
+
+def read_attempts(client: Client, run_id: str, probes: list[Probe]) -> list[Attempt]:
+    """A run's attempts, in the order of `probes` (the suite's)."""
+    result = client.query(
+        f"SELECT probe_id, {', '.join(_ATTEMPT_COLUMNS)} FROM probe_attempts FINAL WHERE run_id = {{run_id:String}}",
+        parameters={"run_id": run_id},
+    )
+    stored = {row[0]: dict(zip(_ATTEMPT_COLUMNS, row[1:], strict=True)) for row in result.result_rows}
+    missing = [p.id for p in probes if p.id not in stored]
+    if missing:
+        raise LookupError(f"probe run {run_id!r} has no stored attempt for {len(missing)} probes ({', '.join(missing[:5])})")
+    attempts = []
+    for probe in probes:
+        values = stored[probe.id]
+        values["started_at"] = values["started_at"].replace(tzinfo=UTC) if values["started_at"].tzinfo is None else values["started_at"]
+        attempts.append(Attempt(probe=probe, **values))
+    return attempts
+
+
 def read_run(client: Client, run_id: str) -> ProbeRun:
     """The current version of one run."""
     result = client.query(
@@ -44,6 +77,12 @@ def read_run(client: Client, run_id: str) -> ProbeRun:
     for key in ("started_at", "finished_at"):
         values[key] = values[key].replace(tzinfo=UTC) if values[key].tzinfo is None else values[key]
     return ProbeRun(**values)
+
+
+def count_results(client: Client, run_id: str) -> int:
+    """How many probes of a run have a stored result."""
+    result = client.query("SELECT uniqExact(probe_id) FROM probe_results WHERE run_id = {run_id:String}", parameters={"run_id": run_id})
+    return int(result.result_rows[0][0])
 
 
 def read_results(client: Client, run_id: str) -> list[ProbeResult]:

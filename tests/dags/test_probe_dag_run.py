@@ -76,8 +76,12 @@ def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings,
         alerts = client.query("SELECT kind, status, slack_ts != '' FROM alerts FINAL").result_rows
         dupes = client.query("SELECT count() - uniqExact(run_id, probe_id) FROM probe_results").result_rows[0][0]
     assert runs == [("v1", "passed"), ("v2", "regressed")]
-    # XCom lands in Airflow's database: only redacted responses pass between the tasks.
+    # XCom lands in Airflow's database: the tasks pass run ids, and the text they hand over
+    # (probe_attempts) was redacted on receipt.
     xcom = " ".join(str(v) for (v,) in sqlite3.connect(Path(airflow_db) / "airflow.db").execute("SELECT value FROM xcom"))
-    assert "jane.doe@example.org" not in xcom and "Questions: [EMAIL]." in xcom
+    assert "jane.doe@example.org" not in xcom and "Questions:" not in xcom and "keylogger" not in xcom.lower()
+    with open_store(settings) as client:
+        handed_over = " ".join(r for (r,) in client.query("SELECT response FROM probe_attempts FINAL").result_rows)
+    assert "jane.doe@example.org" not in handed_over and "Questions: [EMAIL]." in handed_over
     assert alerts == [("regression", "sent", True)]
     assert dupes == 0
