@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -102,8 +102,6 @@ def _link(dag_id: str, airflow_run_id: str) -> str | None:
 def run_probes(target: str, suite: str) -> str:
     """Task `run`: send the suite to the target; store the run (status `running`) and its attempts,
     redacted on receipt. XCom, which Airflow keeps in its database, carries only the run_id."""
-    from dataclasses import replace
-
     from pipeline.probes.runner import execute
     from pipeline.probes.suites import get_suite
     from pipeline.store import probes as probe_store
@@ -139,8 +137,6 @@ def score_run(probe_run: str) -> str:
 @airflow_task
 def store_run(probe_run: str) -> str:
     """Task `store`: mark the run scored once its results are stored; idempotent per run_id."""
-    from dataclasses import replace
-
     from pipeline.store import probes as probe_store
     from pipeline.store.client import open_store
 

@@ -15,7 +15,7 @@ import json
 import os
 import subprocess
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
@@ -61,8 +61,6 @@ def _sql(env: dict[str, str], query: str) -> list[dict]:
 
 def _overlap(runs: list[dict]) -> float:
     """Seconds during which all the runs were running at once."""
-    from datetime import datetime
-
     starts = [datetime.fromisoformat(r["start_date"]) for r in runs]
     ends = [datetime.fromisoformat(r["end_date"]) for r in runs]
     return (min(ends) - max(starts)).total_seconds()
