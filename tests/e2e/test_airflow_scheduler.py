@@ -41,7 +41,8 @@ CURRENT, BASELINE = 200, 300
 def _fill_store_from_kafka(store, bootstrap: str, tmp_path) -> None:
     """Samples of the demo target over the last day (200 in the last hour) through the real worker."""
     now = utc_now()
-    current = [now - timedelta(minutes=50) + timedelta(seconds=12 * i) for i in range(CURRENT)]
+    # The last half hour: the manual checks, triggered minutes later, read the hour before them.
+    current = [now - timedelta(minutes=30) + timedelta(seconds=8 * i) for i in range(CURRENT)]
     baseline = [now - timedelta(hours=24) + timedelta(minutes=4.5 * i) for i in range(BASELINE)]
     samples = [make_sample(*SHORT_PAIRS[i % len(SHORT_PAIRS)], occurred_at=at) for i, at in enumerate(current + baseline)]
     topic = f"airflow-e2e-{free_port()}"
