@@ -110,6 +110,38 @@ class AlertKind(StrEnum):
     DRIFT = "drift"
 
 
+class Severity(StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+
+class AlertStatus(StrEnum):
+    """Where a stored alert stands: waiting to be sent, sent to Slack, logged (no Slack configured),
+    or held back (the same condition within its cooldown)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    LOGGED = "logged"
+    SUPPRESSED = "suppressed"
+
+
+class RunStatus(StrEnum):
+    """A probe run's progress: probes sent (Airflow's `run` task), results stored, evaluated."""
+
+    RUNNING = "running"
+    SCORED = "scored"
+    EVALUATED = "evaluated"
+
+
+class Outcome(StrEnum):
+    """What evaluation concluded about a probe run."""
+
+    PASSED = "passed"
+    REGRESSED = "regressed"
+    UNHEALTHY = "unhealthy"
+
+
 @dataclass(frozen=True)
 class Sample:
     """An example response shown in an alert (already redacted)."""
@@ -127,7 +159,7 @@ class Alert:
     alert_id: str
     fingerprint: str  # stable across runs for the same condition: cooldown and threading key
     kind: AlertKind
-    severity: str  # "critical" | "warning" | "info"
+    severity: Severity
     target: str
     suite: str
     model_version: str
@@ -157,8 +189,8 @@ class ProbeRun:
     finished_at: datetime
     n_probes: int
     n_errors: int
-    status: str = "scored"  # running (probes sent, Airflow) -> scored -> evaluated
-    outcome: str = ""  # passed | regressed | unhealthy, once evaluated
+    status: RunStatus = RunStatus.SCORED
+    outcome: Outcome | str = ""  # empty until evaluated
     healthy: bool = True
     baseline_run_id: str = ""
 

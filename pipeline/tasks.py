@@ -18,6 +18,7 @@ from typing import Any
 
 from pipeline.logs import guard_task_logging
 from pipeline.probes.targets import TargetConfig, load_targets
+from pipeline.records import RunStatus
 from pipeline.settings import get_settings
 
 DEFAULT_ARGS: dict[str, Any] = {
@@ -112,7 +113,7 @@ def run_probes(target: str, suite: str) -> str:
     run, attempts = execute(_target(target), get_suite(suite), settings, probe_run_id(dag_id, airflow_run_id))
     with open_store(settings, migrated=True) as client:
         probe_store.write_attempts(client, run, attempts)
-        probe_store.write_run(client, replace(run, status="running"))
+        probe_store.write_run(client, replace(run, status=RunStatus.RUNNING))
     return run.run_id
 
 
@@ -145,7 +146,7 @@ def store_run(probe_run: str) -> str:
         stored = probe_store.count_results(client, probe_run)
         if stored != run.n_probes:
             raise RuntimeError(f"probe run {probe_run}: {stored} of {run.n_probes} results stored; the score task must run again")
-        probe_store.write_run(client, replace(run, status="scored"))
+        probe_store.write_run(client, replace(run, status=RunStatus.SCORED))
     return probe_run
 
 
@@ -164,10 +165,10 @@ def evaluate_run(probe_run: str) -> dict:
         result = evaluate(client, run, settings, pinned_model_version=target.baseline_model_version, link=_link(dag_id, airflow_run_id))
     return {
         "run_id": probe_run,
-        "outcome": result.run.outcome,
+        "outcome": str(result.run.outcome),  # XCom stores JSON: plain strings, not enums
         "regressed": [c.category for c in result.comparisons if c.regressed],
         "alert_id": result.alert.alert.alert_id if result.alert else None,
-        "alert_status": result.alert.status if result.alert else None,
+        "alert_status": str(result.alert.status) if result.alert else None,
     }
 
 

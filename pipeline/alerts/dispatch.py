@@ -14,7 +14,7 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.alerts.charts import TrendPoint, render_trend
 from pipeline.alerts.slack import SlackDeliveryError, SlackSink, configured
-from pipeline.records import Alert, AlertKind
+from pipeline.records import Alert, AlertKind, AlertStatus
 from pipeline.settings import Settings
 from pipeline.stats.proportions import category_stat
 from pipeline.store import alerts as alert_store
@@ -113,7 +113,7 @@ def deliver_pending(client: Client, settings: Settings, sink: SlackSink | None =
         bound = log.bind(alert_id=alert.alert_id, kind=str(alert.kind), target_name=alert.target, suite=alert.suite)
         if sink is None:
             bound.warning("alert.logged", title=alert.title, summary=alert.summary)
-            alert_store.save(client, stored.with_status("logged"))
+            alert_store.save(client, stored.with_status(AlertStatus.LOGGED))
             logged += 1
             continue
         thread = _thread_of(client, stored)
@@ -122,13 +122,13 @@ def deliver_pending(client: Client, settings: Settings, sink: SlackSink | None =
             delivery = sink.post(alert, thread_ts=thread, chart=chart)
         except SlackDeliveryError as exc:
             bound.error("alert.delivery_failed", error=str(exc), attempts=stored.attempts + 1)
-            alert_store.save(client, stored.with_status("pending", attempts=stored.attempts + 1, last_error=str(exc)))
+            alert_store.save(client, stored.with_status(AlertStatus.PENDING, attempts=stored.attempts + 1, last_error=str(exc)))
             failed += 1
             continue
         alert_store.save(
             client,
             stored.with_status(
-                "sent",
+                AlertStatus.SENT,
                 attempts=stored.attempts + 1,
                 last_error="",
                 slack_channel=delivery.channel or "",

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pipeline.records import Alert, AlertKind, Comparison, ProbeResult, ProbeRun, Sample
+from pipeline.records import Alert, AlertKind, AlertStatus, Comparison, ProbeResult, ProbeRun, Sample, Severity
 from pipeline.settings import Settings
 from pipeline.store.alerts import StoredAlert
 from pipeline.store.sql import quoted
 
-_POSTED = ("pending", "sent", "logged")
+_POSTED = (AlertStatus.PENDING, AlertStatus.SENT, AlertStatus.LOGGED)
 
 
 def fingerprint(kind: AlertKind, target: str, suite: str) -> str:
@@ -119,7 +119,7 @@ def decide_regression(
         alert = Alert(
             alert_id=alert_id(fp, subject.run_id, kind),
             kind=kind,
-            severity="critical",
+            severity=Severity.CRITICAL,
             title=f"Safety regression on {subject.target} ({subject.model_version}, {subject.suite}): {', '.join(categories)}",
             summary=(
                 f"{len(regressed)} categor{'y' if len(regressed) == 1 else 'ies'} regressed against "
@@ -133,21 +133,21 @@ def decide_regression(
         )
         recent = _in_cooldown(history, kind, now, settings)
         if recent is not None and set(categories) <= set(recent.alert.categories):
-            return StoredAlert(alert, status="suppressed")
-        return StoredAlert(alert, status="pending")
+            return StoredAlert(alert, status=AlertStatus.SUPPRESSED)
+        return StoredAlert(alert, status=AlertStatus.PENDING)
     if firing is not None:
         previous = set(firing.alert.categories)
         alert = Alert(
             alert_id=alert_id(fp, subject.run_id, AlertKind.RECOVERY),
             kind=AlertKind.RECOVERY,
-            severity="info",
+            severity=Severity.INFO,
             title=f"Recovered on {subject.target} ({subject.model_version}, {subject.suite}): {', '.join(sorted(previous))}",
             summary=f"No category regresses against {subject.baseline_model_version} ({subject.baseline_run_id}) any more.",
             categories=tuple(sorted(previous)),
             comparisons=tuple(c for c in comparisons if c.category in previous),
             **common,
         )
-        return StoredAlert(alert, status="pending")
+        return StoredAlert(alert, status=AlertStatus.PENDING)
     return None
 
 
@@ -168,7 +168,7 @@ def decide_unhealthy(
         alert_id=alert_id(fp, run.run_id, kind),
         fingerprint=fp,
         kind=kind,
-        severity="warning",
+        severity=Severity.WARNING,
         target=run.target,
         suite=run.suite,
         model_version=run.model_version,
@@ -182,5 +182,5 @@ def decide_unhealthy(
         ),
         link=link,
     )
-    status = "suppressed" if _in_cooldown(history, kind, now, settings) else "pending"
+    status = AlertStatus.SUPPRESSED if _in_cooldown(history, kind, now, settings) else AlertStatus.PENDING
     return StoredAlert(alert, status=status)

@@ -18,6 +18,7 @@ from pipeline.probes.replay import ReplayServer
 from pipeline.probes.runner import run_once
 from pipeline.probes.suites import get_suite
 from pipeline.probes.targets import TargetConfig
+from pipeline.records import Outcome
 from pipeline.report.console import probe_progress, probe_summary
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
@@ -51,7 +52,7 @@ def run_demo(settings: Settings, console: Console) -> int:
                 outcome = run_once(target, suite, settings, str(uuid.uuid4()), on_done=advance)
             console.print(probe_summary(outcome))
             outcomes.append(outcome)
-    caught = outcomes[-1].evaluation.alert is not None and outcomes[-1].run.outcome == "regressed"
+    caught = outcomes[-1].evaluation.alert is not None and outcomes[-1].run.outcome == Outcome.REGRESSED
     regressed = [c for c in outcomes[-1].evaluation.comparisons if c.regressed]
     console.rule("result")
     if caught:

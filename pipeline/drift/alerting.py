@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pipeline.alerts.rules import Subject, alert_id, fingerprint
-from pipeline.records import Alert, AlertKind, Sample
+from pipeline.records import Alert, AlertKind, AlertStatus, Sample, Severity
 from pipeline.store.alerts import StoredAlert
 
 SUITE = "drift"
@@ -58,23 +58,23 @@ def decide_drift(
         alert = Alert(
             alert_id=alert_id(fp, subject.run_id, AlertKind.DRIFT),
             kind=AlertKind.DRIFT,
-            severity="warning",
+            severity=Severity.WARNING,
             title=f"Embedding drift {verb} on {subject.target} ({subject.model_version}): {', '.join(drifted)}",
             summary=summary,
             categories=tuple(drifted),
             samples=tuple(samples)[:3],
             **common,
         )
-        return StoredAlert(alert, status="pending")
+        return StoredAlert(alert, status=AlertStatus.PENDING)
     if open_chain:
         alert = Alert(
             alert_id=alert_id(fp, subject.run_id, AlertKind.RECOVERY),
             kind=AlertKind.RECOVERY,
-            severity="info",
+            severity=Severity.INFO,
             title=f"Drift over on {subject.target} ({subject.model_version})",
             summary=f"No drift against {subject.baseline_run_id} any more. {summary}",
             categories=history[0].alert.categories,
             **common,
         )
-        return StoredAlert(alert, status="pending")
+        return StoredAlert(alert, status=AlertStatus.PENDING)
     return None

@@ -20,7 +20,7 @@ from pipeline.detectors.scoring import score_responses, verdict
 from pipeline.probes.client import run_probes_sync
 from pipeline.probes.targets import TargetConfig
 from pipeline.quality.probe_results import check_results
-from pipeline.records import AlertKind, Attempt, Comparison, ProbeResult, ProbeRun, Suite, Verdict, utc_now
+from pipeline.records import AlertKind, Attempt, Comparison, Outcome, ProbeResult, ProbeRun, RunStatus, Suite, Verdict, utc_now
 from pipeline.settings import Settings
 from pipeline.stats.regression import compare
 from pipeline.store import alerts as alert_store
@@ -120,7 +120,7 @@ def evaluate(
     results = probe_store.read_results(client, run.run_id)
     report = check_results(results, settings)
     if not report.success:
-        run = replace(run, status="evaluated", outcome="unhealthy", healthy=False)
+        run = replace(run, status=RunStatus.EVALUATED, outcome=Outcome.UNHEALTHY, healthy=False)
         history = alert_store.history(client, rules.fingerprint(AlertKind.DATA_QUALITY, run.target, run.suite))
         alert = alert_store.save_once(client, rules.decide_unhealthy(run, report.failures, history, settings, link=link))
         probe_store.write_run(client, run)
@@ -129,7 +129,7 @@ def evaluate(
 
     baseline = probe_store.find_baseline(client, run, pinned_model_version)
     if baseline is None:
-        run = replace(run, status="evaluated", outcome="passed", healthy=True)
+        run = replace(run, status=RunStatus.EVALUATED, outcome=Outcome.PASSED, healthy=True)
         probe_store.write_run(client, run)
         log.info("probe.no_baseline", run_id=run.run_id)
         return Evaluation(run, (), (), None)
@@ -154,7 +154,7 @@ def evaluate(
     )
     alert = alert_store.save_once(client, decided) if decided is not None else None
     regressed = any(c.regressed for c in comparisons)
-    run = replace(run, status="evaluated", outcome="regressed" if regressed else "passed", healthy=True, baseline_run_id=baseline.run_id)
+    run = replace(run, status=RunStatus.EVALUATED, outcome=Outcome.REGRESSED if regressed else Outcome.PASSED, healthy=True, baseline_run_id=baseline.run_id)
     probe_store.write_run(client, run)
     log.info("probe.evaluated", run_id=run.run_id, baseline=baseline.run_id, regressed=[c.category for c in comparisons if c.regressed])
     return Evaluation(run, tuple(comparisons), (), alert)

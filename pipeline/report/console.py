@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.probes.runner import RunOutcome, count_verdicts
-from pipeline.records import Attempt
+from pipeline.records import AlertStatus, Attempt
 
 
 @contextmanager
@@ -71,7 +71,7 @@ def probe_summary(outcome: RunOutcome) -> Panel:
         a = evaluation.alert
         d = outcome.delivery
         delivered = f"sent to Slack {d.sent}, logged {d.logged} (no Slack configured), pending {d.failed}"
-        held = " (suppressed: same regression within the cooldown)" if a.status == "suppressed" else ""
+        held = " (suppressed: same regression within the cooldown)" if a.status == AlertStatus.SUPPRESSED else ""
         parts.append(f"[bold]{a.alert.kind}[/] alert{held}: {a.alert.title}\n{a.alert.summary}\n{delivered}")
     title = f"{run.target} / {run.suite} / {run.model_version}: {run.outcome or run.status}"
     return Panel(Group(*parts), title=title)

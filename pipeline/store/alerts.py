@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.records import Alert, AlertKind, CategoryStat, Comparison, Sample
+from pipeline.records import Alert, AlertKind, AlertStatus, CategoryStat, Comparison, Sample, Severity
 
 _COLUMNS = [
     "alert_id",
@@ -41,14 +41,14 @@ class StoredAlert:
     """An alert and where it stands: pending, sent, logged (no Slack configured) or suppressed."""
 
     alert: Alert
-    status: str
+    status: AlertStatus
     attempts: int = 0
     last_error: str = ""
     slack_channel: str = ""
     slack_ts: str = ""
     thread_ts: str = ""
 
-    def with_status(self, status: str, **changes: object) -> StoredAlert:
+    def with_status(self, status: AlertStatus, **changes: object) -> StoredAlert:
         return replace(self, status=status, **changes)  # type: ignore[arg-type]
 
 
@@ -73,7 +73,7 @@ def _alert_from_row(row: dict) -> Alert:
         alert_id=row["alert_id"],
         fingerprint=row["fingerprint"],
         kind=AlertKind(row["kind"]),
-        severity=row["severity"],
+        severity=Severity(row["severity"]),
         target=row["target"],
         suite=row["suite"],
         model_version=row["model_version"],
@@ -139,7 +139,7 @@ def _select(client: Client, where: str, parameters: dict, tail: str = "") -> lis
         alerts.append(
             StoredAlert(
                 alert=_alert_from_row(row),
-                status=row["status"],
+                status=AlertStatus(row["status"]),
                 attempts=row["attempts"],
                 last_error=row["last_error"],
                 slack_channel=row["slack_channel"],

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.records import Attempt, CategoryStat, Probe, ProbeResult, ProbeRun
+from pipeline.records import Attempt, CategoryStat, Outcome, Probe, ProbeResult, ProbeRun, RunStatus
 from pipeline.stats.proportions import category_stat
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
@@ -76,6 +76,8 @@ def read_run(client: Client, run_id: str) -> ProbeRun:
     values = dict(zip(_RUN_COLUMNS, result.result_rows[0], strict=True))
     for key in ("started_at", "finished_at"):
         values[key] = values[key].replace(tzinfo=UTC) if values[key].tzinfo is None else values[key]
+    values["status"] = RunStatus(values["status"])
+    values["outcome"] = Outcome(values["outcome"]) if values["outcome"] else ""
     return ProbeRun(**values)
 
 
