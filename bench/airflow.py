@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -31,8 +30,7 @@ from rich.table import Table
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.airflow_api import StandaloneAirflow  # noqa: E402
-from tests.support.kafka_broker import free_port  # noqa: E402
+from tests.support.airflow_api import StandaloneAirflow, standalone_env  # noqa: E402
 from tests.support.slack_server import SlackServer  # noqa: E402
 
 DAG = "safemon_probe__demo_assistant__demo"
@@ -55,20 +53,10 @@ def main() -> None:
     console = Console()
     with tempfile.TemporaryDirectory(prefix="safemon-bench-airflow-") as tmp, SlackServer(token="xoxb-bench") as slack:
         home = Path(tmp) / "airflow"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SAFEMON_", "AIRFLOW"))}
-        env.update(
-            SAFEMON_CLICKHOUSE_DSN=f"chdb://{tmp}/store",
-            SAFEMON_SLACK_BOT_TOKEN="xoxb-bench",
-            SAFEMON_SLACK_CHANNEL="#bench",
-            SAFEMON_SLACK_API_URL=slack.api_url,
-            SAFEMON_ALERT_COOLDOWN_HOURS="0",
-            AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
-            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
-        )
-        with StandaloneAirflow(home, env, free_port()) as airflow:
+        env = standalone_env(Path(tmp) / "store", slack.api_url, "xoxb-bench", alert_cooldown_hours="0")
+        with StandaloneAirflow(home, env) as airflow:
             api = airflow.api()
-            while DAG not in api.dag_ids():
-                time.sleep(1)
+            api.wait_for_dags({DAG})
             api.unpause(DAG)  # the scheduler starts the latest scheduled run: v1, the baseline
             started = time.monotonic()
             api.wait_for_run(DAG, api.wait_for_scheduled_run(DAG))

@@ -12,7 +12,6 @@ forwards the task's structured logs.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
 from datetime import datetime, timedelta
@@ -25,7 +24,7 @@ from pipeline.records import utc_now
 from pipeline.report.browser import find_chromium, screenshot_url
 from pipeline.tasks import probe_run_id
 from tests.conftest import ROOT, require
-from tests.support.airflow_api import StandaloneAirflow
+from tests.support.airflow_api import StandaloneAirflow, standalone_env
 from tests.support.kafka_broker import create_topic, free_port
 from tests.support.slack_server import SlackServer
 from tests.support.stream_worker import SHORT_PAIRS, make_sample, produce_samples, start_worker, worker_env
@@ -73,23 +72,11 @@ def test_the_three_dags_run_under_a_real_scheduler_and_alert(tmp_path, kafka_boo
     _fill_store_from_kafka(store, kafka_bootstrap, tmp_path)
 
     with SlackServer(token="xoxb-test") as slack:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SAFEMON_", "AIRFLOW"))}
-        env.update(
-            SAFEMON_CLICKHOUSE_DSN=f"chdb://{store}",
-            SAFEMON_SLACK_BOT_TOKEN="xoxb-test",
-            SAFEMON_SLACK_CHANNEL="#safety-alerts",
-            SAFEMON_SLACK_API_URL=slack.api_url,
-            SAFEMON_DRIFT_REFERENCE="previous_day",
-            AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
-            AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
-        )
-        airflow = StandaloneAirflow(home, env, free_port())
+        env = standalone_env(store, slack.api_url, "xoxb-test", drift_reference="previous_day")
+        airflow = StandaloneAirflow(home, env)
         with airflow:
             api = airflow.api()
-            deadline = time.monotonic() + 180
-            while not set(DAGS) <= api.dag_ids():
-                assert time.monotonic() < deadline, f"DAGs not parsed: {api.dag_ids()}\n{airflow.tail()}"
-                time.sleep(1)
+            api.wait_for_dags(set(DAGS))
 
             # On their schedules, all three at once: unpausing makes the scheduler start each
             # DAG's latest scheduled run (catchup=False). The probe run is v1, the baseline.

@@ -14,15 +14,34 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from tests.support.kafka_broker import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "airflow" / "airflow.sh"
 FINISHED = {"success", "failed"}
+
+
+def standalone_env(store: Path, slack_api_url: str, slack_token: str, **settings: str) -> dict[str, str]:
+    """The environment airflow.sh gets: this process's, less pytest's, safemon's and Airflow's own
+    variables, plus an embedded store, the Slack stand-in and free log-server ports. `settings`
+    adds SAFEMON_* variables (`alert_cooldown_hours="0"` sets SAFEMON_ALERT_COOLDOWN_HOURS)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "SAFEMON_", "AIRFLOW"))}
+    env.update(
+        SAFEMON_CLICKHOUSE_DSN=f"chdb://{store}",
+        SAFEMON_SLACK_BOT_TOKEN=slack_token,
+        SAFEMON_SLACK_CHANNEL="#safety-alerts",
+        SAFEMON_SLACK_API_URL=slack_api_url,
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+        AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
+    )
+    env.update({f"SAFEMON_{name.upper()}": value for name, value in settings.items()})
+    return env
 
 
 class AirflowApi:
@@ -35,6 +54,14 @@ class AirflowApi:
 
     def dag_ids(self) -> set[str]:
         return {d["dag_id"] for d in self.http.get("/dags").raise_for_status().json()["dags"]}
+
+    def wait_for_dags(self, dag_ids: set[str], timeout: float = 180) -> None:
+        """Wait until the dag-processor has parsed these DAGs."""
+        deadline = time.monotonic() + timeout
+        while not dag_ids <= self.dag_ids():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"DAGs not parsed within {timeout}s: {sorted(dag_ids - self.dag_ids())}")
+            time.sleep(1)
 
     def unpause(self, dag_id: str) -> None:
         self.http.patch(f"/dags/{dag_id}", json={"is_paused": False}).raise_for_status()
@@ -100,7 +127,7 @@ class StandaloneAirflow:
 
     home: Path
     env: dict[str, str]
-    port: int
+    port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
 
     @property
