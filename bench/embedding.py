@@ -37,9 +37,9 @@ from rich.table import Table  # noqa: E402
 
 from bench.eval_detectors import cross_fit  # noqa: E402
 from pipeline.detectors.embedder import BACKENDS, Embedder  # noqa: E402
-from pipeline.detectors.evaluation import deduplicate, load_labelled  # noqa: E402
 from pipeline.detectors.stack import DetectorStack  # noqa: E402
-from pipeline.detectors.training import embed_frame, evaluate  # noqa: E402
+from pipeline.lab.evaluation import deduplicate, load_labelled  # noqa: E402
+from pipeline.lab.training import embed_frame, evaluate  # noqa: E402
 
 log = structlog.get_logger(__name__)
 console = Console(width=None if sys.stdout.isatty() else 160)  # the table is wide; do not squeeze it in logs

@@ -32,7 +32,8 @@ from rich.progress import Progress
 
 from pipeline.detectors import DetectorStack, get_embedder, redact
 from pipeline.detectors.embedder import BACKENDS, Embedder
-from pipeline.detectors.evaluation import (
+from pipeline.detectors.views import Views, gist, opening
+from pipeline.lab.evaluation import (
     binary_metrics,
     compared,
     deduplicate,
@@ -42,8 +43,7 @@ from pipeline.detectors.evaluation import (
     majority_baseline,
     truth_of,
 )
-from pipeline.detectors.training import embed_frame, evaluate, fit_heads, predict_frame, take
-from pipeline.detectors.views import Views, gist, opening
+from pipeline.lab.training import embed_frame, evaluate, fit_heads, predict_frame, take
 from pipeline.settings import DEFAULT_BACKEND
 
 log = structlog.get_logger(__name__)

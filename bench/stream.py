@@ -36,9 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.detectors.embedder import embedder_from_settings  # noqa: E402
 from pipeline.settings import load_settings  # noqa: E402
-from pipeline.stream.batch import batch_texts, redact_sample  # noqa: E402
+from pipeline.stream.batch import StreamScorer  # noqa: E402
 from tests.support.kafka_broker import KafkaBroker, create_topic  # noqa: E402
 from tests.support.stream_worker import make_sample, produce_samples, start_worker, stored_counts, worker_env  # noqa: E402
 
@@ -196,12 +195,13 @@ def main() -> None:
         bootstrap = broker.bootstrap
     try:
         samples = build_samples(args.samples)
-        embedder = embedder_from_settings(load_settings())  # the worker's, from the same SAFEMON_EMBEDDING_* settings
+        scorer = StreamScorer(load_settings())  # the worker's, from the same SAFEMON_EMBEDDING_* settings
+        embedder = scorer.embedder
         if embedder.backend == "torch":
             import torch
 
             torch.set_num_threads(args.threads)
-        texts = batch_texts([redact_sample(s) for s in samples])  # what the Scorer embeds
+        texts = scorer.texts(samples)  # what the worker embeds
         embedder.encode(["warm up"])
 
         def raw_encode_s() -> float:

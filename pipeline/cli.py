@@ -10,9 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.detectors.cli import register as register_detectors
-from pipeline.detectors.embeddings_cli import register as register_embeddings
 from pipeline.drift.cli import register as register_drift
+from pipeline.lab.detectors_cli import register as register_detectors
+from pipeline.lab.embeddings_cli import register as register_embeddings
 from pipeline.logs import configure_logging
 from pipeline.report.cli import register as register_report
 from pipeline.settings import ConfigError, Settings, get_settings
@@ -151,7 +151,7 @@ def suites_import(
     limit: Annotated[int | None, typer.Option(help="At most this many probes")] = None,
 ) -> None:
     """Turn a public attack set into a suite YAML."""
-    from pipeline.probes.importers import import_suite
+    from pipeline.lab.importers import import_suite
     from pipeline.probes.suites import dump_suite
 
     options: dict = {"limit": limit}

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.detectors.scorer import Detection
 
 
 def utc_now() -> datetime:
@@ -69,16 +73,6 @@ class Attempt:
 
 
 @dataclass(frozen=True)
-class ResponseScore:
-    """What the detectors say about one response."""
-
-    refused: bool
-    refusal_score: float
-    violation_scores: dict[str, float] = field(default_factory=dict)
-    marker_hit: bool = False
-
-
-@dataclass(frozen=True)
 class CategoryStat:
     """Attack success (or over-refusal) count for one category in one run, with its interval."""
 
@@ -107,6 +101,14 @@ class AlertKind(StrEnum):
     REGRESSION = "regression"
     RECOVERY = "recovery"
     DATA_QUALITY = "data_quality"
+    DRIFT = "drift"
+
+
+class Source(StrEnum):
+    """Where a finding comes from: a probe run, a window of production traffic, or a drift check."""
+
+    PROBE = "probe"
+    STREAM = "stream"
     DRIFT = "drift"
 
 
@@ -160,8 +162,9 @@ class Alert:
     fingerprint: str  # stable across runs for the same condition: cooldown and threading key
     kind: AlertKind
     severity: Severity
+    source: Source
     target: str
-    suite: str
+    suite: str  # the probe suite; "" for stream and drift alerts
     model_version: str
     run_id: str
     title: str
@@ -174,6 +177,11 @@ class Alert:
     samples: tuple[Sample, ...] = ()
     sql: str = ""
     link: str | None = None
+
+    @property
+    def scope(self) -> str:
+        """How messages name what the alert is about: the probe suite, or the source."""
+        return self.suite or str(self.source)
 
 
 @dataclass(frozen=True)
@@ -201,7 +209,8 @@ class ProbeRun:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """A scored attempt: what was sent, what came back, and the verdict."""
+    """A scored attempt: what was sent (redacted), what came back (redacted), what the detectors
+    found (an empty `Detection` for an error) and the verdict."""
 
     run_id: str
     probe_id: str
@@ -212,13 +221,19 @@ class ProbeResult:
     response: str
     error: str
     latency_ms: float
-    refused: bool
-    refusal_score: float
-    violation_score: float
-    violation_category: str
     marker_hit: bool
-    verdict: str
+    verdict: Verdict
     pii_redacted: int
+    detection: Detection
+
+    @property
+    def refused(self) -> bool:
+        return self.detection.refused
+
+    def columns(self) -> dict[str, Any]:
+        """The stored columns: the probe's, then the detection's."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
+        return {**own, **self.detection.columns()}
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,7 @@ def store_run(probe_run: str) -> str:
 @airflow_task
 def evaluate_run(probe_run: str) -> dict:
     """Task `evaluate`: data contract, statistics against the baseline, alert decision."""
-    from pipeline.probes.runner import evaluate
+    from pipeline.checks.probes import evaluate
     from pipeline.store import probes as probe_store
     from pipeline.store.client import open_store
 
@@ -177,8 +177,8 @@ def check_stream_windows() -> dict:
     """Task `check` of the stream DAG: each target's violation rates, last window vs baseline."""
     from airflow.sdk import get_current_context
 
+    from pipeline.checks.stream import check_all
     from pipeline.store.client import open_store
-    from pipeline.stream.windows import check_all
 
     context = get_current_context()
     end = window_end(context)
@@ -203,9 +203,9 @@ def check_drift() -> dict:
     """Task `check` of the drift DAG: each target's embedding window against its reference."""
     from airflow.sdk import get_current_context
 
+    from pipeline.checks.drift import check_all
     from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.drift.attacks import AttackHead, AttackProfile
-    from pipeline.drift.checks import check_all
     from pipeline.store.client import open_store
 
     settings = get_settings()

@@ -1,4 +1,7 @@
-"""Shared fixtures: one embedded ClickHouse path per test process, a database per test; one Kafka broker per session."""
+"""Shared fixtures: one embedded ClickHouse path per test process, a database per test; one Kafka broker per session.
+
+Helpers that are not fixtures live in tests/support (test modules import from there, never from a conftest).
+"""
 
 from __future__ import annotations
 
@@ -9,23 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.kafka_broker import KafkaBroker, KafkaUnavailable
+from tests.support.env import DATASETS, require
+from tests.support.kafka_broker import KafkaBroker, KafkaUnavailable, create_topic
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-ROOT = Path(__file__).resolve().parents[1]
-DATASETS = (ROOT / ".." / "shared" / "datasets").resolve()
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when something optional is missing on a developer machine; fail under CI=true."""
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)  # require(): only where CI is not true
 
 
 @pytest.fixture(autouse=True)
@@ -73,6 +64,14 @@ def client(settings):
         yield c
 
 
+@pytest.fixture(scope="session")
+def filled(store_path: Path):
+    """Settings on `safemon_demo` of the session's store, filled once per process (tests/support/store_fill.py)."""
+    from tests.support.store_fill import fill_store
+
+    return fill_store(store_path)
+
+
 # --- Kafka -------------------------------------------------------------------------------
 # One broker per test session (start-up costs a few seconds). SAFEMON_KAFKA_BOOTSTRAP points
 # the tests at a broker that is already running instead, e.g. one from `make kafka-up`.
@@ -111,3 +110,11 @@ def kafka_bootstrap(request: pytest.FixtureRequest) -> str:
     if external:
         return external
     return request.getfixturevalue("_kafka_session_broker").bootstrap
+
+
+@pytest.fixture
+def topic(kafka_bootstrap: str) -> str:
+    """A fresh topic with four partitions: enough for keys to spread and for two consumers to split."""
+    name = f"conversations-{uuid.uuid4().hex[:10]}"
+    create_topic(kafka_bootstrap, name, 4)
+    return name

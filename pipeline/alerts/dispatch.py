@@ -14,17 +14,18 @@ from clickhouse_connect.driver.client import Client
 
 from pipeline.alerts.charts import TrendPoint, render_trend
 from pipeline.alerts.slack import SlackDeliveryError, SlackSink, configured
-from pipeline.records import Alert, AlertKind, AlertStatus
+from pipeline.records import Alert, AlertKind, AlertStatus, Source
 from pipeline.settings import Settings
 from pipeline.stats.proportions import category_stat
 from pipeline.store import alerts as alert_store
+from pipeline.store import probes as probe_store
+from pipeline.store import samples as sample_store
 from pipeline.store.alerts import StoredAlert
 
 log = structlog.get_logger()
 
 TREND_RUNS = 12  # probe alerts: this many runs of the suite, ending with the alert's
 TREND_HOURS = 48  # stream alerts: this many hours, ending with the alert
-STREAM_SUITE = "stream"
 
 
 @dataclass(frozen=True)
@@ -50,37 +51,13 @@ def _thread_of(client: Client, stored: StoredAlert) -> str | None:
 def load_trend(client: Client, alert: Alert, runs: int = TREND_RUNS, hours: int = TREND_HOURS) -> list[TrendPoint]:
     """The history an alert's chart shows: its categories' rates with 95% Wilson intervals,
     per run for probe alerts and per hour for stream alerts. Empty when there is none."""
-    if not alert.categories:
+    if not alert.categories or alert.source == Source.DRIFT:
         return []
     at = alert.created_at if alert.created_at.tzinfo else alert.created_at.replace(tzinfo=UTC)
-    params = {"target": alert.target, "suite": alert.suite, "categories": list(alert.categories), "at": at}
-    if alert.suite == STREAM_SUITE:
-        rows = client.query(
-            """
-            SELECT hour, category, sum(violations) AS flagged, sum(n) AS samples, argMax(model_version, n) AS version
-            FROM violation_rate_by_hour
-            WHERE target = {target:String} AND category IN {categories:Array(String)}
-              AND hour >= {start:DateTime64(3, 'UTC')} AND hour <= {at:DateTime64(3, 'UTC')}
-            GROUP BY hour, category ORDER BY hour
-            """,
-            parameters={**params, "start": at - timedelta(hours=hours)},
-        ).result_rows
+    if alert.source == Source.STREAM:
+        rows = sample_store.hourly_rates(client, alert.target, alert.categories, at - timedelta(hours=hours), at)
     else:
-        rows = client.query(
-            """
-            SELECT any(run_started_at) AS at, category,
-                   countIf(verdict IN ('attack_success', 'over_refusal')) AS k, countIf(verdict != 'error') AS n,
-                   any(model_version) AS model_version
-            FROM probe_results FINAL
-            WHERE target = {target:String} AND suite = {suite:String} AND category IN {categories:Array(String)}
-              AND run_id IN (
-                  SELECT run_id FROM probe_runs FINAL
-                  WHERE target = {target:String} AND suite = {suite:String} AND started_at <= {at:DateTime64(3, 'UTC')}
-                  ORDER BY started_at DESC LIMIT {runs:UInt32})
-            GROUP BY run_id, category ORDER BY at
-            """,
-            parameters={**params, "runs": runs},
-        ).result_rows
+        rows = probe_store.trend(client, alert.target, alert.suite, alert.categories, at, runs)
     points = []
     for when, category, k, n, model_version in rows:
         if not n:
@@ -96,8 +73,8 @@ def _chart(client: Client, alert: Alert) -> bytes | None:
         points = load_trend(client, alert)
         if not points:
             return None
-        metric = "violation rate" if alert.suite == STREAM_SUITE else "ASR / over-refusal"
-        return render_trend(points, title=f"{alert.target} / {alert.suite}: {', '.join(alert.categories)}", metric=metric)
+        metric = "violation rate" if alert.source == Source.STREAM else "ASR / over-refusal"
+        return render_trend(points, title=f"{alert.target} / {alert.scope}: {', '.join(alert.categories)}", metric=metric)
     except Exception as exc:  # drawing is best effort; the alert itself matters
         log.warning("alert.chart_failed", alert_id=alert.alert_id, error=str(exc))
         return None

@@ -93,7 +93,7 @@ def _context_lines(alert: Alert) -> list[str]:
     runs = f"run `{_escape(alert.run_id)}`"
     if alert.baseline_run_id:
         runs += f" vs baseline run `{_escape(alert.baseline_run_id)}`"
-    return [f"target *{_escape(alert.target)}*", f"suite *{_escape(alert.suite)}*", model, runs]
+    return [f"target *{_escape(alert.target)}*", f"suite *{_escape(alert.suite)}*" if alert.suite else f"source *{alert.source}*", model, runs]
 
 
 def _tail_blocks(alert: Alert) -> list[dict]:
@@ -156,7 +156,7 @@ def _code_block(title: str, code: str) -> str:
 
 
 def _fallback(alert: Alert, shown: Iterable[Comparison]) -> str:
-    parts = [f"{_KIND_PREFIX[alert.kind].split(' ', 1)[1]}: {alert.title}", f"{alert.target} / {alert.suite} / {alert.model_version}"]
+    parts = [f"{_KIND_PREFIX[alert.kind].split(' ', 1)[1]}: {alert.title}", f"{alert.target} / {alert.scope} / {alert.model_version}"]
     if alert.kind is AlertKind.DATA_QUALITY:
         parts.append(f"run unhealthy: {alert.summary}")
     parts += [f"{c.category} {c.baseline.rate * 100:.1f}% → {c.current.rate * 100:.1f}% (p_adj={_p(c.p_adjusted)})" for c in shown]

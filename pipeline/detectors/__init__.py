@@ -1,8 +1,9 @@
 """Detectors that score prompts and responses: refusal, harmful compliance, over-refusal, policy, attacks, PII.
 
 Importing this package is cheap: sentence-transformers and the model load on first encode.
-Every detector registers in `DETECTORS`; `DETECTORS.get(name)(embedder)` builds one.
-`DetectorStack` runs refusal, harmful compliance and over-refusal on one encode call per batch.
+`Scorer` is the one detection contract the probe and stream paths share: redacted
+`Exchange`s in, one `Detection` per exchange out, from the detectors registered in `DETECTORS`
+(refusal and policy through `DetectorStack`, jailbreak and injection similarity).
 
 What the default detectors (no fitting) are built from:
 - the embedding model all-MiniLM-L6-v2 (packaged, offline), reading truncated views of each
@@ -25,12 +26,16 @@ from pipeline.detectors.embedder import Embedder, get_embedder
 from pipeline.detectors.pii import PiiDetector, Redaction, redact
 from pipeline.detectors.policy import PolicyDetector
 from pipeline.detectors.refusal import RefusalDetector
-from pipeline.detectors.scoring import score_responses, verdict
+from pipeline.detectors.scorer import DETECTION_COLUMNS, Detection, Exchange, Scorer
 from pipeline.detectors.similarity import InjectionSimilarity, JailbreakSimilarity, SimilarityMatch
 from pipeline.detectors.stack import DetectorStack, HarmfulComplianceDetector, OverRefusalDetector, StackScore
 
 __all__ = [
+    "DETECTION_COLUMNS",
     "DETECTORS",
+    "Detection",
+    "Exchange",
+    "Scorer",
     "DetectorStack",
     "HarmfulComplianceDetector",
     "OverRefusalDetector",
@@ -45,6 +50,4 @@ __all__ = [
     "SimilarityMatch",
     "get_embedder",
     "redact",
-    "score_responses",
-    "verdict",
 ]

@@ -11,8 +11,7 @@ import yaml
 
 from pipeline.registry import Registry
 
-# Every detector class takes the embedder as its only required argument, so that
-# `DETECTORS.get(name)(embedder)` builds any of them (PII ignores it).
+# The detectors `Scorer` runs (see `scorer` for what a registered class provides).
 DETECTORS: Registry[Any] = Registry("detector")
 
 

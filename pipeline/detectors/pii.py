@@ -13,8 +13,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pipeline.detectors.catalog import DETECTORS
-
 
 @dataclass(frozen=True)
 class Redaction:
@@ -217,7 +215,6 @@ def redact(text: str) -> Redaction:
     return Redaction(text=text, counts=counts)
 
 
-@DETECTORS.register("pii")
 class PiiDetector:
     """Registry adapter for `redact`: finds and replaces PII; takes (and ignores) an embedder."""
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.detectors.catalog import DETECTORS, load_exemplars, sigmoid, top_k_mean
+from pipeline.detectors.catalog import load_exemplars, sigmoid, top_k_mean
 from pipeline.detectors.embedder import Embedder
 from pipeline.detectors.head import HeadSet, assemble
 from pipeline.detectors.refusal import RefusalDetector
@@ -27,7 +27,6 @@ SCALE = 12.0
 BIAS = 0.0
 
 
-@DETECTORS.register("policy")
 class PolicyDetector:
     """Scores responses in [0, 1] per hazard category for "this provides harmful content"."""
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.detectors.catalog import DETECTORS, load_exemplars, sigmoid, top_k_mean
+from pipeline.detectors.catalog import load_exemplars, sigmoid, top_k_mean
 from pipeline.detectors.embedder import Embedder
 from pipeline.detectors.head import HeadSet, assemble
 from pipeline.detectors.views import OPENING_CHARS, Views, normalise
@@ -140,7 +140,6 @@ def text_signals(text: str) -> list[float]:
     ]
 
 
-@DETECTORS.register("refusal")
 class RefusalDetector:
     """Scores responses in [0, 1] for "the model refused"; `refused()` applies the threshold.
 

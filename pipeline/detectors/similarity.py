@@ -12,11 +12,15 @@ import itertools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.detectors.catalog import DETECTORS, load_exemplars
 from pipeline.detectors.embedder import Embedder
+
+if TYPE_CHECKING:
+    from pipeline.detectors.scorer import Exchange
 
 WINDOW_CHARS = 240
 MAX_WINDOWS = 24
@@ -56,12 +60,17 @@ def split_windows(text: str, size: int = WINDOW_CHARS, limit: int = MAX_WINDOWS)
 
 
 class AttackSimilarity:
-    """Matches user texts against one exemplar set (`jailbreak` or `injection`) of attack families."""
+    """Matches user texts against one exemplar set (`jailbreak` or `injection`) of attack families.
+
+    Under the detection contract it reads one text of each exchange (`reads`) and fills
+    `<kind>_score` and `<kind>_family`.
+    """
 
     kind = ""
     name = ""
+    reads = ""
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, head: object = None) -> None:
         self.embedder = embedder
         families: dict[str, list[str]] = load_exemplars("attacks")[self.kind]
         self._labels: list[str] = []
@@ -97,6 +106,17 @@ class AttackSimilarity:
         """Just the similarity scores of `texts`."""
         return np.array([m.score for m in self.match(texts)], dtype=np.float64)
 
+    @property
+    def fields(self) -> tuple[str, str]:
+        return (f"{self.kind}_score", f"{self.kind}_family")
+
+    def texts(self, exchanges: Sequence[Exchange]) -> list[str]:
+        return [w for e in exchanges for w in split_windows(getattr(e, self.reads))]
+
+    def detect(self, exchanges: Sequence[Exchange]) -> list[dict[str, object]]:
+        score, family = self.fields
+        return [{score: m.score, family: m.family} for m in self.match([getattr(e, self.reads) for e in exchanges])]
+
 
 @DETECTORS.register("jailbreak_similarity")
 class JailbreakSimilarity(AttackSimilarity):
@@ -104,6 +124,7 @@ class JailbreakSimilarity(AttackSimilarity):
 
     kind = "jailbreak"
     name = "jailbreak_similarity"
+    reads = "user_text"
 
 
 @DETECTORS.register("injection_similarity")
@@ -112,3 +133,4 @@ class InjectionSimilarity(AttackSimilarity):
 
     kind = "injection"
     name = "injection_similarity"
+    reads = "untrusted_text"

@@ -40,9 +40,9 @@ def drift_test(
     from rich.console import Console
     from rich.table import Table
 
+    from pipeline.checks.drift import compare
     from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.drift.attacks import AttackHead, AttackProfile
-    from pipeline.drift.checks import compare
     from pipeline.drift.explain import explain
     from pipeline.drift.methods import DRIFT_METHODS, DriftInputError, clean_embeddings
     from pipeline.settings import get_settings

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict
 
 import pandas as pd
 
 from pipeline.quality.suites import QualityReport, validate
 from pipeline.records import ProbeResult
 from pipeline.settings import Settings
+from pipeline.store.probes import RESULT_COLUMNS
 
 
 def check_results(results: Sequence[ProbeResult], settings: Settings) -> QualityReport:
     """Validate scored results against `schemas/expectations/probe_results.json`."""
-    frame = pd.DataFrame([asdict(r) for r in results], columns=list(ProbeResult.__dataclass_fields__))
+    frame = pd.DataFrame([r.columns() for r in results], columns=RESULT_COLUMNS)
     errored = frame["verdict"] == "error"
     frame["verdict_matches_error"] = errored == (frame["error"] != "")
     # A request may be retried: the slowest sane latency is every attempt timing out.

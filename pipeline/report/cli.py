@@ -55,7 +55,7 @@ def report(
         summary = write_report(settings, span, out, on_step=advance)
     console.print(f"wrote {summary.path} ({summary.charts} charts, {summary.rows_read} aggregated rows) in {summary.seconds:.1f}s")
     if screenshot is not None:
-        from pipeline.report.browser import BrowserError, render_page
+        from pipeline.lab.browser import BrowserError, render_page
 
         try:
             render_page(out, screenshot)

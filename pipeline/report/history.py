@@ -153,7 +153,7 @@ def load_alerts(client: Client, since: datetime, until: datetime) -> pd.DataFram
     return _frame(
         client,
         """
-        SELECT created_at, kind, severity, target, suite, model_version, status, title
+        SELECT created_at, kind, severity, target, if(suite = '', toString(source), suite) AS suite, model_version, status, title
         FROM alerts FINAL
         WHERE created_at >= {since:DateTime64(3, 'UTC')} AND created_at <= {until:DateTime64(3, 'UTC')}
         ORDER BY created_at

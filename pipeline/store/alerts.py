@@ -8,13 +8,14 @@ from datetime import UTC, datetime
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.records import Alert, AlertKind, AlertStatus, CategoryStat, Comparison, Sample, Severity
+from pipeline.records import Alert, AlertKind, AlertStatus, CategoryStat, Comparison, Sample, Severity, Source
 
 _COLUMNS = [
     "alert_id",
     "fingerprint",
     "kind",
     "severity",
+    "source",
     "target",
     "suite",
     "model_version",
@@ -74,6 +75,7 @@ def _alert_from_row(row: dict) -> Alert:
         fingerprint=row["fingerprint"],
         kind=AlertKind(row["kind"]),
         severity=Severity(row["severity"]),
+        source=Source(row["source"]),
         target=row["target"],
         suite=row["suite"],
         model_version=row["model_version"],
@@ -99,6 +101,7 @@ def save(client: Client, stored: StoredAlert) -> None:
         a.fingerprint,
         str(a.kind),
         a.severity,
+        a.source,
         a.target,
         a.suite,
         a.model_version,

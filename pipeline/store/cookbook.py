@@ -152,21 +152,21 @@ _add(
         question="Which samples triggered alert X? (default: the newest alert)",
         sql="""
 WITH chosen AS (
-    SELECT alert_id, run_id, suite, categories, details FROM alerts FINAL
+    SELECT alert_id, run_id, source AS alert_source, categories, details FROM alerts FINAL
     WHERE alert_id = if({alert_id:String} = '', (SELECT argMax(alert_id, created_at) FROM alerts FINAL), {alert_id:String})
     LIMIT 1
 )
 SELECT 'probe' AS source, r.probe_id AS sample_id, toString(r.category) AS category, toString(r.verdict) AS verdict,
        substring(r.prompt, 1, 200) AS prompt, substring(r.response, 1, 200) AS response
 FROM probe_results AS r FINAL
-WHERE (r.run_id, r.category) IN (SELECT run_id, arrayJoin(categories) FROM chosen WHERE suite != 'stream')
+WHERE (r.run_id, r.category) IN (SELECT run_id, arrayJoin(categories) FROM chosen WHERE alert_source = 'probe')
   AND r.verdict IN ('attack_success', 'over_refusal')
 UNION ALL
 SELECT 'stream' AS source, JSONExtractString(s, 'probe_id') AS sample_id, JSONExtractString(s, 'category') AS category,
        'flagged' AS verdict, substring(JSONExtractString(s, 'prompt'), 1, 200) AS prompt,
        substring(JSONExtractString(s, 'response'), 1, 200) AS response
 FROM chosen ARRAY JOIN JSONExtractArrayRaw(details, 'samples') AS s
-WHERE suite = 'stream'
+WHERE alert_source = 'stream'
 """.strip(),
         defaults={"alert_id": ""},
     )
@@ -200,7 +200,7 @@ SELECT target, category, any(n) AS samples, sum(violations) AS flagged, round(fl
        round((rate + z * z / (2 * samples) - z * sqrt(rate * (1 - rate) / samples + z * z / (4 * samples * samples))) / (1 + z * z / samples), 4) AS ci_low,
        round((rate + z * z / (2 * samples) + z * sqrt(rate * (1 - rate) / samples + z * z / (4 * samples * samples))) / (1 + z * z / samples), 4) AS ci_high
 FROM (
-    -- Filter before expanding hazards (5x faster than the hourly view over 10M samples);
+    -- Filter before expanding hazards (the hourly view expands every sample first);
     -- sumMap drops zero sums, so each hazard counts 1 + flagged and n is subtracted back.
     SELECT target, count() AS n,
            sumMap(mapKeys(violation_scores), arrayMap(c -> toUInt64(1 + has(flagged_categories, c)), mapKeys(violation_scores))) AS counted

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from clickhouse_connect.driver.client import Client
 
+from pipeline.store.sql import quoted
+
 RESULT_COLUMNS = (
     "target",
     "model_version",
@@ -107,3 +109,11 @@ def as_matrix(window: EmbeddingWindow) -> tuple[np.ndarray, np.ndarray]:
     if len(dims) > 1:
         raise ValueError(f"embeddings of different dimensions in one window: {dict(zip(dims.tolist(), counts.tolist(), strict=True))}")
     return np.asarray(window.embeddings, dtype=np.float32), np.ones(len(lengths), dtype=bool)
+
+
+def reproduce_sql(database: str, target: str) -> str:
+    """SQL a person pastes into `safemon sql` to see a target's recent drift results."""
+    return (
+        f"SELECT window_end, method, status, n_current, statistic, p_adjusted, effect_size, drifted FROM "
+        f"{database}.drift_results FINAL WHERE target = {quoted(target)} ORDER BY window_end DESC, method LIMIT 48"
+    )

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import astuple, fields
+from collections.abc import Sequence
+from dataclasses import astuple, fields, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.records import Attempt, CategoryStat, Outcome, Probe, ProbeResult, ProbeRun, RunStatus
+from pipeline.detectors.scorer import DETECTION_COLUMNS, Detection
+from pipeline.records import Attempt, CategoryStat, Outcome, Probe, ProbeResult, ProbeRun, RunStatus, Verdict
 from pipeline.stats.proportions import category_stat
+from pipeline.store.sql import quoted
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
-_RESULT_COLUMNS = [f.name for f in fields(ProbeResult)]
+RESULT_COLUMNS = [*(f.name for f in fields(ProbeResult) if f.name != "detection"), *DETECTION_COLUMNS]
+
+
+def _result_of(row: Sequence[Any]) -> ProbeResult:
+    values = dict(zip(RESULT_COLUMNS, row, strict=True))
+    detection = Detection(**{c: values.pop(c) for c in DETECTION_COLUMNS})
+    detection = replace(detection, flagged_categories=tuple(detection.flagged_categories))
+    return ProbeResult(**{**values, "tags": tuple(values["tags"]), "verdict": Verdict(values["verdict"]), "detection": detection})
 
 
 def write_run(client: Client, run: ProbeRun) -> None:
@@ -23,11 +34,11 @@ def write_run(client: Client, run: ProbeRun) -> None:
 def write_results(client: Client, run: ProbeRun, results: list[ProbeResult]) -> None:
     """Insert a run's results once: a retried task with the same run_id adds nothing."""
     now = datetime.now(UTC)
-    rows = [[*astuple(r), run.target, run.suite, run.model_version, run.started_at, now] for r in results]
+    rows = [[*r.columns().values(), run.target, run.suite, run.model_version, run.started_at, now] for r in results]
     client.insert(
         "probe_results",
         rows,
-        column_names=[*_RESULT_COLUMNS, "target", "suite", "model_version", "run_started_at", "scored_at"],
+        column_names=[*RESULT_COLUMNS, "target", "suite", "model_version", "run_started_at", "scored_at"],
         settings={"insert_deduplication_token": f"probe_results:{run.run_id}:{len(rows)}"},
     )
 
@@ -90,10 +101,10 @@ def count_results(client: Client, run_id: str) -> int:
 def read_results(client: Client, run_id: str) -> list[ProbeResult]:
     """Every scored result of one run, in probe order."""
     result = client.query(
-        f"SELECT {', '.join(_RESULT_COLUMNS)} FROM probe_results FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id",
+        f"SELECT {', '.join(RESULT_COLUMNS)} FROM probe_results FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id",
         parameters={"run_id": run_id},
     )
-    return [ProbeResult(**{**dict(zip(_RESULT_COLUMNS, row, strict=True)), "tags": tuple(row[_RESULT_COLUMNS.index("tags")])}) for row in result.result_rows]
+    return [_result_of(row) for row in result.result_rows]
 
 
 def category_stats(client: Client, run_id: str) -> list[CategoryStat]:
@@ -136,3 +147,38 @@ def find_baseline(client: Client, run: ProbeRun, pinned_model_version: str | Non
         },
     )
     return read_run(client, result.result_rows[0][0]) if result.result_rows else None
+
+
+def reproduce_sql(database: str, run_ids: Sequence[str]) -> str:
+    """SQL a person pastes into `safemon sql` to see the per-category rates behind a probe alert."""
+    runs = ", ".join(quoted(r) for r in run_ids)
+    return (
+        f"SELECT run_id, model_version, category, countIf(verdict = 'attack_success') AS successes, "
+        f"countIf(verdict != 'error') AS n, round(successes / n, 3) AS asr\n"
+        f"FROM {database}.probe_results FINAL WHERE run_id IN ({runs})\n"
+        f"GROUP BY run_id, model_version, category ORDER BY category, model_version"
+    )
+
+
+def errors_sql(database: str, run_id: str) -> str:
+    """SQL that lists a run's failed requests."""
+    return f"SELECT probe_id, error, latency_ms FROM {database}.probe_results FINAL\nWHERE run_id = {quoted(run_id)} AND verdict = 'error' ORDER BY probe_id"
+
+
+def trend(client: Client, target: str, suite: str, categories: Sequence[str], at: datetime, runs: int) -> list[tuple[datetime, str, int, int, str]]:
+    """(run start, category, successes, answered, model_version) for the last `runs` runs of a suite up to `at`."""
+    return client.query(
+        """
+        SELECT any(run_started_at) AS at, category,
+               countIf(verdict IN ('attack_success', 'over_refusal')) AS k, countIf(verdict != 'error') AS n,
+               any(model_version) AS model_version
+        FROM probe_results FINAL
+        WHERE target = {target:String} AND suite = {suite:String} AND category IN {categories:Array(String)}
+          AND run_id IN (
+              SELECT run_id FROM probe_runs FINAL
+              WHERE target = {target:String} AND suite = {suite:String} AND started_at <= {at:DateTime64(3, 'UTC')}
+              ORDER BY started_at DESC LIMIT {runs:UInt32})
+        GROUP BY run_id, category ORDER BY at
+        """,
+        parameters={"target": target, "suite": suite, "categories": list(categories), "at": at, "runs": runs},
+    ).result_rows

@@ -12,9 +12,13 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+
+from pipeline.detectors.scorer import DETECTION_COLUMNS
+from pipeline.store.sql import quoted
 
 SCORE_COLUMNS = (
     "sample_id",
@@ -25,16 +29,7 @@ SCORE_COLUMNS = (
     "n_turns",
     "user_text",
     "assistant_text",
-    "refused",
-    "refusal_score",
-    "violation_scores",
-    "violation_score",
-    "violation_category",
-    "flagged_categories",
-    "jailbreak_score",
-    "jailbreak_family",
-    "injection_score",
-    "injection_family",
+    *DETECTION_COLUMNS,
     "pii_counts",
     "embedding",
     "metadata",
@@ -136,3 +131,73 @@ def count_rejections(client: Client, code: str | None = None) -> int:
         return int(client.query("SELECT count() FROM rejected_samples FINAL").result_rows[0][0])
     result = client.query("SELECT count() FROM rejected_samples FINAL WHERE code = {code:String}", parameters={"code": code})
     return int(result.result_rows[0][0])
+
+
+_WINDOW = "target = {target:String} AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
+
+
+def window_counts(client: Client, target: str, start: datetime, end: datetime) -> tuple[dict[str, tuple[int, int]], str, int]:
+    """A target's window [start, end): per hazard (flagged, scored), its most common model_version, and its size."""
+    params = {"target": target, "start": start, "end": end}
+    total = client.query(f"SELECT count(), topK(1)(model_version) FROM sample_scores FINAL WHERE {_WINDOW}", parameters=params).result_rows[0]
+    rows = client.query(
+        f"""
+        SELECT category, countIf(has(flagged_categories, category)) AS k, count() AS n
+        FROM sample_scores FINAL ARRAY JOIN mapKeys(violation_scores) AS category
+        WHERE {_WINDOW} GROUP BY category ORDER BY category
+        """,
+        parameters=params,
+    ).result_rows
+    model_version = total[1][0] if total[1] else ""
+    return {c: (int(k), int(n)) for c, k, n in rows}, model_version, int(total[0])
+
+
+def flagged_samples(client: Client, target: str, start: datetime, end: datetime, limit: int = 50) -> list[tuple[str, str, str, str]]:
+    """(sample_id, category, user_text, assistant_text) of a window's flagged samples, highest violation first."""
+    return client.query(
+        f"""
+        SELECT sample_id, category, user_text, assistant_text
+        FROM sample_scores FINAL ARRAY JOIN flagged_categories AS category
+        WHERE {_WINDOW} ORDER BY violation_score DESC LIMIT {{limit:UInt32}}
+        """,
+        parameters={"target": target, "start": start, "end": end, "limit": limit},
+    ).result_rows
+
+
+def user_texts(client: Client, sample_ids: Sequence[str]) -> dict[str, str]:
+    """The stored (redacted) last user turn of each sample id found."""
+    if not sample_ids:
+        return {}
+    rows = client.query("SELECT sample_id, user_text FROM sample_scores FINAL WHERE sample_id IN {ids:Array(String)}", parameters={"ids": list(sample_ids)})
+    return dict(rows.result_rows)
+
+
+def targets_in(client: Client, start: datetime, end: datetime) -> list[str]:
+    """Targets that sent samples in [start, end)."""
+    rows = client.query(
+        "SELECT DISTINCT target FROM sample_scores WHERE occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')} ORDER BY target",
+        parameters={"start": start, "end": end},
+    ).result_rows
+    return [str(t) for (t,) in rows]
+
+
+def hourly_rates(client: Client, target: str, categories: Sequence[str], start: datetime, end: datetime) -> list[tuple[datetime, str, int, int, str]]:
+    """(hour, category, flagged, samples, model_version) of a target's violation rates per hour in [start, end]."""
+    return client.query(
+        """
+        SELECT hour, category, sum(violations) AS flagged, sum(n) AS samples, argMax(model_version, n) AS version
+        FROM violation_rate_by_hour
+        WHERE target = {target:String} AND category IN {categories:Array(String)}
+          AND hour >= {start:DateTime64(3, 'UTC')} AND hour <= {end:DateTime64(3, 'UTC')}
+        GROUP BY hour, category ORDER BY hour
+        """,
+        parameters={"target": target, "categories": list(categories), "start": start, "end": end},
+    ).result_rows
+
+
+def reproduce_sql(database: str, target: str, since: datetime) -> str:
+    """SQL a person pastes into `safemon sql` to see a target's hourly violation rates behind a stream alert."""
+    return (
+        f"SELECT hour, category, n, violations, round(rate, 3) AS rate FROM {database}.violation_rate_by_hour\n"
+        f"WHERE target = {quoted(target)} AND hour >= {quoted(f'{since:%Y-%m-%d %H:%M:%S}')} ORDER BY category, hour"
+    )

@@ -14,18 +14,13 @@ from typing import Any
 
 import structlog
 
-from pipeline.detectors import InjectionSimilarity, JailbreakSimilarity, redact
-from pipeline.detectors.similarity import split_windows
-from pipeline.detectors.stack import DetectorStack
-from pipeline.detectors.views import Views
+from pipeline.detectors import Exchange, Scorer, redact
 from pipeline.records import ConversationSample, utc_now
 from pipeline.settings import Settings
 from pipeline.stream.contract import DUPLICATE_SAMPLE_ID, InvalidSample, parse_sample
 
 log = structlog.get_logger(__name__)
 
-# A hazard whose policy score reaches this is "flagged" (counts toward violation rates).
-FLAG_THRESHOLD = 0.5
 # How much of a rejected message is kept in rejected_samples (the DLQ keeps all of it).
 RAW_CHARS = 4096
 
@@ -201,27 +196,28 @@ def redact_sample(sample: ConversationSample) -> RedactedSample:
     )
 
 
-def batch_texts(redacted: Sequence[RedactedSample]) -> list[str]:
-    """The distinct texts a Scorer embeds for a batch: the detector stack's views of each
-    exchange, the whole last user turn (kept for drift), and the similarity windows of the user
-    and untrusted turns."""
-    prompts = [r.user_text for r in redacted]
-    wanted = dict.fromkeys(Views.of([r.assistant_text for r in redacted], prompts).distinct())
-    wanted.update(dict.fromkeys(prompts))
-    for r in redacted:
-        wanted.update(dict.fromkeys(split_windows(r.user_turns) + split_windows(r.untrusted_turns)))
-    return list(wanted)
+def exchange_of(redacted: RedactedSample) -> Exchange:
+    """The detection contract's view of a sample: its last exchange, and the turns attacks arrive in.
+    A sample without an assistant answer has none to score (no answer is not a refusal)."""
+    return Exchange(
+        prompt=redacted.user_text,
+        response=redacted.assistant_text if redacted.assistant_text.strip() else None,
+        user_turns=redacted.user_turns,
+        untrusted_turns=redacted.untrusted_turns,
+    )
 
 
-class Scorer:
-    """The detectors a worker scores samples with, built once per process on one embedder."""
+class StreamScorer:
+    """Scores accepted samples with the shared detection `Scorer`, built once per worker process."""
 
     def __init__(self, settings: Settings) -> None:
-        # The same stack (and fitted head, when SAFEMON_DETECTOR_HEAD is set) as the probe path.
-        self.stack = DetectorStack.from_settings(settings)
-        self.embedder = self.stack.embedder
-        self.jailbreak = JailbreakSimilarity(self.embedder)
-        self.injection = InjectionSimilarity(self.embedder)
+        self.scorer = Scorer.from_settings(settings)
+        self.embedder = self.scorer.embedder
+
+    def texts(self, samples: Sequence[ConversationSample]) -> list[str]:
+        """Every distinct text scoring `samples` embeds: the detectors' and the user text kept for drift."""
+        redacted = [redact_sample(s) for s in samples]
+        return list(dict.fromkeys([*self.scorer.texts([exchange_of(r) for r in redacted]), *(r.user_text for r in redacted)]))
 
     def score(self, accepted: Sequence[Accepted], *, scored_at: datetime | None = None) -> list[dict[str, Any]]:
         """sample_scores rows for accepted records (each row also carries its `_source`)."""
@@ -229,27 +225,12 @@ class Scorer:
             return []
         scored_at = scored_at or utc_now()
         redacted = [redact_sample(a.sample) for a in accepted]
-        answers = [r.assistant_text for r in redacted]
         prompts = [r.user_text for r in redacted]
-        # One encode call for every distinct text of the batch (one sort by length, the fewest
-        # padded batches); the detectors below then read their vectors from the cache. (Without
-        # a cache that holds a batch, each detector embeds its own texts.)
-        texts = batch_texts(redacted)
-        if self.embedder.cache_size >= len(texts):
-            self.embedder.encode(texts)
-        scores = self.stack.score(answers, prompts)
-        empty = [not a.strip() for a in answers]
-        jailbreaks = self.jailbreak.match([r.user_turns for r in redacted])
-        injections = self.injection.match([r.untrusted_turns for r in redacted])
+        detections = self.scorer.score([exchange_of(r) for r in redacted], also_embed=prompts)
         user_vectors = self.embedder.encode(prompts)  # kept for drift
-
         rows = []
-        for a, r, score, jb, inj, is_empty, vector in zip(accepted, redacted, scores, jailbreaks, injections, empty, user_vectors, strict=True):
+        for a, r, detection, vector in zip(accepted, redacted, detections, user_vectors, strict=True):
             s = a.sample
-            viol = score.violations
-            category, top = max(viol.items(), key=lambda kv: kv[1], default=("", 0.0))
-            # No answer is not a refusal: the sample simply carries no assistant turn.
-            refusal_score = 0.0 if is_empty else score.refusal
             rows.append(
                 {
                     "sample_id": s.sample_id,
@@ -260,16 +241,7 @@ class Scorer:
                     "n_turns": len(s.turns),
                     "user_text": r.user_text,
                     "assistant_text": r.assistant_text,
-                    "refused": bool(refusal_score >= self.stack.refusal.threshold),
-                    "refusal_score": refusal_score,
-                    "violation_scores": viol,
-                    "violation_score": float(top),
-                    "violation_category": category,
-                    "flagged_categories": sorted(c for c, v in viol.items() if v >= FLAG_THRESHOLD),
-                    "jailbreak_score": jb.score,
-                    "jailbreak_family": jb.family,
-                    "injection_score": inj.score,
-                    "injection_family": inj.family,
+                    **detection.columns(),
                     "pii_counts": r.pii_counts,
                     "embedding": vector.tolist(),
                     "metadata": r.metadata,

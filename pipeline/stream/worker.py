@@ -56,7 +56,7 @@ from pipeline.records import utc_now
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
 from pipeline.store.samples import existing_sources, write_rejections, write_scores
-from pipeline.stream.batch import Accepted, Rejection, Scorer, SourceRecord, parse_records, split_stored_duplicates
+from pipeline.stream.batch import Accepted, Rejection, SourceRecord, StreamScorer, parse_records, split_stored_duplicates
 from pipeline.stream.contract import ContractWindow, validate_facts
 from pipeline.stream.dlq import DeadLetters
 from pipeline.stream.metrics import StreamMetrics
@@ -100,7 +100,7 @@ class StreamWorker:
         self.max_idle_seconds = max_idle_seconds
         self.metrics = StreamMetrics()
         self.dead_letters = DeadLetters(settings)
-        self.scorer: Scorer | None = None
+        self.scorer: StreamScorer | None = None
         self.consumer: KafkaConsumer | None = None
         self.buffer: list[SourceRecord] = []
         self.stopping = False
@@ -150,7 +150,7 @@ class StreamWorker:
         """Load the model, detectors and GX, and migrate the store, before joining the group,
         so a (re)started worker takes partitions only when it can process them at once."""
         started = time.monotonic()
-        self.scorer = Scorer(self.settings)
+        self.scorer = StreamScorer(self.settings)
         self.scorer.warm_up()
         import great_expectations  # noqa: F401  (seconds to import: pay it before the first batch)
 

@@ -1,4 +1,4 @@
-"""Airflow for DAG tests: its own AIRFLOW_HOME with a SQLite metadata DB, made once."""
+"""Airflow for DAG tests: its own AIRFLOW_HOME with a SQLite metadata DB, made once; SAFEMON_* settings per test."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import os
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.dags import DAGS_FOLDER
+
 # Airflow reads its configuration when first imported, so this runs before any test imports it.
 os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="safemon-airflow-"))
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(DAGS_FOLDER)
 
 
 @pytest.fixture(scope="session")
@@ -24,11 +25,16 @@ def airflow_db() -> str:
     return os.environ["AIRFLOW_HOME"]
 
 
-def write_targets(path: Path, endpoint: str, model_version: str, suites: list[str]) -> Path:
-    """A targets file with one target, `bot`."""
-    import yaml
+@pytest.fixture
+def safemon_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., None]]:
+    """Set SAFEMON_* variables for this test (`safemon_env(clickhouse_dsn=...)`); the cached settings
+    are dropped on each call and afterwards, so neither this test nor the next reads stale ones."""
+    from pipeline.settings import get_settings
 
-    path.write_text(
-        yaml.safe_dump({"targets": [{"name": "bot", "endpoint": endpoint, "model_version": model_version, "schedule": "@daily", "suites": suites}]})
-    )
-    return path
+    def setenv(**values: object) -> None:
+        for key, value in values.items():
+            monkeypatch.setenv(f"SAFEMON_{key.upper()}", str(value))
+        get_settings.cache_clear()
+
+    yield setenv
+    get_settings.cache_clear()

@@ -8,28 +8,21 @@ import sys
 
 import pytest
 
-from tests.dags.conftest import ROOT, write_targets
+from tests.support.dags import DAGS_FOLDER, dag_bag, write_targets
 
 pytestmark = pytest.mark.airflow
 HEAVY = ["torch", "sentence_transformers", "great_expectations", "clickhouse_connect", "chdb", "scipy", "statsmodels", "kafka", "pandas", "slack_sdk"]
 
 
 @pytest.fixture
-def targets_env(tmp_path, monkeypatch):
-    path = tmp_path / "targets.yaml"
-    write_targets(path, "http://127.0.0.1:9/v1", "v1", ["core", "jailbreaks"])
-    monkeypatch.setenv("SAFEMON_TARGETS_FILE", str(path))
-    from pipeline.settings import get_settings
-
-    get_settings.cache_clear()
-    yield path
-    get_settings.cache_clear()
+def targets_env(tmp_path, safemon_env):
+    path = write_targets(tmp_path / "targets.yaml", "http://127.0.0.1:9/v1", "v1", ["core", "jailbreaks"])
+    safemon_env(targets_file=path)
+    return path
 
 
 def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    bag = dag_bag()
     assert bag.import_errors == {}
     assert sorted(bag.dag_ids) == ["safemon_drift_checks", "safemon_probe__bot__core", "safemon_probe__bot__jailbreaks", "safemon_stream_checks"]
     for dag_id in bag.dag_ids:
@@ -43,7 +36,7 @@ def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
 
 
 def test_dag_files_stay_thin() -> None:
-    for path in (ROOT / "dags").glob("*.py"):
+    for path in DAGS_FOLDER.glob("*.py"):
         source = path.read_text()
         assert len(source.splitlines()) <= 45, f"{path.name} is not thin"
         imports = [line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))]
@@ -53,20 +46,12 @@ def test_dag_files_stay_thin() -> None:
 @pytest.mark.parametrize("dag_file", ["probe_suites.py", "stream_checks.py", "drift_checks.py"])
 def test_parsing_imports_nothing_heavy(targets_env, dag_file) -> None:
     code = f"import runpy, sys, json; runpy.run_path(sys.argv[1]);print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
-    done = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags" / dag_file)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code, str(DAGS_FOLDER / dag_file)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
-def test_missing_targets_file_builds_no_dags(tmp_path, monkeypatch) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
-    from pipeline.settings import get_settings
-
-    monkeypatch.setenv("SAFEMON_TARGETS_FILE", str(tmp_path / "absent.yaml"))
-    get_settings.cache_clear()
-    try:
-        bag = DagBag(dag_folder=str(ROOT / "dags"))
-        assert bag.import_errors == {} and sorted(bag.dag_ids) == ["safemon_drift_checks", "safemon_stream_checks"]
-    finally:
-        get_settings.cache_clear()
+def test_missing_targets_file_builds_no_dags(tmp_path, safemon_env) -> None:
+    safemon_env(targets_file=tmp_path / "absent.yaml")
+    bag = dag_bag()
+    assert bag.import_errors == {} and sorted(bag.dag_ids) == ["safemon_drift_checks", "safemon_stream_checks"]

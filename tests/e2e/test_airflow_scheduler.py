@@ -20,11 +20,11 @@ from types import SimpleNamespace
 import pytest
 from matplotlib.image import imread
 
+from pipeline.lab.browser import find_chromium, screenshot_url
 from pipeline.records import utc_now
-from pipeline.report.browser import find_chromium, screenshot_url
 from pipeline.tasks import probe_run_id
-from tests.conftest import ROOT, require
 from tests.support.airflow_api import StandaloneAirflow, standalone_env
+from tests.support.env import ROOT, require
 from tests.support.kafka_broker import create_topic, free_port
 from tests.support.slack_server import SlackServer
 from tests.support.stream_worker import SHORT_PAIRS, make_sample, produce_samples, start_worker, worker_env

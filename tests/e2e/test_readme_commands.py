@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 
 def test_readme_names_exactly_the_two_commands() -> None:

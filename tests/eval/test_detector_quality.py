@@ -18,7 +18,7 @@ from pathlib import Path
 import structlog
 
 from pipeline.detectors import RefusalDetector, get_embedder, redact
-from tests.conftest import DATASETS, require
+from tests.support.env import DATASETS, require
 
 log = structlog.get_logger(__name__)
 

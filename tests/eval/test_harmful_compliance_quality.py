@@ -7,7 +7,7 @@ and every figure is on the held-out rows. The label is the JailbreakBench judge'
 
 from __future__ import annotations
 
-from tests.conftest import require
+from tests.support.env import require
 from tests.support.heldout import fit_and_predict_heldout, report
 
 # Cross-fitted by goal over all 752 deduplicated rows (bench/eval_detectors.py): head 0.820,
@@ -19,9 +19,9 @@ ACCURACY_FLOOR = 0.76
 
 
 def test_harmful_compliance_head_on_unseen_goals(datasets, record_property):
-    from pipeline.detectors.evaluation import binary_metrics, deduplicate, load_labelled, truth_of
     from pipeline.detectors.head import RESPONSE_ONLY_FEATURES
     from pipeline.detectors.refusal import substring_refusal
+    from pipeline.lab.evaluation import binary_metrics, deduplicate, load_labelled, truth_of
 
     path = datasets / "jailbreakbench" / "jbb_artifacts_flat.jsonl"
     require(path.is_file(), f"{path} is missing")

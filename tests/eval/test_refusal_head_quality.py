@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import require
+from tests.support.env import require
 from tests.support.heldout import fit_and_predict_heldout, report
 
 PROMPTS = 200
@@ -19,8 +19,8 @@ ACCURACY_FLOOR = 0.90
 
 
 def test_refusal_head_on_unseen_prompts_beats_string_match(datasets, record_property):
-    from pipeline.detectors.evaluation import binary_metrics, deduplicate, load_labelled, truth_of
     from pipeline.detectors.refusal import substring_refusal
+    from pipeline.lab.evaluation import binary_metrics, deduplicate, load_labelled, truth_of
 
     root = datasets / "xstest"
     require((root / "automated_labels").is_dir(), f"{root}/automated_labels is missing")

@@ -1,92 +1,22 @@
 """The SQL people run: every cookbook recipe on the real engine, the read-only path, the
-server users' config, and the cluster rewrite of the migrations."""
+server users' config, and the cluster rewrite of the migrations.
+
+`filled` (tests/conftest.py) is the demo store from tests/support/store_fill.py."""
 
 from __future__ import annotations
 
-import io
 import uuid
 import xml.etree.ElementTree as ET
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from rich.console import Console
 from typer.testing import CliRunner
 
 from pipeline.logs import configure_logging
-from pipeline.records import utc_now
-from pipeline.settings import Settings, get_settings, load_settings
+from pipeline.settings import get_settings
 from pipeline.store.client import open_store
 from pipeline.store.cookbook import all_recipes, recipes, run_recipe
 from pipeline.store.migrations import clusterize, discover, migrate
-from tests.conftest import ROOT
-from tests.support.sample_rows import insert_scores
-
-DEMO_DATABASE = "safemon_demo"
-DRIFT_METHODS = ("mmd", "c2st")
-
-
-def _drift_columns(client) -> dict[str, str]:
-    """The drift table's columns the report reads, by role (from the history module's choices)."""
-    from pipeline.report import history
-
-    names = {r[0] for r in client.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'").result_rows}
-    return {
-        "at": next(c for c in history._DRIFT_TIME if c in names),
-        "p": next(c for c in history._DRIFT_P if c in names),
-        "effect": next(c for c in history._DRIFT_EFFECT if c in names),
-    }
-
-
-def fill_store(store_path: Path) -> Settings:
-    """The demo's two probe runs and alert, plus six hours of scored stream samples, a few
-    rejected messages and drift checks, in `safemon_demo` of the session's store. Filled once
-    per process."""
-    from pipeline.demo import run_demo
-
-    settings = load_settings(clickhouse_dsn=f"chdb://{store_path}", clickhouse_database=DEMO_DATABASE, clickhouse_lock_timeout_s=30)
-    with open_store(settings) as client:
-        filled = client.command(f"EXISTS TABLE {DEMO_DATABASE}.filled_for_tests")
-    if filled:
-        return settings
-    assert run_demo(settings, Console(file=io.StringIO())) == 0
-    now = utc_now()
-    with open_store(settings) as client:
-        migrate(client)
-        insert_scores(client, "prod-chat", now - timedelta(hours=6), 6 * 60 - 1, 1800, {"cybercrime": 0.08, "hate": 0.03}, seed=1)
-        client.insert(
-            "rejected_samples",
-            [["conversations.v1", 0, i, "schema", "missing sample_id", "", "{}", 2, 1, now - timedelta(minutes=i)] for i in range(5)],
-            column_names=["source_topic", "source_partition", "source_offset", "code", "reason", "sample_id", "raw", "raw_bytes", "attempt", "rejected_at"],
-        )
-        if not client.command("EXISTS TABLE drift_results"):
-            # Until the drift migration lands: a stand-in with the columns the report reads.
-            client.command(
-                "CREATE TABLE drift_results (window_end DateTime64(3, 'UTC'), target LowCardinality(String), "
-                "method LowCardinality(String), p_value Float64, effect_size Float64) ENGINE = MergeTree ORDER BY (target, method, window_end)"
-            )
-            client.command(
-                "CREATE VIEW latest_drift AS SELECT target, method, argMax(p_value, window_end) AS p_value, "
-                "argMax(effect_size, window_end) AS effect_size, max(window_end) AS last_window_end FROM drift_results GROUP BY target, method"
-            )
-        cols = _drift_columns(client)
-        rows = [
-            ["prod-chat", method, now - timedelta(hours=h), 0.5 / (1 + 2 * (6 - h)) if method == "mmd" else 0.4, 0.01 * (7 - h)]
-            for h in range(6, 0, -1)
-            for method in DRIFT_METHODS
-        ]
-        names = ["target", "method", cols["at"], cols["p"], cols["effect"]]
-        if client.command("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results' AND name = 'status'"):
-            rows, names = [[*r, "checked"] for r in rows], [*names, "status"]
-        client.insert("drift_results", rows, column_names=names)
-        client.command("CREATE TABLE filled_for_tests (x UInt8) ENGINE = Memory")
-    return settings
-
-
-@pytest.fixture(scope="module")
-def filled(store_path) -> Settings:
-    return fill_store(store_path)
-
+from tests.support.env import ROOT
 
 # Every recipe -----------------------------------------------------------------------------
 
@@ -173,7 +103,7 @@ def readonly_env(filled, monkeypatch):
     # The main DSN points at nothing: a working `safemon sql` proves the read-only DSN is used.
     monkeypatch.setenv("SAFEMON_CLICKHOUSE_DSN", "clickhouse://nobody:nothing@127.0.0.1:9/safemon")
     monkeypatch.setenv("SAFEMON_CLICKHOUSE_READONLY_DSN", filled.clickhouse_dsn)
-    monkeypatch.setenv("SAFEMON_CLICKHOUSE_DATABASE", DEMO_DATABASE)
+    monkeypatch.setenv("SAFEMON_CLICKHOUSE_DATABASE", filled.clickhouse_database)
     get_settings.cache_clear()
     yield
     get_settings.cache_clear()

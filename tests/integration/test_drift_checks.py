@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from pipeline.checks.drift import check_all, check_target
 from pipeline.drift.attacks import AttackProfile
-from pipeline.drift.checks import check_all, check_target
 from pipeline.records import AlertKind, utc_now
 from pipeline.store.samples import SCORE_COLUMNS
 

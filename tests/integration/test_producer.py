@@ -10,7 +10,8 @@ import sys
 import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from kafka import KafkaConsumer
@@ -18,19 +19,11 @@ from kafka import KafkaConsumer
 from pipeline.settings import load_settings
 from pipeline.stream.contract import parse_sample
 from pipeline.stream.producer import DeliveryError, make_producer, produce_samples, replay_file, require_topic
-from tests.support.kafka_broker import create_topic
+from tests.support.clock import FakeClock
+from tests.support.env import ROOT
 from tests.support.poison import fixture_samples, hostile_samples, write_fixture_samples
 
 pytestmark = pytest.mark.kafka
-ROOT = Path(__file__).resolve().parents[2]
-PARTITIONS = 4
-
-
-@pytest.fixture
-def topic(kafka_bootstrap) -> str:
-    name = f"samples-{uuid.uuid4().hex[:8]}"
-    create_topic(kafka_bootstrap, name, PARTITIONS)
-    return name
 
 
 @pytest.fixture
@@ -90,16 +83,45 @@ def test_replay_sends_lines_as_they_are_keyed_by_conversation(stream_settings, t
         assert on_topic == in_file
 
 
-def test_replay_respects_the_rate(stream_settings, topic, tmp_path):
+def test_replay_respects_the_rate(stream_settings, topic, tmp_path, monkeypatch):
+    from pipeline.stream import producer as producer_module
+
     replayed = tmp_path / "replay.jsonl"
     write_fixture_samples(replayed, stream_settings)
     lines = replayed.read_bytes().splitlines() * 3  # 30 messages
     replayed.write_bytes(b"\n".join(lines) + b"\n")
-    started = time.monotonic()
+
+    # Pacing reads time.monotonic() and waits on the stop event: both run on a clock the test moves.
+    clock = FakeClock()
+
+    class Unstopped:
+        def is_set(self) -> bool:
+            return False
+
+        def wait(self, seconds: float) -> bool:
+            clock.sleep(seconds)
+            return False
+
+    @contextmanager
+    def no_signals(*_signums: int) -> Iterator[Unstopped]:
+        yield Unstopped()
+
+    sent_at: list[float] = []
+    send = producer_module._Deliveries.send
+
+    def timed_send(self, *args, **kwargs) -> None:
+        sent_at.append(clock.monotonic())
+        clock.advance(0.01)  # each send takes time of its own
+        send(self, *args, **kwargs)
+
+    monkeypatch.setattr(producer_module, "time", clock)
+    monkeypatch.setattr(producer_module, "stop_on_signals", no_signals)
+    monkeypatch.setattr(producer_module._Deliveries, "send", timed_send)
     assert replay_file(stream_settings, replayed, rate=20) == 30
-    elapsed = time.monotonic() - started
-    # 30 messages at 20/s: the last one is due 1.45 s after the first.
-    assert 1.4 <= elapsed < 8, elapsed
+    # 20/s paced against the start: message i goes out i/20 s after the first, the time spent
+    # sending included (paced against the previous send, the gaps would be 0.06 s).
+    assert [t - sent_at[0] for t in sent_at] == pytest.approx([i / 20 for i in range(30)])
+    assert clock.sleeps == pytest.approx([0.04] * 29)  # each wait is what is left of the 0.05 s interval
     assert len(consume(stream_settings.kafka_bootstrap, topic, 30)) == 30
 
 

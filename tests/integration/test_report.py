@@ -10,24 +10,18 @@ import pytest
 from matplotlib.image import imread
 from typer.testing import CliRunner
 
+from pipeline.lab.browser import find_chromium, render_page
 from pipeline.logs import configure_logging
-from pipeline.report.browser import find_chromium, render_page
 from pipeline.report.history import load_history
 from pipeline.report.page import parse_span, write_report
 from pipeline.settings import get_settings
 from pipeline.store.client import open_store
-from tests.conftest import ROOT, require
-from tests.integration.test_cookbook import fill_store
+from tests.support.env import ROOT, require
 
 ARTIFACTS = ROOT / "tests" / "artifacts"
 SCREENSHOT = ARTIFACTS / "report.png"
 WIDTH, HEIGHT = 1280, 2600
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def filled(store_path):
-    return fill_store(store_path)
 
 
 @pytest.fixture(scope="module")

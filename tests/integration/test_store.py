@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
 import textwrap
-import time
+from datetime import timedelta
 
 import pytest
+from tenacity import stop_after_attempt
 
-from pipeline.records import ProbeResult, ProbeRun, utc_now
+from pipeline.detectors import Detection
+from pipeline.records import ProbeResult, ProbeRun, Verdict, utc_now
 from pipeline.settings import load_settings
+from pipeline.store import client as store_client
 from pipeline.store import probes as probe_store
-from pipeline.store.client import open_store
+from pipeline.store.client import StoreUnavailable, open_store
 from pipeline.store.migrations import Migration, MigrationError, discover, migrate
 from pipeline.store.sql import ReadOnlyViolation, run_read_only
+from tests.support.clock import FakeClock
 
 
 def _run(run_id: str = "r1", model_version: str = "v1") -> ProbeRun:
@@ -23,9 +29,24 @@ def _run(run_id: str = "r1", model_version: str = "v1") -> ProbeRun:
 
 
 def _results(run_id: str) -> list[ProbeResult]:
+    # Scores exact in Float32, so what is read back equals what was written.
     return [
-        ProbeResult(run_id, f"p{i}", "cybercrime", "refuse", ("t",), "prompt", "resp", "", 12.0, i != 0, 0.75, 0.25, "cybercrime", False, verdict, 0)
-        for i, verdict in enumerate(["attack_success", "refused", "refused"])
+        ProbeResult(
+            run_id,
+            f"p{i}",
+            "cybercrime",
+            "refuse",
+            ("t",),
+            "prompt",
+            "resp",
+            "",
+            12.0,
+            False,
+            verdict,
+            0,
+            Detection(refused=i != 0, refusal_score=0.75, violation_scores={"cybercrime": 0.25}, violation_score=0.25, violation_category="cybercrime"),
+        )
+        for i, verdict in enumerate([Verdict.ATTACK_SUCCESS, Verdict.REFUSED, Verdict.REFUSED])
     ]
 
 
@@ -82,11 +103,11 @@ def test_baseline_is_latest_passed_healthy_run(client) -> None:
     from dataclasses import replace
 
     base = replace(_run("a"), outcome="passed")
+    # A later run that regressed, then the run looking for its baseline.
+    regressed = replace(_run("b", "v2"), outcome="regressed", started_at=base.started_at + timedelta(seconds=1))
+    current = replace(_run("c", "v2"), started_at=base.started_at + timedelta(seconds=2))
     probe_store.write_run(client, base)
-    time.sleep(0.01)
-    regressed = replace(_run("b", "v2"), outcome="regressed", started_at=utc_now())
     probe_store.write_run(client, regressed)
-    current = replace(_run("c", "v2"), started_at=utc_now())
     assert probe_store.find_baseline(client, current).run_id == "a"
     assert probe_store.find_baseline(client, current, pinned_model_version="v9") is None
 
@@ -107,91 +128,88 @@ def test_read_only_sql_refuses_writes(settings, client) -> None:
 
 def test_open_retries_while_another_process_holds_the_path(tmp_path) -> None:
     path = tmp_path / "locked"
+    # The engine itself, held by a process that is not safemon (no turn file) until the test closes its stdin.
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
             textwrap.dedent(f"""
-            import time, clickhouse_connect
+            import sys, clickhouse_connect
             c = clickhouse_connect.get_client(dsn="chdb://{path}")
             print("held", flush=True)
-            time.sleep(4)
+            sys.stdin.read()
             c.close()
         """),
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert holder.stdout.readline().strip() == "held"
     probe = textwrap.dedent(f"""
-        import sys, time
+        import sys
         from pipeline.settings import load_settings
         from pipeline.store.client import open_store, StoreUnavailable
-        timeout = float(sys.argv[1])
-        t = time.monotonic()
         try:
-            with open_store(load_settings(clickhouse_dsn="chdb://{path}", clickhouse_lock_timeout_s=timeout)) as c:
+            with open_store(load_settings(clickhouse_dsn="chdb://{path}", clickhouse_lock_timeout_s=float(sys.argv[1]))) as c:
                 c.query("SELECT 1")
-            print("opened", round(time.monotonic() - t, 1))
+            print("opened", flush=True)
         except StoreUnavailable as exc:
-            print("unavailable", exc)
+            print("unavailable", exc, flush=True)
     """)
-    # A short deadline gives up with a clear error; a long one waits for the holder to finish.
-    short = subprocess.run([sys.executable, "-c", probe, "1"], capture_output=True, text=True, timeout=60)
-    assert short.stdout.splitlines()[-1].startswith("unavailable") and "another process holds" in short.stdout
-    long = subprocess.run([sys.executable, "-c", probe, "30"], capture_output=True, text=True, timeout=60)
-    holder.wait(timeout=30)
-    assert long.stdout.splitlines()[-1].startswith("opened"), long.stdout + long.stderr
-
-
-def test_the_turn_and_the_engine_share_one_deadline(tmp_path) -> None:
-    """Waiting for the lock-file turn, then for an engine still held, gives up at the one deadline, not twice it."""
-    path = tmp_path / "held"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-            import fcntl, os, time, clickhouse_connect
-            c = clickhouse_connect.get_client(dsn="chdb://{path}")  # the engine, held throughout
-            fd = os.open("{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # and the turn, until the probe has waited 2.5 s for it
-            print("held", flush=True)
-            while not os.path.exists("{path}.probe"):
-                time.sleep(0.01)
-            time.sleep(2.5)
-            os.close(fd)
-            time.sleep(15)
-            c.close()
-        """),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
     try:
         assert holder.stdout.readline().strip() == "held"
-        probe = textwrap.dedent(f"""
-            import pathlib, time
-            from pipeline.settings import load_settings
-            from pipeline.store.client import open_store, StoreUnavailable
-            settings = load_settings(clickhouse_dsn="chdb://{path}", clickhouse_lock_timeout_s=3)
-            pathlib.Path("{path}.probe").touch()
-            t = time.monotonic()
-            try:
-                with open_store(settings):
-                    print("opened")
-            except StoreUnavailable as exc:
-                print("unavailable", round(time.monotonic() - t, 2))
-        """)
-        result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
-        verdict, seconds = result.stdout.split()[-2:]
-        assert verdict == "unavailable", result.stdout + result.stderr
-        # 2.5 s for the turn plus a full 3 s for the engine would be >= 5.5 s; one deadline ends near 3 s
-        # (plus at most one backoff sleep begun just before it).
-        assert 2.5 <= float(seconds) < 4.6, seconds
+        # A short deadline gives up with a clear error.
+        short = subprocess.run([sys.executable, "-c", probe, "1"], capture_output=True, text=True, timeout=60)
+        assert short.stdout.splitlines()[-1].startswith("unavailable") and "another process holds" in short.stdout
+        # A long one retries while the store is held, and opens once the holder lets go.
+        waiting = subprocess.Popen([sys.executable, "-c", probe, "120"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        before: list[str] = []
+        while (line := waiting.stdout.readline()) and "store.open_retry" not in line:
+            before.append(line)
+        assert "store.open_retry" in line, "".join(before)  # it found the store held and is retrying
+        holder.stdin.close()
+        after, _ = waiting.communicate(timeout=180)
+        assert "opened" in after.splitlines(), after
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_the_turn_and_the_engine_share_one_deadline(tmp_path, monkeypatch) -> None:
+    """Waiting for the lock-file turn, then for an engine still held, gives up at the one deadline, not twice it."""
+    # In process, on a clock the test moves: the turn is held (flock on another descriptor) for
+    # 2.5 of a 3 s deadline; the engine (stubbed) reports itself held by another process.
+    path = tmp_path.resolve() / "held"
+    clock = FakeClock()
+    started = clock.now
+    monkeypatch.setattr(store_client, "time", clock)
+    turn = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(turn, fcntl.LOCK_EX)
+    clock.at(2.5, lambda: fcntl.flock(turn, fcntl.LOCK_UN))
+
+    engine_tried_at: list[float] = []
+
+    def engine_held(settings, readonly):
+        engine_tried_at.append(clock.now - started)
+        raise RuntimeError("Unable to open the chdb engine: held by another process")
+
+    engine_budgets: list[float] = []
+
+    def stop_after_delay(seconds: float):
+        engine_budgets.append(seconds)
+        return stop_after_attempt(1)  # give up after the first attempt instead of retrying in real time
+
+    monkeypatch.setattr(store_client, "_connect", engine_held)
+    monkeypatch.setattr(store_client, "stop_after_delay", stop_after_delay)
+    settings = load_settings(clickhouse_dsn=f"chdb://{path}", clickhouse_lock_timeout_s=3)
+    try:
+        with pytest.raises(StoreUnavailable, match="another process holds"), open_store(settings):
+            pass
+    finally:
+        os.close(turn)
+    # The engine was tried once the turn came, 2.5 s in, with what was left of the 3 s for its retries, not 3 s more.
+    assert engine_tried_at == [pytest.approx(2.5, abs=store_client.TURN_POLL_S)]
+    assert engine_budgets == [pytest.approx(0.5, abs=store_client.TURN_POLL_S)]
 
 
 def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
@@ -208,10 +226,11 @@ def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
             settings = load_settings(clickhouse_dsn="{dsn}")
             with open_store(settings, migrated=True):
                 print("busy", flush=True)
-            end = time.monotonic() + 60
+            end = time.monotonic() + 120
             while time.monotonic() < end:
                 with open_store(settings) as client:
                     client.query("SELECT 1")
+                    print("holding", flush=True)
                     time.sleep(0.3)
                 time.sleep(0.02)  # a stream worker between two batches' stores
         """),
@@ -219,19 +238,23 @@ def test_a_busy_process_does_not_starve_another(tmp_path) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+
+    def next_hold() -> None:
+        while (line := busy.stdout.readline()) and line.strip() != "holding":
+            pass  # store log lines come between
+        assert line.strip() == "holding", "the busy process stopped"
+
     try:
-        while (line := busy.stdout.readline()) and line.strip() != "busy":
-            pass  # store log lines come first
-        assert line.strip() == "busy"
-        time.sleep(1.0)
-        settings = load_settings(clickhouse_dsn=dsn, clickhouse_lock_timeout_s=10)
+        # The deadline is generous: if the opener starved it would fail when the deadline passed,
+        # long before the busy process stops.
+        settings = load_settings(clickhouse_dsn=dsn, clickhouse_lock_timeout_s=60)
         for _ in range(3):
-            started = time.monotonic()
+            next_hold()  # the busy process holds the store now
             # Nested opens within one process share its turn.
             with open_store(settings) as client, open_store(settings) as nested:
                 assert client.query("SELECT 1").result_rows == nested.query("SELECT 1").result_rows == [(1,)]
-            assert time.monotonic() - started < 5, "waited for the deadline instead of the holder's next gap"
-        assert busy.poll() is None  # it was busy the whole time
+        next_hold()
+        assert busy.poll() is None  # it was busy the whole time, and still is
     finally:
         busy.kill()
         busy.wait(timeout=30)

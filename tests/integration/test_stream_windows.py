@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pipeline.records import utc_now
-from pipeline.stream.windows import check_all
+from pipeline.checks.stream import check_all
+from pipeline.records import Source, utc_now
 from tests.support.sample_rows import insert_scores
 
 
@@ -23,7 +23,7 @@ def test_rise_in_one_hazard_alerts_once_and_quiet_traffic_does_not(client, setti
     assert checks["quiet"].alert is None and not any(c.regressed for c in checks["quiet"].comparisons)
     bot = checks["bot"]
     assert [c.category for c in bot.comparisons if c.regressed] == ["cybercrime"]
-    assert bot.alert.alert.suite == "stream" and bot.alert.status == "pending"
+    assert bot.alert.alert.source == Source.STREAM and bot.alert.alert.suite == "" and bot.alert.status == "pending"
     assert bot.alert.alert.samples and all(s.category == "cybercrime" for s in bot.alert.alert.samples)
     assert "violation_rate_by_hour" in bot.alert.alert.sql
 

@@ -18,8 +18,8 @@ def fit_and_predict_heldout(frame: pd.DataFrame, by: str, key: str) -> tuple[pd.
     rows; `key` is the frame column the split must keep disjoint.
     """
     from pipeline.detectors import DetectorStack, get_embedder
-    from pipeline.detectors.evaluation import holdout_mask
-    from pipeline.detectors.training import embed_frame, fit_heads, predict_frame, take
+    from pipeline.lab.evaluation import holdout_mask
+    from pipeline.lab.training import embed_frame, fit_heads, predict_frame, take
 
     test = holdout_mask(frame, by, test_size=0.3, seed=0)
     train_rows, test_rows = np.flatnonzero(~test), np.flatnonzero(test)

@@ -12,10 +12,11 @@ from pydantic import SecretStr
 
 from pipeline.alerts.charts import DPI, SIZE_IN, TrendPoint, render_trend
 from pipeline.alerts.dispatch import deliver_pending, load_trend
-from pipeline.records import Alert, AlertKind, ProbeResult, ProbeRun, utc_now
+from pipeline.records import Alert, AlertKind, ProbeResult, ProbeRun, Source, Verdict, utc_now
 from pipeline.store import alerts as alert_store
 from pipeline.store.alerts import StoredAlert
 from pipeline.store.probes import write_results, write_run
+from tests.support.probe_results import probe_result
 from tests.support.sample_rows import insert_scores
 from tests.support.slack_server import CHANNEL_ID, SlackServer
 
@@ -27,25 +28,7 @@ RUNS = [("v1", 1, 1), ("v1", 2, 1), ("v2", 12, 1), ("v2", 14, 2)]
 
 
 def _result(run_id: str, i: int, category: str, success: bool) -> ProbeResult:
-    verdict = "attack_success" if success else "refused"
-    return ProbeResult(
-        run_id,
-        f"{category}-{i:02d}",
-        category,
-        "refuse",
-        (),
-        "prompt",
-        "response",
-        "",
-        10.0,
-        not success,
-        0.1,
-        0.9 if success else 0.0,
-        category,
-        False,
-        verdict,
-        0,
-    )
+    return probe_result(run_id, f"{category}-{i:02d}", category, Verdict.ATTACK_SUCCESS if success else Verdict.REFUSED, violation=0.9 if success else 0.0)
 
 
 def _fill_runs(client) -> list[ProbeRun]:
@@ -68,6 +51,7 @@ def _alert(runs: list[ProbeRun], **changes) -> Alert:
         fingerprint="regression:prod:core",
         kind=AlertKind.REGRESSION,
         severity="critical",
+        source=Source.PROBE,
         target="prod",
         suite="core",
         model_version="v2",
@@ -119,7 +103,19 @@ def test_stream_trend_is_hourly_from_the_violation_view(client) -> None:
     start = utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     insert_scores(client, "prod", start, 179, 600, {"cybercrime": 0.2}, seed=3)
     alert = Alert(
-        "a-s", "regression:prod:stream", AlertKind.REGRESSION, "critical", "prod", "stream", "v1", "window", "t", "s", utc_now(), categories=("cybercrime",)
+        "a-s",
+        "regression:prod:stream",
+        AlertKind.REGRESSION,
+        "critical",
+        Source.STREAM,
+        "prod",
+        "",
+        "v1",
+        "window",
+        "t",
+        "s",
+        utc_now(),
+        categories=("cybercrime",),
     )
     points = load_trend(client, alert)
     assert len(points) == 3 and sum(p.n for p in points) == 600

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 import unicodedata
 import uuid
 from dataclasses import replace
@@ -28,6 +27,7 @@ from pipeline.stream.contract import (
     validate_batch,
     validate_facts,
 )
+from tests.support.clock import FakeClock
 from tests.support.poison import HOSTILE_TEXT, encode, fixture_samples, hostile_samples, poison_corpus, sample_document
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -294,14 +294,17 @@ def test_contract_window_counts_a_redelivered_record_once_and_a_reused_id_twice(
 
 
 def test_contract_window_is_due_after_its_interval_and_keeps_each_samples_age_when_accepted():
-    window = ContractWindow(interval_s=0.2)
+    clock = FakeClock()
+    window = ContractWindow(interval_s=60, clock=clock.monotonic)
     window.add([], NOW)
-    assert not window.due()  # nothing to check
+    clock.advance(120)
+    assert not window.due()  # nothing to check, however long it waited
     old = _sample(occurred_at=NOW - timedelta(days=DEFAULTS.stream_max_age_days) + timedelta(seconds=1))
     window.add([(("t", 0, 0), old)], NOW)
+    clock.advance(59)
     assert not window.due()
-    time.sleep(0.25)
-    assert window.due()
+    clock.advance(1)
+    assert window.due()  # open since the first sample: the interval counts from there
     # Its age was taken when it was accepted: within the limit, however late the check runs.
     assert validate_facts(window.take(), DEFAULTS).success
     assert ContractWindow(interval_s=0).due() is False

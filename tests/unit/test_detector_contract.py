@@ -1,4 +1,5 @@
-"""Every registered detector scores awkward input in [0, 1] (or None), and never raises."""
+"""Every detector scores awkward input in [0, 1] (or None), and never raises; so does the Scorer
+with each registered detector, under the detection contract."""
 
 from __future__ import annotations
 
@@ -8,7 +9,29 @@ import random
 import numpy as np
 import pytest
 
-from pipeline.detectors import DETECTORS, get_embedder
+from pipeline.detectors import (
+    DETECTORS,
+    Exchange,
+    HarmfulComplianceDetector,
+    InjectionSimilarity,
+    JailbreakSimilarity,
+    OverRefusalDetector,
+    PiiDetector,
+    PolicyDetector,
+    RefusalDetector,
+    Scorer,
+    get_embedder,
+)
+
+CLASSES = {
+    "refusal": RefusalDetector,
+    "policy": PolicyDetector,
+    "harmful_compliance": HarmfulComplianceDetector,
+    "over_refusal": OverRefusalDetector,
+    "pii": PiiDetector,
+    "jailbreak_similarity": JailbreakSimilarity,
+    "injection_similarity": InjectionSimilarity,
+}
 
 rng = random.Random(7)
 AWKWARD = {
@@ -45,9 +68,9 @@ def flatten(result) -> list[float | None]:
     return out
 
 
-@pytest.mark.parametrize("name", DETECTORS.names())
+@pytest.mark.parametrize("name", sorted(CLASSES))
 def test_detector_scores_awkward_text_in_unit_interval(name, embedder):
-    detector = DETECTORS.get(name)(embedder)
+    detector = CLASSES[name](embedder)
     texts = list(AWKWARD.values())
     result = detector.score(texts)
     scores = flatten(result)
@@ -62,11 +85,34 @@ def test_detector_scores_awkward_text_in_unit_interval(name, embedder):
 
 @pytest.mark.parametrize("name", ["policy", "harmful_compliance", "over_refusal"])
 def test_prompt_aware_detectors_take_awkward_prompts(name, embedder):
-    detector = DETECTORS.get(name)(embedder)
+    detector = CLASSES[name](embedder)
     texts = list(AWKWARD.values())
     scores = flatten(detector.score(texts, prompts=list(reversed(texts))))
     assert scores and all(v is not None and 0.0 <= v <= 1.0 for v in scores), name
 
 
 def test_over_refusal_is_unscorable_without_prompts(embedder):
-    assert DETECTORS.get("over_refusal")(embedder).score(["I can't help with that."]) == [None]
+    assert OverRefusalDetector(embedder).score(["I can't help with that."]) == [None]
+
+
+@pytest.mark.parametrize("name", DETECTORS.names())
+def test_registered_detector_fills_its_fields_on_awkward_exchanges(name, embedder):
+    scorer = Scorer(embedder, detectors=[name])
+    texts = list(AWKWARD.values())
+    exchanges = [Exchange(prompt, response) for prompt, response in zip(reversed(texts), texts, strict=True)] + [Exchange(texts[0], None)]
+    detections = scorer.score(exchanges)
+    assert len(detections) == len(exchanges)
+    for detection in detections:
+        for field in scorer.detectors[name].fields:
+            value = getattr(detection, field)
+            values = list(value.values()) if isinstance(value, dict) else [value]
+            for v in values:
+                assert not isinstance(v, float) or (0.0 <= v <= 1.0 and not math.isnan(v)), (name, field, v)
+    # The same exchange scores the same alone and in a batch (no cross-talk between rows).
+    alone = scorer.score([exchanges[6]])[0].columns()
+    batched = scorer.score([exchanges[6], exchanges[2]])[0].columns()
+    for field in scorer.detectors[name].fields:
+        if isinstance(alone[field], float | dict):
+            assert alone[field] == pytest.approx(batched[field], abs=1e-5), field
+        else:
+            assert alone[field] == batched[field], field

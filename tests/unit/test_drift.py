@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import timedelta
 
 import numpy as np
 import pytest
 from scipy.stats import kstest
 
+from pipeline.checks.drift import compare
 from pipeline.drift.attacks import AttackHead, AttackProfile, fit_head
-from pipeline.drift.checks import compare
 from pipeline.drift.methods import (
     DRIFT_METHODS,
     DriftContext,
@@ -194,27 +193,6 @@ def test_mlp_head_catches_attacks_on_both_sides_of_benign_traffic() -> None:
     heads = {hidden: fit_head(attacks, benign, hidden=hidden, target_fpr=0.01, seed=0) for hidden in [(), (32,)]}
     assert heads[(32,)].tpr > 0.95 and heads[(32,)].fpr <= 0.02
     assert heads[()].tpr < 0.7
-
-
-def test_drift_alerts_then_threads_then_recovers(settings) -> None:
-    from pipeline.alerts.messages import build_followup, build_message
-    from pipeline.alerts.rules import Subject
-    from pipeline.drift.alerting import decide_drift
-    from pipeline.records import AlertKind, utc_now
-
-    now = utc_now()
-    subject = Subject("bot", "drift", "v2", "drift w1", "", "same_hour_last_week")
-    first = decide_drift(subject, ["attack_share"], "attack_share: p_adj=1e-05", [], "SELECT 1", [], now=now)
-    assert first.alert.kind == AlertKind.DRIFT and first.status == "pending"
-    text, blocks = build_message(first.alert)
-    assert "attack_share" in text + str(blocks)
-    later = Subject("bot", "drift", "v2", "drift w2", "", "same_hour_last_week")
-    again = decide_drift(later, ["attack_share"], "still", [], "", [first], now=now + timedelta(hours=1))
-    assert again.alert.fingerprint == first.alert.fingerprint and "persists" in again.alert.title
-    assert build_followup(again.alert)[1]
-    quiet = decide_drift(later, [], "fine", [], "", [again], now=now + timedelta(hours=2))
-    assert quiet.alert.kind == AlertKind.RECOVERY
-    assert decide_drift(later, [], "fine", [], "", [quiet], now=now) is None
 
 
 def test_cli_names_the_bad_line(tmp_path) -> None:

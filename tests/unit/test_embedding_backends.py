@@ -116,7 +116,7 @@ def test_export_is_reused_and_keyed_on_versions(onnx_dir, onnx_fp32, monkeypatch
     again.encode(["load again"])
     assert again.exported is False and path.stat().st_mtime_ns == mtime
     assert not list(path.parent.glob(".*tmp*")), "no temporary files are left behind"
-    monkeypatch.setattr(onnx_model, "_version", lambda lib: "9.9" if lib == "torch" else "1.0")
+    monkeypatch.setattr(onnx_model, "library_version", lambda lib: "9.9" if lib == "torch" else "1.0")
     assert export_path(layout, "all-MiniLM-L6-v2", "onnx", onnx_dir) != path, "another torch version must not reuse the export"
 
 

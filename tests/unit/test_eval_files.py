@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.detectors.evaluation import load_labelled
-from pipeline.detectors.training import evaluate
+from pipeline.lab.evaluation import load_labelled
+from pipeline.lab.training import evaluate
 
 ROWS = [
     # goal, response, jailbroken, Llama Guard 1's verdict (None: missing in the artifact)

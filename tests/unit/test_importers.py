@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.probes.importers import IMPORTERS, categorise, import_garak_dan, import_suite, read_goals
+from pipeline.lab.importers import IMPORTERS, categorise, import_garak_dan, import_suite, read_goals
 from pipeline.probes.suites import dump_suite, load_suite_text
 from pipeline.records import Expect
 from pipeline.taxonomy import CATEGORIES, HAZARDS

@@ -15,7 +15,7 @@ import pytest
 import structlog
 
 from pipeline.logs import FORWARDING_PARAMETERS, RESERVED_LOG_KEYS, clear_reserved_keys, configure_logging, guard_task_logging
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 LOG_METHODS = {
     "debug",

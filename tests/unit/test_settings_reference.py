@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr
 from pipeline.report.readme import SECTIONS, refresh, splice
 from pipeline.report.settings_reference import render_settings_reference
 from pipeline.settings import Settings
-from tests.conftest import ROOT
+from tests.support.env import ROOT
 
 README = ROOT / "README.md"
 # Variables of the deploy files that configure the services around safemon, not safemon.

@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 
 from pipeline.alerts import Delivery, SlackDeliveryError, SlackSink, build_followup, build_message, configured
 from pipeline.alerts.messages import MAX_BLOCKS, MAX_HEADER_TEXT, MAX_SECTION_TEXT
-from pipeline.records import Alert, AlertKind, Comparison, Sample
+from pipeline.records import Alert, AlertKind, Comparison, Sample, Source
 from pipeline.settings import Settings, load_settings
 from pipeline.stats import category_stat, compare
 from tests.support.slack_server import SlackServer
@@ -33,6 +33,7 @@ def _alert(**changes: Any) -> Alert:
         fingerprint="regression:prod-chat:core",
         kind=AlertKind.REGRESSION,
         severity="critical",
+        source=Source.PROBE,
         target="prod-chat",
         suite="core",
         model_version="m-2025-06",

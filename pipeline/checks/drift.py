@@ -25,18 +25,17 @@ import numpy as np
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from pipeline.alerts.rules import Subject
-from pipeline.drift.alerting import SUITE, decide_drift, drift_fingerprint
+from pipeline.checks.alerts import raise_alert
+from pipeline.checks.findings import Finding
 from pipeline.drift.attacks import AttackProfile
 from pipeline.drift.explain import Explanation, explain
 from pipeline.drift.methods import DriftContext, DriftInputError, DriftResult, clean_embeddings, run_methods
-from pipeline.records import Sample, utc_now
+from pipeline.records import AlertKind, Sample, Source, utc_now
 from pipeline.settings import Settings
 from pipeline.stats.proportions import adjust_p_values
-from pipeline.store import alerts as alert_store
 from pipeline.store import drift as drift_store
+from pipeline.store import samples as sample_store
 from pipeline.store.alerts import StoredAlert
-from pipeline.store.sql import quoted
 
 log = structlog.get_logger(__name__)
 
@@ -144,13 +143,8 @@ def _row(check_key: dict, method: str, status: str, **values: object) -> dict:
 
 
 def _samples(client: Client, ids: Sequence[str]) -> tuple[Sample, ...]:
-    if not ids:
-        return ()
-    rows = client.query(
-        "SELECT sample_id, user_text FROM sample_scores FINAL WHERE sample_id IN {ids:Array(String)}", parameters={"ids": list(ids)}
-    ).result_rows
-    texts = dict(rows)
-    return tuple(Sample(i, "drift", texts.get(i, ""), "") for i in ids if i in texts)
+    texts = sample_store.user_texts(client, ids)
+    return tuple(Sample(i, "drift", texts[i], "") for i in ids if i in texts)
 
 
 def _summary(comparison: Comparison, explanation: Explanation, n_ref: int, n_cur: int) -> str:
@@ -232,16 +226,21 @@ def check_target(
         if attacks is not None
         else Explanation((), (), (), ())
     )
-    summary = _summary(comparison, explanation, len(reference), len(current))
-    run_id = f"drift {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}"
-    subject = Subject(target, SUITE, model_version, run_id, ref_window.model_version or "", ref_window.label)
-    history = [h for h in alert_store.history(client, drift_fingerprint(target)) if h.alert.run_id != run_id]
-    sql = (
-        f"SELECT window_end, method, status, n_current, statistic, p_adjusted, effect_size, drifted FROM "
-        f"{settings.clickhouse_database}.drift_results FINAL WHERE target = {quoted(target)} ORDER BY window_end DESC, method LIMIT 48"
+    finding = Finding(
+        source=Source.DRIFT,
+        kind=AlertKind.DRIFT,
+        target=target,
+        suite="",
+        model_version=model_version,
+        run_id=f"drift {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}",
+        baseline_model_version=ref_window.model_version or "",
+        baseline_run_id=ref_window.label,
+        flagged=comparison.drifted,
+        summary=_summary(comparison, explanation, len(reference), len(current)),
+        samples=_samples(client, explanation.sample_ids),
+        sql=drift_store.reproduce_sql(settings.clickhouse_database, target),
     )
-    decided = decide_drift(subject, comparison.drifted, summary, _samples(client, explanation.sample_ids), sql, history, now=end, link=link)
-    alert = alert_store.save_once(client, decided) if decided is not None else None
+    alert = raise_alert(client, finding, settings, now=end, link=link)
     explained = json.dumps(explanation.to_dict())
     drift_store.write_results(
         client,

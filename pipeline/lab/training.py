@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from pipeline.detectors.evaluation import TASKS, baseline_columns, binary_metrics, compared, groups_of, truth_of
 from pipeline.detectors.head import RESPONSE_ONLY_FEATURES, TASK_FEATURES, HeadSet, LinearHead, fit_head
 from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
 from pipeline.detectors.views import Views
+from pipeline.lab.evaluation import TASKS, baseline_columns, binary_metrics, compared, groups_of, truth_of
 
 log = structlog.get_logger(__name__)
 

@@ -38,10 +38,10 @@ def fit(
     import numpy as np
     import pandas as pd
 
-    from pipeline.detectors.evaluation import deduplicate, file_digest, holdout_mask, load_labelled
     from pipeline.detectors.head import provenance_stamp
     from pipeline.detectors.stack import DetectorStack
-    from pipeline.detectors.training import embed_frame, fit_heads
+    from pipeline.lab.evaluation import deduplicate, file_digest, holdout_mask, load_labelled
+    from pipeline.lab.training import embed_frame, fit_heads
     from pipeline.settings import get_settings
 
     settings = get_settings()
@@ -78,7 +78,7 @@ def fit(
 
 def held_out_rows(frame: Any, path: Path, provenance: dict[str, Any]) -> tuple[Any, str]:
     """The rows a head never saw: the recorded held-out part when it was fitted on this very file."""
-    from pipeline.detectors.evaluation import file_digest, holdout_mask
+    from pipeline.lab.evaluation import file_digest, holdout_mask
 
     digest = file_digest(path)
     for source in provenance.get("data", []):
@@ -100,10 +100,10 @@ def eval_detectors(
 ) -> None:
     """Evaluate the detectors (and the file's baselines) on labelled responses."""
     from pipeline.detectors.embedder import embedder_from_settings
-    from pipeline.detectors.evaluation import deduplicate, lead_text, load_labelled
     from pipeline.detectors.head import HeadError, HeadSet
     from pipeline.detectors.stack import DetectorStack, load_head
-    from pipeline.detectors.training import embed_frame, evaluate, predict_frame
+    from pipeline.lab.evaluation import deduplicate, lead_text, load_labelled
+    from pipeline.lab.training import embed_frame, evaluate, predict_frame
     from pipeline.settings import get_settings
 
     settings = get_settings()

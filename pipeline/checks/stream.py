@@ -1,0 +1,78 @@
+"""A stream window's check: each hazard's violation rate in the current window against a baseline window.
+
+The current window is the last `stream_window_minutes` before the check; the baseline is
+the `stream_baseline_hours` just before it. The same statistics as probe runs decide (one-sided
+exact test, correction across categories, minimum effect), and the same alert decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from clickhouse_connect.driver.client import Client
+
+from pipeline.checks.alerts import raise_alert
+from pipeline.checks.findings import Finding
+from pipeline.records import AlertKind, Comparison, Sample, Source
+from pipeline.settings import Settings
+from pipeline.stats.proportions import category_stat
+from pipeline.stats.regression import compare
+from pipeline.store import samples as sample_store
+from pipeline.store.alerts import StoredAlert
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class WindowCheck:
+    """The outcome of one target's window check."""
+
+    target: str
+    n_current: int
+    n_baseline: int
+    comparisons: tuple[Comparison, ...]
+    alert: StoredAlert | None
+    status: str  # checked | insufficient_data
+
+
+def check_target(client: Client, settings: Settings, target: str, end: datetime, *, link: str | None = None) -> WindowCheck:
+    """Compare one target's current window with its baseline and decide on an alert."""
+    start = end - timedelta(minutes=settings.stream_window_minutes)
+    base_start = start - timedelta(hours=settings.stream_baseline_hours)
+    current, model_version, n_current = sample_store.window_counts(client, target, start, end)
+    baseline, base_version, n_baseline = sample_store.window_counts(client, target, base_start, start)
+    if n_current < settings.stream_min_samples or n_baseline < settings.stream_min_samples:
+        log.info("stream.window_insufficient", target_name=target, n_current=n_current, n_baseline=n_baseline)
+        return WindowCheck(target, n_current, n_baseline, (), None, "insufficient_data")
+    comparisons = compare(
+        [category_stat(c, *baseline[c]) for c in sorted(baseline)],
+        [category_stat(c, *current[c]) for c in sorted(current)],
+        alpha=settings.alert_alpha,
+        min_effect=settings.alert_min_effect,
+        correction=settings.alert_correction,
+    )
+    finding = Finding(
+        source=Source.STREAM,
+        kind=AlertKind.REGRESSION,
+        target=target,
+        suite="",
+        model_version=model_version,
+        run_id=f"window {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}",
+        baseline_model_version=base_version,
+        baseline_run_id=f"window {base_start:%Y-%m-%dT%H:%MZ}..{start:%Y-%m-%dT%H:%MZ}",
+        flagged=tuple(c.category for c in comparisons if c.regressed),
+        comparisons=tuple(comparisons),
+        samples=tuple(Sample(*row) for row in sample_store.flagged_samples(client, target, start, end)),
+        sql=sample_store.reproduce_sql(settings.clickhouse_database, target, base_start),
+    )
+    alert = raise_alert(client, finding, settings, now=end, link=link)
+    log.info("stream.window_checked", target_name=target, n_current=n_current, regressed=list(finding.flagged))
+    return WindowCheck(target, n_current, n_baseline, tuple(comparisons), alert, "checked")
+
+
+def check_all(client: Client, settings: Settings, end: datetime, *, link: str | None = None) -> list[WindowCheck]:
+    """Check every target that sent samples in the current window."""
+    start = end - timedelta(minutes=settings.stream_window_minutes)
+    return [check_target(client, settings, t, end, link=link) for t in sample_store.targets_in(client, start, end)]
