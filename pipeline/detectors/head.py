@@ -165,7 +165,7 @@ def fit_head(
     """
     from threadpoolctl import threadpool_limits
 
-    # Small dense problems: BLAS threads only contend with each other (measured ~10x slower).
+    # Small dense problems: BLAS threads only contend with each other.
     with threadpool_limits(1), warnings.catch_warnings():
         # scikit-learn 1.9 announces attribute renames of LogisticRegressionCV; `C_` is read once.
         warnings.simplefilter("ignore", FutureWarning)

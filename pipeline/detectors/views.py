@@ -5,12 +5,9 @@ first sentences, which the gist's head holds; whether the response goes on to de
 asked shows in its head and tail (partial refusals often end with "however, I can't ...").
 Prompts are cut too: long role-play wrappers say what they are within a few hundred characters.
 
-The opening (first two sentences) used to be embedded as a third view. It cost 40% of the
-stack's embedding time and bought nothing measurable (cross-fitted heads on XSTest and
-JailbreakBench moved by at most 0.007 without it), so only the phrase rules read it now, as text.
-With one view left, the gist is nearly all the cost: 200 + 80 characters instead of the earlier
-280 + 120 makes the torch stack ~30% faster for cross-fitted accuracies within 0.008 of the
-longer gist's (the detector bench's truncation table measures both).
+The opening (the first two sentences) is read as text by the phrase rules, not embedded: as a
+view it costs embedding time and adds nothing a cross-fitted head can use. The gist's lengths
+trade speed for accuracy; the detector bench's truncation table measures both.
 """
 
 from __future__ import annotations

@@ -5,10 +5,10 @@ unit of work (`open_store`) and close it; opening waits while another process ho
 path, and gives up with a clear error after a deadline.
 
 Processes take turns on an embedded path through a lock file beside it (`<path>.lock`,
-flock), polled every few milliseconds: a busy stream worker frees the path for only the
-~20 ms between two batches, and retrying the engine itself (tens of milliseconds per failed
-start, backing off to seconds) almost never landed in that gap, so a second worker or a
-`safemon sql` could starve behind it. The engine's own lock error is still retried with
+flock), polled every few milliseconds: a busy stream worker frees the path only for the
+moment between two batches, and retrying the engine itself (each failed start is slow, and
+the retries back off to seconds) would almost never land in that gap, so a second worker or a
+`safemon sql` would starve behind it. The engine's own lock error is still retried with
 backoff, for holders that are not safemon.
 """
 
