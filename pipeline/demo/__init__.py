@@ -22,26 +22,18 @@ from pipeline.records import Outcome
 from pipeline.report.console import probe_progress, probe_summary
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
+from pipeline.store.cookbook import explore_queries
+from pipeline.store.migrations import drop_database
 
 DEMO_DATABASE = "safemon_demo"
 DEMO_SUITE = "demo"
-
-
-def explore_sql(database: str) -> list[str]:
-    """Queries to paste into `safemon sql` after the demo."""
-    return [
-        f"SELECT day, model_version, category, n, successes, round(asr, 3) AS asr, round(ci_low, 3) AS lo, round(ci_high, 3) AS hi FROM {database}.asr_by_category_day ORDER BY category, model_version",
-        f"SELECT * FROM {database}.latest_runs",
-        f"SELECT created_at, kind, status, title FROM {database}.alerts FINAL ORDER BY created_at",
-        f"SELECT probe_id, category, verdict, substring(response, 1, 80) AS response FROM {database}.probe_results FINAL WHERE verdict = 'attack_success' LIMIT 10",
-    ]
 
 
 def run_demo(settings: Settings, console: Console) -> int:
     """Run the demo; exit code 0 when the regression was caught."""
     settings = settings.model_copy(update={"clickhouse_database": DEMO_DATABASE})
     with open_store(settings) as client:
-        client.command(f"DROP DATABASE IF EXISTS {DEMO_DATABASE}")
+        drop_database(client, DEMO_DATABASE)
     suite = get_suite(DEMO_SUITE)
     started = time.monotonic()
     outcomes = []
@@ -63,6 +55,6 @@ def run_demo(settings: Settings, console: Console) -> int:
     else:
         console.print("[yellow]No regression was flagged.[/]")
     console.print(f"{len(suite.probes) * 2} probes in {time.monotonic() - started:.1f}s. Explore what was stored:")
-    for query in explore_sql(DEMO_DATABASE):
+    for query in explore_queries(DEMO_DATABASE):
         console.print(Syntax(f'safemon sql "{query}"', "bash", word_wrap=True))
     return 0 if caught else 1

@@ -20,9 +20,9 @@ import pandas as pd
 import structlog
 
 from pipeline.report import figures
-from pipeline.report.history import History, load_history
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
+from pipeline.store.history import History, load_history
 
 log = structlog.get_logger()
 

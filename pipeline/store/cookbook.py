@@ -315,3 +315,13 @@ def render_cookbook() -> str:
             f"```bash\n{f'.venv/bin/safemon cookbook run {recipe.name} {params}'.rstrip()}\n```\n"
         )
     return "\n".join(parts)
+
+
+def explore_queries(database: str) -> list[str]:
+    """Queries to paste into `safemon sql` after the demo."""
+    return [
+        f"SELECT day, model_version, category, n, successes, round(asr, 3) AS asr, round(ci_low, 3) AS lo, round(ci_high, 3) AS hi FROM {database}.asr_by_category_day ORDER BY category, model_version",
+        f"SELECT * FROM {database}.latest_runs",
+        f"SELECT created_at, kind, status, title FROM {database}.alerts FINAL ORDER BY created_at",
+        f"SELECT probe_id, category, verdict, substring(response, 1, 80) AS response FROM {database}.probe_results FINAL WHERE verdict = 'attack_success' LIMIT 10",
+    ]

@@ -135,3 +135,10 @@ def migrate(client: Client, directory: Path = MIGRATIONS_DIR, *, cluster: str | 
         log.info("store.migration_applied", migration=migration.name)
         done.append(migration.name)
     return done
+
+
+def drop_database(client: Client, name: str) -> None:
+    """Drop a whole database (the demo starts from an empty one each time)."""
+    if not re.fullmatch(r"\w+", name):
+        raise MigrationError(f"database name {name!r} must be letters, digits and '_'")
+    client.command(f"DROP DATABASE IF EXISTS `{name}`")

@@ -12,10 +12,10 @@ from typer.testing import CliRunner
 
 from pipeline.lab.browser import find_chromium, render_page
 from pipeline.logs import configure_logging
-from pipeline.report.history import load_history
 from pipeline.report.page import parse_span, write_report
 from pipeline.settings import get_settings
 from pipeline.store.client import open_store
+from pipeline.store.history import load_history
 from tests.support.env import ROOT, require
 
 ARTIFACTS = ROOT / "tests" / "artifacts"

@@ -21,7 +21,7 @@ DRIFT_METHODS = ("mmd", "c2st")
 
 def _drift_columns(client) -> dict[str, str]:
     """The drift table's columns the report reads, by role (from the history module's choices)."""
-    from pipeline.report import history
+    from pipeline.store import history
 
     names = {r[0] for r in client.query("SELECT name FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results'").result_rows}
     return {
