@@ -26,7 +26,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from pipeline.checks.alerts import raise_alert
-from pipeline.checks.findings import Finding
+from pipeline.checks.findings import CheckStatus, Finding
 from pipeline.drift.attacks import AttackProfile
 from pipeline.drift.explain import Explanation, explain
 from pipeline.drift.methods import DriftContext, DriftInputError, DriftResult, clean_embeddings, run_methods
@@ -55,7 +55,7 @@ class DriftCheck:
 
     target: str
     model_version: str
-    status: str  # checked | insufficient_data | error
+    status: CheckStatus
     n_reference: int
     n_current: int
     comparison: Comparison | None = None
@@ -120,7 +120,7 @@ def compare(
     return Comparison(tuple(results), adjusted, drifted)
 
 
-def _row(check_key: dict, method: str, status: str, **values: object) -> dict:
+def _row(check_key: dict, method: str, status: CheckStatus, **values: object) -> dict:
     row = {
         "method": method,
         "status": status,
@@ -159,6 +159,52 @@ def _summary(comparison: Comparison, explanation: Explanation, n_ref: int, n_cur
     return f"{text}. {why}" if why else text
 
 
+def _explain(
+    reference: np.ndarray,
+    current: np.ndarray,
+    attacks: AttackProfile | None,
+    comparison: Comparison,
+    ref: tuple[drift_store.EmbeddingWindow, np.ndarray],
+    cur: tuple[drift_store.EmbeddingWindow, np.ndarray],
+) -> Explanation:
+    """Which samples and categories make the current window differ (kept rows only)."""
+    if attacks is None:
+        return Explanation((), (), (), ())
+    (ref_w, ref_keep), (cur_w, cur_keep) = ref, cur
+    return explain(
+        reference,
+        current,
+        attacks,
+        current_ids=[i for i, k in zip(cur_w.sample_ids, cur_keep, strict=True) if k],
+        witness=next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None),
+        reference_categories=[c for c, k in zip(ref_w.categories, ref_keep, strict=True) if k],
+        current_categories=[c for c, k in zip(cur_w.categories, cur_keep, strict=True) if k],
+    )
+
+
+def _checked_rows(key: dict, comparison: Comparison, explanation: Explanation, n_invalid: int, *, alerted: bool) -> list[dict]:
+    """One drift_results row per method of a completed check."""
+    explained = json.dumps(explanation.to_dict())
+    return [
+        _row(
+            key,
+            r.method,
+            CheckStatus.CHECKED,
+            n_reference=r.n_reference,
+            n_current=r.n_current,
+            n_invalid=n_invalid,
+            statistic=r.statistic,
+            p_value=r.p_value,
+            p_adjusted=comparison.p_adjusted.get(r.method, math.nan),
+            effect_size=r.effect_size,
+            drifted=r.method in comparison.drifted,
+            alerted=alerted and r.method in comparison.drifted,
+            explanation=explained,
+        )
+        for r in comparison.results
+    ]
+
+
 def check_target(
     client: Client,
     settings: Settings,
@@ -194,9 +240,13 @@ def check_target(
     if len(reference) < settings.drift_min_samples or len(current) < settings.drift_min_samples:
         bound.info("drift.insufficient_data", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid)
         drift_store.write_results(
-            client, [_row(key, m, "insufficient_data", n_reference=len(reference), n_current=len(current), n_invalid=n_invalid) for m in settings.drift_methods]
+            client,
+            [
+                _row(key, m, CheckStatus.INSUFFICIENT_DATA, n_reference=len(reference), n_current=len(current), n_invalid=n_invalid)
+                for m in settings.drift_methods
+            ],
         )
-        return DriftCheck(target, model_version, "insufficient_data", len(reference), len(current))
+        return DriftCheck(target, model_version, CheckStatus.INSUFFICIENT_DATA, len(reference), len(current))
     try:
         comparison = compare(
             reference,
@@ -211,21 +261,7 @@ def check_target(
         )
     except DriftInputError as exc:
         return _fail(client, key, bound, str(exc), len(reference), len(current))
-    witness = next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None)
-    cur_ids = [i for i, k in zip(cur_w.sample_ids, cur_keep, strict=True) if k]
-    explanation = (
-        explain(
-            reference,
-            current,
-            attacks,
-            current_ids=cur_ids,
-            witness=witness,
-            reference_categories=[c for c, k in zip(ref_w.categories, ref_keep, strict=True) if k],
-            current_categories=[c for c, k in zip(cur_w.categories, cur_keep, strict=True) if k],
-        )
-        if attacks is not None
-        else Explanation((), (), (), ())
-    )
+    explanation = _explain(reference, current, attacks, comparison, (ref_w, ref_keep), (cur_w, cur_keep))
     finding = Finding(
         source=Source.DRIFT,
         kind=AlertKind.DRIFT,
@@ -241,37 +277,16 @@ def check_target(
         sql=drift_store.reproduce_sql(settings.clickhouse_database, target),
     )
     alert = raise_alert(client, finding, settings, now=end, link=link)
-    explained = json.dumps(explanation.to_dict())
-    drift_store.write_results(
-        client,
-        [
-            _row(
-                key,
-                r.method,
-                "checked",
-                n_reference=r.n_reference,
-                n_current=r.n_current,
-                n_invalid=n_invalid,
-                statistic=r.statistic,
-                p_value=r.p_value,
-                p_adjusted=comparison.p_adjusted.get(r.method, math.nan),
-                effect_size=r.effect_size,
-                drifted=r.method in comparison.drifted,
-                alerted=alert is not None and r.method in comparison.drifted,
-                explanation=explained,
-            )
-            for r in comparison.results
-        ],
-    )
+    drift_store.write_results(client, _checked_rows(key, comparison, explanation, n_invalid, alerted=alert is not None))
     bound.info("drift.checked", drifted=list(comparison.drifted), n_reference=len(reference), n_current=len(current))
-    return DriftCheck(target, model_version, "checked", len(reference), len(current), comparison, explanation, alert)
+    return DriftCheck(target, model_version, CheckStatus.CHECKED, len(reference), len(current), comparison, explanation, alert)
 
 
 def _fail(client: Client, key: dict, bound, message: str, n_ref: int, n_cur: int) -> DriftCheck:
     # Bad stored data must not stop the other targets' checks: record it and move on.
     bound.error("drift.bad_input", error=message)
-    drift_store.write_results(client, [_row(key, "input", "error", n_reference=n_ref, n_current=n_cur, error=message)])
-    return DriftCheck(key["target"], key["model_version"], "error", n_ref, n_cur, error=message)
+    drift_store.write_results(client, [_row(key, "input", CheckStatus.ERROR, n_reference=n_ref, n_current=n_cur, error=message)])
+    return DriftCheck(key["target"], key["model_version"], CheckStatus.ERROR, n_ref, n_cur, error=message)
 
 
 def check_all(client: Client, settings: Settings, end: datetime, attacks: AttackProfile | None, *, link: str | None = None) -> list[DriftCheck]:

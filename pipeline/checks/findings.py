@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from pipeline.records import AlertKind, Comparison, Sample, Source
+
+
+class CheckStatus(StrEnum):
+    """How a stream-window or drift check ended: compared, too few samples to compare, or bad stored input."""
+
+    CHECKED = "checked"
+    INSUFFICIENT_DATA = "insufficient_data"
+    ERROR = "error"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from pipeline.checks.alerts import raise_alert
-from pipeline.checks.findings import Finding
+from pipeline.checks.findings import CheckStatus, Finding
 from pipeline.records import AlertKind, Comparison, Sample, Source
 from pipeline.settings import Settings
 from pipeline.stats.proportions import category_stat
@@ -34,7 +34,7 @@ class WindowCheck:
     n_baseline: int
     comparisons: tuple[Comparison, ...]
     alert: StoredAlert | None
-    status: str  # checked | insufficient_data
+    status: CheckStatus
 
 
 def check_target(client: Client, settings: Settings, target: str, end: datetime, *, link: str | None = None) -> WindowCheck:
@@ -45,7 +45,7 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
     baseline, base_version, n_baseline = sample_store.window_counts(client, target, base_start, start)
     if n_current < settings.stream_min_samples or n_baseline < settings.stream_min_samples:
         log.info("stream.window_insufficient", target_name=target, n_current=n_current, n_baseline=n_baseline)
-        return WindowCheck(target, n_current, n_baseline, (), None, "insufficient_data")
+        return WindowCheck(target, n_current, n_baseline, (), None, CheckStatus.INSUFFICIENT_DATA)
     comparisons = compare(
         [category_stat(c, *baseline[c]) for c in sorted(baseline)],
         [category_stat(c, *current[c]) for c in sorted(current)],
@@ -69,7 +69,7 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
     )
     alert = raise_alert(client, finding, settings, now=end, link=link)
     log.info("stream.window_checked", target_name=target, n_current=n_current, regressed=list(finding.flagged))
-    return WindowCheck(target, n_current, n_baseline, tuple(comparisons), alert, "checked")
+    return WindowCheck(target, n_current, n_baseline, tuple(comparisons), alert, CheckStatus.CHECKED)
 
 
 def check_all(client: Client, settings: Settings, end: datetime, *, link: str | None = None) -> list[WindowCheck]:

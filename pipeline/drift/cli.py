@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+from pipeline.checks.findings import CheckStatus
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from pipeline.checks.drift import Comparison
+    from pipeline.drift.explain import Explanation
 
 drift_app = typer.Typer(help="Embedding drift tests.", no_args_is_help=True)
 
@@ -27,6 +35,43 @@ def read_texts(path: Path) -> list[str]:
     return texts
 
 
+def _table(comparison: Comparison, n_ref: int, n_cur: int) -> Table:
+    from rich.table import Table
+
+    table = Table("method", "statistic", "p", "p_adj (Holm)", "effect", "drifted", title=f"reference n={n_ref} vs current n={n_cur}")
+    for r in comparison.results:
+        p_adj = comparison.p_adjusted.get(r.method)
+        table.add_row(
+            r.method,
+            f"{r.statistic:.4g}",
+            f"{r.p_value:.3g}",
+            "" if p_adj is None else f"{p_adj:.3g}",
+            f"{r.effect_size:.3g}",
+            "yes" if r.method in comparison.drifted else "no",
+        )
+    return table
+
+
+def _as_json(comparison: Comparison, explanation: Explanation, n_ref: int, n_cur: int) -> dict:
+    return {
+        "status": CheckStatus.CHECKED,
+        "n_reference": n_ref,
+        "n_current": n_cur,
+        "drifted": list(comparison.drifted),
+        "results": [
+            {
+                "method": r.method,
+                "statistic": r.statistic,
+                "p_value": None if r.p_value != r.p_value else r.p_value,
+                "p_adjusted": comparison.p_adjusted.get(r.method),
+                "effect_size": r.effect_size,
+            }
+            for r in comparison.results
+        ],
+        "explanation": {**explanation.to_dict(), "current_rows": [int(i) for i in explanation.sample_ids]},
+    }
+
+
 @drift_app.command("test")
 def drift_test(
     reference: Annotated[Path, typer.Option(help="Reference texts (JSONL with a `text` field)", exists=True, dir_okay=False)],
@@ -38,7 +83,6 @@ def drift_test(
 ) -> None:
     """A one-off drift test between two files of texts."""
     from rich.console import Console
-    from rich.table import Table
 
     from pipeline.checks.drift import compare
     from pipeline.detectors.embedder import embedder_from_settings
@@ -65,7 +109,7 @@ def drift_test(
     if min(n_ref, n_cur) < settings.drift_min_samples:
         console.print(f"insufficient_data: reference n={n_ref}, current n={n_cur}, need {settings.drift_min_samples} each")
         if json_out:
-            json_out.write_text(json.dumps({"status": "insufficient_data", "n_reference": n_ref, "n_current": n_cur}))
+            json_out.write_text(json.dumps({"status": CheckStatus.INSUFFICIENT_DATA, "n_reference": n_ref, "n_current": n_cur}))
         raise typer.Exit(3)
     attacks = AttackProfile.builtin(embedder, AttackHead.load(head) if head else None)
     try:
@@ -84,44 +128,12 @@ def drift_test(
         raise typer.Exit(2) from None
     witness = next((r.details.get("witness") for r in comparison.results if r.method == "mmd"), None)
     explanation = explain(ref_vecs, cur_vecs, attacks, witness=witness, current_ids=[str(i) for i in range(n_cur)])
-    table = Table("method", "statistic", "p", "p_adj (Holm)", "effect", "drifted", title=f"reference n={n_ref} vs current n={n_cur}")
-    for r in comparison.results:
-        p_adj = comparison.p_adjusted.get(r.method)
-        table.add_row(
-            r.method,
-            f"{r.statistic:.4g}",
-            f"{r.p_value:.3g}",
-            "" if p_adj is None else f"{p_adj:.3g}",
-            f"{r.effect_size:.3g}",
-            "yes" if r.method in comparison.drifted else "no",
-        )
+    table = _table(comparison, n_ref, n_cur)
     console.print(table)
     if explanation.summary():
         console.print(explanation.summary())
     if json_out:
-        json_out.write_text(
-            json.dumps(
-                {
-                    "status": "checked",
-                    "n_reference": n_ref,
-                    "n_current": n_cur,
-                    "drifted": list(comparison.drifted),
-                    "results": [
-                        {
-                            "method": r.method,
-                            "statistic": r.statistic,
-                            "p_value": None if r.p_value != r.p_value else r.p_value,
-                            "p_adjusted": comparison.p_adjusted.get(r.method),
-                            "effect_size": r.effect_size,
-                        }
-                        for r in comparison.results
-                    ],
-                    "explanation": {**explanation.to_dict(), "current_rows": [int(i) for i in explanation.sample_ids]},
-                },
-                indent=2,
-                default=float,
-            )
-        )
+        json_out.write_text(json.dumps(_as_json(comparison, explanation, n_ref, n_cur), indent=2, default=float))
     raise typer.Exit(1 if comparison.drifted else 0)
 
 

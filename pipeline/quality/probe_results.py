@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from pipeline.quality.suites import QualityReport, validate
-from pipeline.records import ProbeResult
+from pipeline.records import ProbeResult, Verdict
 from pipeline.settings import Settings
 from pipeline.store.probes import RESULT_COLUMNS
 
@@ -15,7 +15,7 @@ from pipeline.store.probes import RESULT_COLUMNS
 def check_results(results: Sequence[ProbeResult], settings: Settings) -> QualityReport:
     """Validate scored results against `schemas/expectations/probe_results.json`."""
     frame = pd.DataFrame([r.columns() for r in results], columns=RESULT_COLUMNS)
-    errored = frame["verdict"] == "error"
+    errored = frame["verdict"] == Verdict.ERROR
     frame["verdict_matches_error"] = errored == (frame["error"] != "")
     # A request may be retried: the slowest sane latency is every attempt timing out.
     max_latency_ms = settings.target_timeout_s * 1000 * (settings.target_max_retries + 1) + 60_000
