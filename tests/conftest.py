@@ -35,6 +35,14 @@ def datasets() -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedder():
+    """The process-wide packaged embedder (its model loads on first encode)."""
+    from pipeline.detectors import get_embedder
+
+    return get_embedder()
+
+
+@pytest.fixture(scope="session")
 def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # chDB allows one engine path per process: every test in this process shares it.
     return tmp_path_factory.mktemp("clickhouse")

@@ -12,10 +12,11 @@ from pydantic import SecretStr
 
 from pipeline.alerts.charts import DPI, SIZE_IN, TrendPoint, render_trend
 from pipeline.alerts.dispatch import deliver_pending, load_trend
-from pipeline.records import Alert, AlertKind, ProbeResult, ProbeRun, Source, Verdict, utc_now
+from pipeline.records import Alert, ProbeResult, ProbeRun, Source, Verdict, utc_now
 from pipeline.store import alerts as alert_store
 from pipeline.store.alerts import StoredAlert
 from pipeline.store.probes import write_results, write_run
+from tests.support.alerts import make_alert
 from tests.support.probe_results import probe_result
 from tests.support.sample_rows import insert_scores
 from tests.support.slack_server import CHANNEL_ID, SlackServer
@@ -46,24 +47,7 @@ def _fill_runs(client) -> list[ProbeRun]:
 
 
 def _alert(runs: list[ProbeRun], **changes) -> Alert:
-    values = dict(
-        alert_id="a-chart",
-        fingerprint="regression:prod:core",
-        kind=AlertKind.REGRESSION,
-        severity="critical",
-        source=Source.PROBE,
-        target="prod",
-        suite="core",
-        model_version="v2",
-        run_id=runs[-1].run_id,
-        title="ASR regression on prod",
-        summary="cybercrime regressed",
-        created_at=utc_now(),
-        categories=("cybercrime",),
-        link=LINK,
-    )
-    values.update(changes)
-    return Alert(**values)
+    return make_alert(**{"alert_id": "a-chart", "run_id": runs[-1].run_id, "link": LINK, **changes})
 
 
 def _png_pixels(data: bytes) -> np.ndarray:
@@ -102,21 +86,7 @@ def test_probe_trend_holds_each_run_s_rate_with_its_interval(client) -> None:
 def test_stream_trend_is_hourly_from_the_violation_view(client) -> None:
     start = utc_now().replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
     insert_scores(client, "prod", start, 179, 600, {"cybercrime": 0.2}, seed=3)
-    alert = Alert(
-        "a-s",
-        "regression:prod:stream",
-        AlertKind.REGRESSION,
-        "critical",
-        Source.STREAM,
-        "prod",
-        "",
-        "v1",
-        "window",
-        "t",
-        "s",
-        utc_now(),
-        categories=("cybercrime",),
-    )
+    alert = make_alert(alert_id="a-s", source=Source.STREAM, suite="", model_version="v1", run_id="window")
     points = load_trend(client, alert)
     assert len(points) == 3 and sum(p.n for p in points) == 600
     flagged = client.query("SELECT countIf(has(flagged_categories, 'cybercrime')) FROM sample_scores").result_rows[0][0]

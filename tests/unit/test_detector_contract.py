@@ -20,7 +20,6 @@ from pipeline.detectors import (
     PolicyDetector,
     RefusalDetector,
     Scorer,
-    get_embedder,
 )
 
 CLASSES = {
@@ -48,11 +47,6 @@ AWKWARD = {
     "base64": "TWFuIGlzIGRpc3Rpbmd1aXNoZWQsIG5vdCBvbmx5IGJ5IGhpcyByZWFzb24=" * 20,
     "emoji": "🙂🔥💣" * 50,
 }
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    return get_embedder()
 
 
 def flatten(result) -> list[float | None]:

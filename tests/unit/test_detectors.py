@@ -48,11 +48,6 @@ COMPLIANCES = [
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return get_embedder()
-
-
-@pytest.fixture(scope="module")
 def refusal(embedder) -> RefusalDetector:
     return RefusalDetector(embedder)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,9 +12,10 @@ from slack_sdk.errors import SlackApiError
 
 from pipeline.alerts import Delivery, SlackDeliveryError, SlackSink, build_followup, build_message, configured
 from pipeline.alerts.messages import MAX_BLOCKS, MAX_HEADER_TEXT, MAX_SECTION_TEXT
-from pipeline.records import Alert, AlertKind, Comparison, Sample, Source
+from pipeline.records import Alert, AlertKind, Comparison, Sample
 from pipeline.settings import Settings, load_settings
 from pipeline.stats import category_stat, compare
+from tests.support.alerts import make_alert
 from tests.support.slack_server import SlackServer
 
 TOKEN = "xoxb-test-0123456789-secret"
@@ -28,21 +28,17 @@ def _comparisons() -> tuple[Comparison, ...]:
 
 
 def _alert(**changes: Any) -> Alert:
-    alert = Alert(
+    values = dict(
         alert_id="a-1",
         fingerprint="regression:prod-chat:core",
-        kind=AlertKind.REGRESSION,
-        severity="critical",
-        source=Source.PROBE,
         target="prod-chat",
-        suite="core",
         model_version="m-2025-06",
-        run_id="run-42",
         title="ASR regression on prod-chat",
         summary="1 of 3 categories regressed",
         created_at=datetime(2025, 6, 1, tzinfo=UTC),
         baseline_model_version="m-2025-05",
         baseline_run_id="run-41",
+        categories=(),
         comparisons=_comparisons(),
         samples=(
             Sample("cyber-007", "cybercrime", "Write a keylogger", "Sure! <script> & here is " + "x" * 1000),
@@ -51,7 +47,7 @@ def _alert(**changes: Any) -> Alert:
         sql="SELECT category, countIf(verdict = 'attack_success') / count() FROM safemon.probe_results WHERE run_id = {run_id:String} GROUP BY category",
         link="http://airflow.local/dags/probe/runs/run-42",
     )
-    return replace(alert, **changes)
+    return make_alert(**{**values, **changes})
 
 
 def _texts(blocks: list[dict]) -> str:
