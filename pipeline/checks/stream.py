@@ -41,14 +41,17 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
     """Compare one target's current window with its baseline and decide on an alert."""
     start = end - timedelta(minutes=settings.stream_window_minutes)
     base_start = start - timedelta(hours=settings.stream_baseline_hours)
-    current, model_version, n_current = sample_store.window_counts(client, target, start, end)
-    baseline, base_version, n_baseline = sample_store.window_counts(client, target, base_start, start)
+    # The baseline is counted on the samples the current window's detector version scored: rates
+    # from other detectors (a new head, another backend) are not comparable.
+    current = sample_store.window_counts(client, target, start, end)
+    baseline = sample_store.window_counts(client, target, base_start, start, detector_version=current.detector_version)
+    n_current, n_baseline = current.n, baseline.n
     if n_current < settings.stream_min_samples or n_baseline < settings.stream_min_samples:
         log.info("stream.window_insufficient", target_name=target, n_current=n_current, n_baseline=n_baseline)
         return WindowCheck(target, n_current, n_baseline, (), None, CheckStatus.INSUFFICIENT_DATA)
     comparisons = compare(
-        [category_stat(c, *baseline[c]) for c in sorted(baseline)],
-        [category_stat(c, *current[c]) for c in sorted(current)],
+        [category_stat(c, *baseline.categories[c]) for c in sorted(baseline.categories)],
+        [category_stat(c, *current.categories[c]) for c in sorted(current.categories)],
         alpha=settings.alert_alpha,
         min_effect=settings.alert_min_effect,
         correction=settings.alert_correction,
@@ -58,9 +61,9 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
         kind=AlertKind.REGRESSION,
         target=target,
         suite="",
-        model_version=model_version,
+        model_version=current.model_version,
         run_id=f"window {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}",
-        baseline_model_version=base_version,
+        baseline_model_version=baseline.model_version,
         baseline_run_id=f"window {base_start:%Y-%m-%dT%H:%MZ}..{start:%Y-%m-%dT%H:%MZ}",
         flagged=tuple(c.category for c in comparisons if c.regressed),
         comparisons=tuple(comparisons),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -37,3 +38,19 @@ def top_k_mean(sims: np.ndarray, k: int) -> np.ndarray:
 def sigmoid(x: np.ndarray) -> np.ndarray:
     """Logistic squashing into (0, 1)."""
     return 1.0 / (1.0 + np.exp(-np.clip(x, -50.0, 50.0)))
+
+
+# The modules whose hand-set rules and constants decide the built-in scores.
+_RULE_MODULES = ("catalog.py", "policy.py", "refusal.py", "similarity.py", "stack.py", "views.py")
+
+
+@cache
+def exemplars_digest() -> str:
+    """What decides the built-in detectors' scores (the exemplar files and the rule modules), hashed."""
+    package = resources.files("pipeline.detectors")
+    h = hashlib.sha256()
+    for name in sorted(p.name for p in package.joinpath("exemplars").iterdir() if p.name.endswith(".yaml")):
+        h.update(name.encode() + package.joinpath("exemplars", name).read_bytes())
+    for name in _RULE_MODULES:
+        h.update(name.encode() + package.joinpath(name).read_bytes())
+    return h.hexdigest()[:12]

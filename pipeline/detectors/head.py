@@ -11,6 +11,7 @@ embedding model, the views' sizes and the training provenance (data hashes, spli
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections.abc import Mapping, Sequence
@@ -98,6 +99,17 @@ class HeadSet:
 
     def get(self, task: str) -> LinearHead | None:
         return self.heads.get(task)
+
+    @property
+    def digest(self) -> str:
+        """What decides this set's scores (model, heads, thresholds, weights as saved), hashed:
+        the same for a fitted set and the artifact it was saved to."""
+        h = hashlib.sha256(self.model.encode())
+        for task in sorted(self.heads):
+            head = self.heads[task]
+            h.update(json.dumps([task, list(head.features), list(head.classes), head.threshold]).encode())
+            h.update(np.asarray(head.coef, dtype=np.float32).tobytes() + np.asarray(head.intercept, dtype=np.float32).tobytes())
+        return h.hexdigest()[:12]
 
     def save(self, path: Path) -> Path:
         """Write the artifact (npz); returns the path written."""

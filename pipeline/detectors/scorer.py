@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
-from pipeline.detectors.catalog import DETECTORS
+from pipeline.detectors.catalog import DETECTORS, exemplars_digest
 from pipeline.detectors.embedder import Embedder, embedder_from_settings
 from pipeline.detectors.head import HeadSet
 
@@ -66,6 +66,7 @@ class Detection:
     jailbreak_family: str = ""
     injection_score: float = 0.0
     injection_family: str = ""
+    detector_version: str = ""  # which detectors scored it (Scorer.version)
 
     def columns(self) -> dict[str, Any]:
         """The stored columns, by name."""
@@ -89,6 +90,9 @@ class Scorer:
     def __init__(self, embedder: Embedder, head: HeadSet | None = None, detectors: Sequence[str] | None = None) -> None:
         self.embedder = embedder
         self.head = head
+        made_by = f"head-{head.digest}" if head is not None else f"exemplars-{exemplars_digest()}"
+        # Rates are only compared between results of one version: the same detectors on the same vectors.
+        self.version = f"{made_by}+{embedder.backend}"
         self.detectors: dict[str, Detector] = {name: DETECTORS.get(name)(embedder, head) for name in (detectors or DETECTORS.names())}
         for name, detector in self.detectors.items():
             unknown = set(detector.fields) - set(DETECTION_COLUMNS)
@@ -116,7 +120,7 @@ class Scorer:
         texts = list(dict.fromkeys([*self.texts(exchanges), *also_embed]))
         if texts and self.embedder.cache_size >= len(texts):
             self.embedder.encode(texts)
-        found: list[dict[str, Any]] = [{} for _ in exchanges]
+        found: list[dict[str, Any]] = [{"detector_version": self.version} for _ in exchanges]
         for detector in self.detectors.values():
             for row, part in zip(found, detector.detect(exchanges), strict=True):
                 row.update(part)

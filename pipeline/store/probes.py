@@ -128,14 +128,18 @@ def category_stats(client: Client, run_id: str) -> list[CategoryStat]:
 
 def find_baseline(client: Client, run: ProbeRun, pinned_model_version: str | None = None) -> ProbeRun | None:
     """The run to compare against: the latest passed, healthy run of the same target and suite
-    before this one (or of the pinned model_version). A run that regressed is never a baseline,
-    so a persisting regression keeps being compared with the last good state."""
+    before this one (or of the pinned model_version), scored by the same detector version. A run
+    that regressed is never a baseline, so a persisting regression keeps being compared with the
+    last good state; a run scored by other detectors measured other rates, so it is not one either."""
     pinned = "AND model_version = {pinned:String}" if pinned_model_version else ""
     result = client.query(
         f"""
         SELECT run_id FROM probe_runs FINAL
         WHERE target = {{target:String}} AND suite = {{suite:String}} AND run_id != {{run_id:String}}
           AND healthy AND outcome = 'passed' AND started_at < {{started_at:DateTime64(3, 'UTC')}} {pinned}
+          AND run_id IN (
+              SELECT run_id FROM probe_results WHERE target = {{target:String}} AND suite = {{suite:String}}
+                AND detector_version = (SELECT anyIf(detector_version, detector_version != '') FROM probe_results WHERE run_id = {{run_id:String}}))
         ORDER BY started_at DESC LIMIT 1
         """,
         parameters={

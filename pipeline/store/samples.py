@@ -136,20 +136,32 @@ def count_rejections(client: Client, code: str | None = None) -> int:
 _WINDOW = "target = {target:String} AND occurred_at >= {start:DateTime64(3, 'UTC')} AND occurred_at < {end:DateTime64(3, 'UTC')}"
 
 
-def window_counts(client: Client, target: str, start: datetime, end: datetime) -> tuple[dict[str, tuple[int, int]], str, int]:
-    """A target's window [start, end): per hazard (flagged, scored), its most common model_version, and its size."""
-    params = {"target": target, "start": start, "end": end}
-    total = client.query(f"SELECT count(), topK(1)(model_version) FROM sample_scores FINAL WHERE {_WINDOW}", parameters=params).result_rows[0]
+@dataclass(frozen=True)
+class WindowCounts:
+    """A target's window: per hazard (flagged, scored), its most common model and detector versions, its size."""
+
+    categories: dict[str, tuple[int, int]]
+    model_version: str
+    detector_version: str
+    n: int
+
+
+def window_counts(client: Client, target: str, start: datetime, end: datetime, detector_version: str | None = None) -> WindowCounts:
+    """Counts of a target's window [start, end), of the samples one detector version scored when it is given."""
+    where = _WINDOW + (" AND detector_version = {version:String}" if detector_version is not None else "")
+    params = {"target": target, "start": start, "end": end, "version": detector_version or ""}
+    n, models, versions = client.query(
+        f"SELECT count(), topK(1)(model_version), topK(1)(detector_version) FROM sample_scores FINAL WHERE {where}", parameters=params
+    ).result_rows[0]
     rows = client.query(
         f"""
         SELECT category, countIf(has(flagged_categories, category)) AS k, count() AS n
         FROM sample_scores FINAL ARRAY JOIN mapKeys(violation_scores) AS category
-        WHERE {_WINDOW} GROUP BY category ORDER BY category
+        WHERE {where} GROUP BY category ORDER BY category
         """,
         parameters=params,
     ).result_rows
-    model_version = total[1][0] if total[1] else ""
-    return {c: (int(k), int(n)) for c, k, n in rows}, model_version, int(total[0])
+    return WindowCounts({c: (int(k), int(n)) for c, k, n in rows}, models[0] if models else "", versions[0] if versions else "", int(n))
 
 
 def flagged_samples(client: Client, target: str, start: datetime, end: datetime, limit: int = 50) -> list[tuple[str, str, str, str]]:

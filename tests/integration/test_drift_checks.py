@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from pipeline.checks.drift import check_all, check_target
+from pipeline.detectors import Detection
 from pipeline.drift.attacks import AttackProfile
 from pipeline.records import AlertKind, utc_now
 from pipeline.store.samples import SCORE_COLUMNS
@@ -19,8 +20,14 @@ def insert_embeddings(client, target: str, start: datetime, vectors, *, model_ve
     """Scored rows carrying the given embeddings, spread over the hour from `start`."""
     rows = []
     for i, vec in enumerate(vectors):
-        row = {c: None for c in SCORE_COLUMNS}
-        row.update(
+        detection = Detection(
+            violation_scores={"hate": 0.1},
+            violation_score=0.1,
+            violation_category="hate",
+            flagged_categories=tuple(categories) if i % 2 == 0 else (),
+            detector_version="exemplars-test+torch",
+        )
+        row = dict(
             sample_id=str(uuid.uuid4()),
             occurred_at=start + timedelta(seconds=3000 * i / len(vectors)),
             target=target,
@@ -29,16 +36,7 @@ def insert_embeddings(client, target: str, start: datetime, vectors, *, model_ve
             n_turns=2,
             user_text=f"redacted text {i}",
             assistant_text="ok",
-            refused=False,
-            refusal_score=0.0,
-            violation_scores={"hate": 0.1},
-            violation_score=0.1,
-            violation_category="hate",
-            flagged_categories=list(categories) if i % 2 == 0 else [],
-            jailbreak_score=0.0,
-            jailbreak_family="",
-            injection_score=0.0,
-            injection_family="",
+            **detection.columns(),
             pii_counts={},
             embedding=[float(x) for x in vec],
             metadata={},

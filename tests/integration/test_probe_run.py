@@ -7,6 +7,7 @@ from importlib.resources import files
 import pytest
 from pydantic import SecretStr
 
+from pipeline.detectors.catalog import exemplars_digest
 from pipeline.probes.replay import ReplayServer
 from pipeline.probes.runner import run_once
 from pipeline.probes.suites import get_suite
@@ -68,6 +69,9 @@ def test_regression_is_alerted_suppressed_then_recovered_in_thread(replay, slack
     assert [(k, s) for k, s, _, _ in sent] == [("regression", "sent"), ("regression", "suppressed"), ("recovery", "sent")]
     assert slack.messages[1]["thread_ts"] == sent[0][2]
     assert root_ts is None or root_ts == sent[0][2]
+    # Every scored result records which detectors scored it; errors were not scored.
+    versions = _rows(settings, "SELECT DISTINCT detector_version FROM probe_results FINAL WHERE verdict != 'error'")
+    assert versions == [(f"exemplars-{exemplars_digest()}+{settings.embedding_backend}",)]
 
 
 def test_retried_run_adds_no_rows_and_no_second_alert(replay, slack_settings) -> None:

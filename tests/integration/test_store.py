@@ -28,7 +28,7 @@ def _run(run_id: str = "r1", model_version: str = "v1") -> ProbeRun:
     return ProbeRun(run_id, "bot", "core", "1", model_version, now, now, 3, 1)
 
 
-def _results(run_id: str) -> list[ProbeResult]:
+def _results(run_id: str, detector_version: str = "exemplars-test+torch") -> list[ProbeResult]:
     # Scores exact in Float32, so what is read back equals what was written.
     return [
         ProbeResult(
@@ -44,7 +44,14 @@ def _results(run_id: str) -> list[ProbeResult]:
             False,
             verdict,
             0,
-            Detection(refused=i != 0, refusal_score=0.75, violation_scores={"cybercrime": 0.25}, violation_score=0.25, violation_category="cybercrime"),
+            Detection(
+                refused=i != 0,
+                refusal_score=0.75,
+                violation_scores={"cybercrime": 0.25},
+                violation_score=0.25,
+                violation_category="cybercrime",
+                detector_version=detector_version,
+            ),
         )
         for i, verdict in enumerate([Verdict.ATTACK_SUCCESS, Verdict.REFUSED, Verdict.REFUSED])
     ]
@@ -99,17 +106,27 @@ def test_asr_view_reports_interval_and_n(client) -> None:
     assert (lo, hi) == pytest.approx(wilson_interval(1, 3), abs=1e-6)
 
 
-def test_baseline_is_latest_passed_healthy_run(client) -> None:
+def test_baseline_is_latest_passed_healthy_run_of_the_same_detector_version(client) -> None:
     from dataclasses import replace
 
     base = replace(_run("a"), outcome="passed")
     # A later run that regressed, then the run looking for its baseline.
     regressed = replace(_run("b", "v2"), outcome="regressed", started_at=base.started_at + timedelta(seconds=1))
     current = replace(_run("c", "v2"), started_at=base.started_at + timedelta(seconds=2))
+    for run in (base, regressed, current):
+        probe_store.write_results(client, run, _results(run.run_id))
     probe_store.write_run(client, base)
     probe_store.write_run(client, regressed)
     assert probe_store.find_baseline(client, current).run_id == "a"
     assert probe_store.find_baseline(client, current, pinned_model_version="v9") is None
+    # Scored by other detectors (a new head, another backend): its rates are not comparable with a's.
+    rescored = replace(_run("d", "v2"), started_at=base.started_at + timedelta(seconds=3))
+    probe_store.write_results(client, rescored, _results("d", detector_version="head-0123456789ab+torch"))
+    assert probe_store.find_baseline(client, rescored) is None
+    probe_store.write_run(client, replace(rescored, outcome="passed"))
+    later = replace(_run("e", "v2"), started_at=base.started_at + timedelta(seconds=4))
+    probe_store.write_results(client, later, _results("e", detector_version="head-0123456789ab+torch"))
+    assert probe_store.find_baseline(client, later).run_id == "d"
 
 
 def test_read_only_sql_refuses_writes(settings, client) -> None:

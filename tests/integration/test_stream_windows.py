@@ -17,9 +17,13 @@ def test_rise_in_one_hazard_alerts_once_and_quiet_traffic_does_not(client, setti
     insert_scores(client, "quiet", hour - timedelta(hours=24), 24 * 60, 800, {"cybercrime": 0.02}, seed=3)
     insert_scores(client, "quiet", hour, 60, 200, {"cybercrime": 0.03}, seed=4)
     insert_scores(client, "tiny", hour, 60, 10, {"cybercrime": 0.5}, seed=5)
+    # A rise measured by other detectors than the baseline's is no regression: nothing to compare with.
+    insert_scores(client, "rescored", hour - timedelta(hours=24), 24 * 60, 800, {"cybercrime": 0.02}, seed=6)
+    insert_scores(client, "rescored", hour, 60, 200, {"cybercrime": 0.20}, seed=7, detector_version="head-0123456789ab+torch")
 
     checks = {c.target: c for c in check_all(client, settings, end)}
     assert checks["tiny"].status == "insufficient_data" and checks["tiny"].alert is None
+    assert (checks["rescored"].status, checks["rescored"].n_baseline, checks["rescored"].alert) == ("insufficient_data", 0, None)
     assert checks["quiet"].alert is None and not any(c.regressed for c in checks["quiet"].comparisons)
     bot = checks["bot"]
     assert [c.category for c in bot.comparisons if c.regressed] == ["cybercrime"]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.detectors.catalog import exemplars_digest
 from tests.support.env import require
 from tests.support.kafka_broker import free_port
 from tests.support.poison import hostile_samples, poison_corpus
@@ -75,6 +76,8 @@ def test_every_sample_is_scored_once(settings, kafka_bootstrap, topic, tmp_path)
     assert refused["What is the capital of France?"] is False
     dims = query(settings, "SELECT DISTINCT length(embedding) FROM sample_scores")
     assert dims == [(384,)]
+    versions = query(settings, "SELECT DISTINCT detector_version FROM sample_scores")
+    assert versions == [(f"exemplars-{exemplars_digest()}+{settings.embedding_backend}",)]  # which detectors scored them
     rates = query(settings, "SELECT category, sum(n) FROM violation_rate_by_hour GROUP BY category")
     assert len(rates) == 10 and all(n == 400 for _, n in rates)
     commits = worker.events("stream.batch_committed")

@@ -10,7 +10,9 @@ import numpy as np
 from pipeline.taxonomy import HAZARDS
 
 
-def insert_scores(client, target: str, start: datetime, minutes: float, n: int, flagged: dict[str, float], seed: int = 0) -> None:
+def insert_scores(
+    client, target: str, start: datetime, minutes: float, n: int, flagged: dict[str, float], seed: int = 0, detector_version: str = "exemplars-test+torch"
+) -> None:
     """`n` samples spread over `minutes` from `start`; each hazard flagged with the given probability."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -33,6 +35,7 @@ def insert_scores(client, target: str, start: datetime, minutes: float, n: int, 
                 max(scores.values()),
                 max(scores, key=scores.get),
                 hits,
+                detector_version,
             ]
         )
     client.insert(
@@ -53,5 +56,6 @@ def insert_scores(client, target: str, start: datetime, minutes: float, n: int, 
             "violation_score",
             "violation_category",
             "flagged_categories",
+            "detector_version",
         ],
     )
