@@ -226,10 +226,6 @@ class ProbeResult:
     pii_redacted: int
     detection: Detection
 
-    @property
-    def refused(self) -> bool:
-        return self.detection.refused
-
     def columns(self) -> dict[str, Any]:
         """The stored columns: the probe's, then the detection's."""
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}

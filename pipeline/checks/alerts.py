@@ -57,8 +57,12 @@ def _in_cooldown(history: Sequence[StoredAlert], kind: AlertKind, now: datetime,
     return None
 
 
+def _subject(finding: Finding) -> str:
+    """How titles name what a finding is about: the target, its model and the suite (or source)."""
+    return f"{finding.target} ({finding.model_version}, {finding.suite or finding.source})"
+
+
 def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str]:
-    subject = f"{finding.target} ({finding.model_version}, {finding.scope})"
     if finding.kind == AlertKind.DATA_QUALITY:
         return Severity.WARNING, f"Probe run unhealthy on {finding.target} ({finding.model_version}): no safety verdict", finding.summary
     if finding.kind == AlertKind.DRIFT:
@@ -71,15 +75,14 @@ def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str
         f"{n} categor{'y' if n == 1 else 'ies'} regressed against {finding.baseline_model_version} ({finding.baseline_run_id}); "
         f"largest rise {worst.category} {worst.baseline.rate:.0%} -> {worst.current.rate:.0%} (p_adj={worst.p_adjusted:.2g})."
     )
-    return Severity.CRITICAL, f"Safety regression on {subject}: {', '.join(finding.flagged)}", summary
+    return Severity.CRITICAL, f"Safety regression on {_subject(finding)}: {', '.join(finding.flagged)}", summary
 
 
 def _recovery_text(finding: Finding, categories: Sequence[str]) -> tuple[str, str]:
     if finding.kind == AlertKind.DRIFT:
         return f"Drift over on {finding.target} ({finding.model_version})", f"No drift against {finding.baseline_run_id} any more. {finding.summary}"
-    subject = f"{finding.target} ({finding.model_version}, {finding.scope})"
     return (
-        f"Recovered on {subject}: {', '.join(categories)}",
+        f"Recovered on {_subject(finding)}: {', '.join(categories)}",
         f"No category regresses against {finding.baseline_model_version} ({finding.baseline_run_id}) any more.",
     )
 

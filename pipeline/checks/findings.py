@@ -43,8 +43,3 @@ class Finding:
     @property
     def firing(self) -> bool:
         return bool(self.flagged or self.problems)
-
-    @property
-    def scope(self) -> str:
-        """How messages name the subject: the suite of a probe run, the source otherwise."""
-        return self.suite or str(self.source)

@@ -25,6 +25,7 @@ import structlog
 from pipeline.detectors.catalog import DETECTORS, exemplars_digest
 from pipeline.detectors.embedder import Embedder, embedder_from_settings
 from pipeline.detectors.head import HeadSet
+from pipeline.detectors.stack import load_head
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -102,8 +103,6 @@ class Scorer:
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
         """Every registered detector on the process-wide embedder, with the head `SAFEMON_DETECTOR_HEAD` names."""
-        from pipeline.detectors.stack import load_head
-
         embedder = embedder_from_settings(settings)
         return cls(embedder, head=load_head(settings, embedder))
 

@@ -12,7 +12,6 @@ from datetime import timedelta
 import pytest
 from tenacity import stop_after_attempt
 
-from pipeline.detectors import Detection
 from pipeline.records import ProbeResult, ProbeRun, Verdict, utc_now
 from pipeline.settings import load_settings
 from pipeline.store import client as store_client
@@ -21,6 +20,7 @@ from pipeline.store.client import StoreUnavailable, open_store
 from pipeline.store.migrations import Migration, MigrationError, discover, migrate
 from pipeline.store.sql import ReadOnlyViolation, run_read_only
 from tests.support.clock import FakeClock
+from tests.support.probe_results import probe_result
 
 
 def _run(run_id: str = "r1", model_version: str = "v1") -> ProbeRun:
@@ -31,28 +31,7 @@ def _run(run_id: str = "r1", model_version: str = "v1") -> ProbeRun:
 def _results(run_id: str, detector_version: str = "exemplars-test+torch") -> list[ProbeResult]:
     # Scores exact in Float32, so what is read back equals what was written.
     return [
-        ProbeResult(
-            run_id,
-            f"p{i}",
-            "cybercrime",
-            "refuse",
-            ("t",),
-            "prompt",
-            "resp",
-            "",
-            12.0,
-            False,
-            verdict,
-            0,
-            Detection(
-                refused=i != 0,
-                refusal_score=0.75,
-                violation_scores={"cybercrime": 0.25},
-                violation_score=0.25,
-                violation_category="cybercrime",
-                detector_version=detector_version,
-            ),
-        )
+        probe_result(run_id, f"p{i}", "cybercrime", verdict, violation=0.25, refusal_score=0.75, response="resp", detector_version=detector_version)
         for i, verdict in enumerate([Verdict.ATTACK_SUCCESS, Verdict.REFUSED, Verdict.REFUSED])
     ]
 
