@@ -65,7 +65,15 @@ class Settings(BaseSettings):
         DEFAULT_ONNX_DIR, description="Cache folder of ONNX exports (safemon embeddings export), one subfolder per model and library versions"
     )
 
-    detector_head: Path | None = Field(None, description="Fitted detector head artifact (safemon detectors fit); unset = built-in exemplars")
+    detector_head: Path | None = Field(None, description="Fitted detector head artifact (safemon detectors fit); unset = the shipped heads")
+    detector_defaults: Literal["shipped", "exemplars"] = Field(
+        "shipped",
+        description="What scores when SAFEMON_DETECTOR_HEAD / SAFEMON_DRIFT_ATTACK_HEAD are unset: the heads shipped in the package "
+        "(docs/model_card.md), or the built-in exemplars (the fallback)",
+    )
+    calibration: Path | None = Field(
+        None, description="Calibration overlay (safemon detectors calibrate, safemon drift calibrate): thresholds set on this deployment's traffic"
+    )
 
     # Drift
     drift_methods: list[str] = Field(["mmd", "c2st", "attack_share"], description="Drift methods run by the hourly drift check")
@@ -87,7 +95,7 @@ class Settings(BaseSettings):
     )
     drift_min_samples: int = Field(100, ge=2, description="Smaller windows are reported as insufficient_data")
     drift_attack_head: Path | None = Field(
-        None, description="Fitted attack head (safemon drift fit-head) for the targeted drift test; unset = built-in exemplars"
+        None, description="Fitted attack head (safemon drift fit-head) for the targeted drift test; unset = the shipped head"
     )
     drift_permutations: int = Field(1000, ge=50, description="Permutations per permutation test (mmd, and attack_share with a head)")
 

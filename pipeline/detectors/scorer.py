@@ -25,7 +25,7 @@ import structlog
 from pipeline.detectors.catalog import DETECTORS, exemplars_digest
 from pipeline.detectors.embedder import Embedder, embedder_from_settings
 from pipeline.detectors.head import HeadSet
-from pipeline.detectors.stack import load_head
+from pipeline.detectors.shipped import card_errors, load_head
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -94,6 +94,8 @@ class Scorer:
         made_by = f"head-{head.digest}" if head is not None else f"exemplars-{exemplars_digest()}"
         # Rates are only compared between results of one version: the same detectors on the same vectors.
         self.version = f"{made_by}+{embedder.backend}"
+        # How often these detectors err, from the shipped heads' card (empty for other heads).
+        self.errors = card_errors(head)
         self.detectors: dict[str, Detector] = {name: DETECTORS.get(name)(embedder, head) for name in (detectors or DETECTORS.names())}
         for name, detector in self.detectors.items():
             unknown = set(detector.fields) - set(DETECTION_COLUMNS)
@@ -102,7 +104,7 @@ class Scorer:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Scorer:
-        """Every registered detector on the process-wide embedder, with the head `SAFEMON_DETECTOR_HEAD` names."""
+        """Every registered detector on the process-wide embedder, with the heads the settings choose (see `shipped`)."""
         embedder = embedder_from_settings(settings)
         return cls(embedder, head=load_head(settings, embedder))
 

@@ -12,6 +12,7 @@ evaluate it; `AttackHead.sources` records what it was fitted on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,14 @@ class AttackHead:
     fpr: float  # measured on held-out benign texts at `threshold`
     sources: dict = field(default_factory=dict)
 
+    @property
+    def digest(self) -> str:
+        """The weights (as saved) and the threshold, hashed: what a calibration is valid for."""
+        h = hashlib.sha256(json.dumps(self.threshold).encode())
+        for w, b in self.layers:
+            h.update(np.asarray(w, np.float32).tobytes() + np.asarray(b, np.float32).tobytes())
+        return h.hexdigest()[:12]
+
     def score(self, embeddings: np.ndarray) -> np.ndarray:
         h = np.asarray(embeddings, dtype=np.float64)
         for i, (w, b) in enumerate(self.layers):
@@ -57,10 +66,11 @@ class AttackHead:
         return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
 
     def save(self, path: Path) -> None:
-        """Write the head as .npz (w0, b0, w1, b1 ...) with its metadata as JSON inside."""
+        """Write the head as .npz (w0, b0, w1, b1 ... as float32) with its metadata as JSON inside."""
         meta = {"threshold": self.threshold, "tpr": self.tpr, "fpr": self.fpr, "sources": self.sources}
-        arrays = {f"{kind}{i}": a for i, layer in enumerate(self.layers) for kind, a in zip("wb", layer, strict=True)}
-        np.savez(path, meta=np.array(json.dumps(meta)), **arrays)
+        arrays = {f"{kind}{i}": np.asarray(a, np.float32) for i, layer in enumerate(self.layers) for kind, a in zip("wb", layer, strict=True)}
+        with Path(path).open("wb") as f:
+            np.savez_compressed(f, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
 
     @classmethod
     def load(cls, path: Path) -> AttackHead:

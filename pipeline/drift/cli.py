@@ -78,7 +78,7 @@ def drift_test(
     current: Annotated[Path, typer.Option(help="Current texts (JSONL with a `text` field)", exists=True, dir_okay=False)],
     method: Annotated[list[str] | None, typer.Option(help="mmd, c2st, attack_share or centroid; repeat for several (default: mmd)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON here")] = None,
-    head: Annotated[Path | None, typer.Option(help="A fitted attack head (.npz) for attack_share")] = None,
+    head: Annotated[Path | None, typer.Option(help="A fitted attack head (.npz) for attack_share (default: the settings' head, else the shipped one)")] = None,
     seed: Annotated[int, typer.Option(help="Seed for permutations and folds")] = 0,
 ) -> None:
     """A one-off drift test between two files of texts."""
@@ -111,7 +111,9 @@ def drift_test(
         if json_out:
             json_out.write_text(json.dumps({"status": CheckStatus.INSUFFICIENT_DATA, "n_reference": n_ref, "n_current": n_cur}))
         raise typer.Exit(3)
-    attacks = AttackProfile.builtin(embedder, AttackHead.load(head) if head else None)
+    from pipeline.detectors.shipped import load_drift_head
+
+    attacks = AttackProfile.builtin(embedder, AttackHead.load(head) if head else load_drift_head(settings))
     try:
         comparison = compare(
             ref_vecs,
@@ -177,6 +179,45 @@ def drift_fit_head(
     )
     head.save(out)
     console.print(f"wrote {out}: threshold {head.threshold:.3f}, held-out tpr {head.tpr:.3f}, fpr {head.fpr:.4f}")
+
+
+@drift_app.command("calibrate")
+def drift_calibrate(
+    benign: Annotated[
+        Path, typer.Option(help="Benign traffic of this deployment: CSV or JSONL with user_text (a sample_scores export) or prompt", exists=True)
+    ],
+    target_fpr: Annotated[float, typer.Option(help="Share of benign user turns the attack head may flag")] = 0.005,
+    out: Annotated[Path | None, typer.Option(help="The calibration overlay to write (default: SAFEMON_CALIBRATION, else calibration.json)")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration / held-out split")] = 0,
+) -> None:
+    """Set the attack head's threshold for a target false-positive rate on this deployment's benign user turns.
+
+    Run it after onboarding a target and after each model_version change. The head's recorded
+    true-positive rate is kept: benign traffic cannot measure it.
+    """
+    from rich.console import Console
+
+    from pipeline.detectors.embedder import embedder_from_settings
+    from pipeline.detectors.shipped import load_drift_head, write_calibration
+    from pipeline.lab.calibration import calibrate, describe, file_entry, overlay_path, read_traffic
+    from pipeline.settings import get_settings
+
+    console, err = Console(), Console(stderr=True)
+    settings = get_settings()
+    head = load_drift_head(settings.model_copy(update={"calibration": None}))
+    try:
+        if head is None:
+            raise ValueError("calibration sets the attack head's threshold, and no attack head is in use (SAFEMON_DETECTOR_DEFAULTS=exemplars?)")
+        prompts = read_traffic(benign)["prompt"].tolist()
+        with console.status(f"embedding {len(prompts)} user turns"):
+            result = calibrate(head.score(embedder_from_settings(settings).encode(prompts)), target_fpr, seed=seed)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    path = overlay_path(out, settings)
+    write_calibration(path, "drift", file_entry(benign, head.digest, result, threshold=result.threshold, tpr=head.tpr, fpr=result.measured_fpr))
+    console.print(f"attack head: {describe(result)}")
+    console.print(f"wrote {path}; set SAFEMON_CALIBRATION={path}")
 
 
 def register(app: typer.Typer) -> None:

@@ -81,6 +81,8 @@ def held_out_rows(frame: Any, path: Path, provenance: dict[str, Any]) -> tuple[A
     from pipeline.lab.evaluation import file_digest, holdout_mask
 
     digest = file_digest(path)
+    if any(source.get("sha256") == digest for source in provenance.get("sources", [])):
+        raise ValueError(f"the shipped heads were fitted on {path}; their held-out figures on it are in docs/model_card.md")
     for source in provenance.get("data", []):
         if source.get("sha256") == digest:
             split = provenance["split"]
@@ -101,7 +103,8 @@ def eval_detectors(
     """Evaluate the detectors (and the file's baselines) on labelled responses."""
     from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.detectors.head import HeadError, HeadSet
-    from pipeline.detectors.stack import DetectorStack, load_head
+    from pipeline.detectors.shipped import detector_head_path, load_head
+    from pipeline.detectors.stack import DetectorStack
     from pipeline.lab.evaluation import deduplicate, lead_text, load_labelled
     from pipeline.lab.training import embed_frame, evaluate, predict_frame
     from pipeline.settings import get_settings
@@ -123,7 +126,7 @@ def eval_detectors(
         "data": str(data),
         "format": rows["format"].iloc[0] if len(rows) else data_format,
         "rows": note,
-        "detectors": str(detectors or settings.detector_head or "built-in"),
+        "detectors": str(detectors or detector_head_path(settings) or "built-in exemplars"),
         "tasks": metrics,
     }
     table = Table("task", "system", "n", "accuracy", "precision", "recall", "F1", "detector - this (paired)", title=f"{data.name}: {note}")
@@ -138,9 +141,75 @@ def eval_detectors(
         json_out.write_text(json.dumps(result, indent=2))
 
 
+def build_defaults(
+    data: Annotated[Path, typer.Option(help="The public datasets folder (../shared/datasets)", exists=True, file_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="Where to write the heads (default: the package's pipeline/detectors/defaults/)")] = None,
+    card: Annotated[Path, typer.Option(help="Where to write the model card (Markdown)")] = Path("docs/model_card.md"),
+    boot: Annotated[int, typer.Option(help="Bootstrap resamples per interval of the card")] = 1000,
+) -> None:
+    """Rebuild the shipped heads and their model card from the public datasets (deterministic)."""
+    from pipeline.detectors.shipped import CARD_FILE, shipped_path
+    from pipeline.lab.card import build_card, markdown
+    from pipeline.lab.defaults import build
+
+    target = out or shipped_path("")
+    with console.status("embedding the recipe's texts and fitting the heads"):
+        built = build(data, target)
+    for name, path in built.written.items():
+        console.print(f"wrote {path} ({name})")
+    with console.status("cross-fitting the card's held-out figures"):
+        figures = build_card(data, built.heads, built.frame, built.parts, built.drift, built.embedder, n_boot=boot)
+    (target / CARD_FILE).write_text(json.dumps(figures, indent=1, sort_keys=True))
+    card.parent.mkdir(parents=True, exist_ok=True)
+    card.write_text(markdown(figures))
+    console.print(f"wrote {target / CARD_FILE} and {card}")
+
+
+BENIGN_HELP = "Benign traffic of this deployment: CSV or JSONL with user_text and assistant_text (a sample_scores export) or prompt and response"
+OVERLAY_HELP = "The calibration overlay to write (default: SAFEMON_CALIBRATION, else calibration.json); point SAFEMON_CALIBRATION at it"
+
+
+def calibrate(
+    benign: Annotated[Path, typer.Option(help=BENIGN_HELP, exists=True, dir_okay=False)],
+    target_fpr: Annotated[float, typer.Option(help="Share of benign answers the harmful-compliance head may flag")] = 0.01,
+    out: Annotated[Path | None, typer.Option(help=OVERLAY_HELP)] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the calibration / held-out split")] = 0,
+) -> None:
+    """Set the harmful-compliance threshold (what flags a violation) for a target false-positive rate on benign traffic.
+
+    Run it after onboarding a target and after each model_version change. Refusal is not
+    calibrated here: benign requests may rightly be refused, and over-refusal counts those.
+    """
+    from pipeline.detectors.shipped import write_calibration
+    from pipeline.detectors.stack import DetectorStack
+    from pipeline.lab.calibration import calibrate as fit_threshold
+    from pipeline.lab.calibration import describe, file_entry, overlay_path, read_traffic
+    from pipeline.settings import get_settings
+
+    settings = get_settings()
+    base = settings.model_copy(update={"calibration": None})
+    try:
+        traffic = read_traffic(benign)
+        stack = DetectorStack.from_settings(base)
+        if stack.head is None or stack.head.get("harmful_compliance") is None:
+            raise ValueError("calibration sets a head's threshold, and no harmful-compliance head is in use (SAFEMON_DETECTOR_DEFAULTS=exemplars?)")
+        with console.status(f"scoring {len(traffic)} rows"):
+            scores = [s.harmful_compliance for s in stack.score(traffic["response"].tolist(), traffic["prompt"].tolist())]
+        result = fit_threshold(scores, target_fpr, seed=seed)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    path = overlay_path(out, settings)
+    write_calibration(path, "detectors", file_entry(benign, stack.head.digest, result, thresholds={"harmful_compliance": result.threshold}))
+    console.print(f"harmful_compliance: {describe(result)}")
+    console.print(f"wrote {path}; set SAFEMON_CALIBRATION={path}")
+
+
 def register(app: typer.Typer) -> None:
     """Add `safemon detectors fit` and `safemon eval detectors` to the main app."""
     detectors_app = typer.Typer(help="Detector heads: fit and inspect.", no_args_is_help=True)
     detectors_app.command("fit")(fit)
+    detectors_app.command("build-defaults")(build_defaults)
+    detectors_app.command("calibrate")(calibrate)
     app.add_typer(detectors_app, name="detectors")
     eval_group(app).command("detectors")(eval_detectors)

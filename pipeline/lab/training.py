@@ -33,7 +33,15 @@ def take(parts: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray
 HEAD_LABELS = {"refusal": "refusal", "harmful_compliance": "harmful", "prompt_harm": "prompt_harm"}
 
 
-def fit_heads(frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, group_by: str, provenance: dict[str, Any] | None = None) -> HeadSet:
+def fit_heads(
+    frame: pd.DataFrame,
+    parts: dict[str, np.ndarray],
+    *,
+    model: str,
+    group_by: str,
+    provenance: dict[str, Any] | None = None,
+    tasks: tuple[str, ...] = tuple(HEAD_LABELS),
+) -> HeadSet:
     """Fit each head on the rows that carry its label: refusal (3 classes), harmful compliance, prompt harm.
 
     Files mix: JailbreakBench rows carry no refusal label, so with an XSTest file beside them
@@ -48,7 +56,8 @@ def fit_heads(frame: pd.DataFrame, parts: dict[str, np.ndarray], *, model: str, 
     heads: dict[str, LinearHead] = {}
     fitted: dict[str, dict[str, int]] = {}
     not_fitted: dict[str, str] = {}
-    for task, column in HEAD_LABELS.items():
+    for task in tasks:
+        column = HEAD_LABELS[task]
         rows = frame[column].notna().to_numpy()
         y = frame.loc[rows, column]
         y = (y if task == "refusal" else y.astype(int)).astype(str).tolist()
@@ -81,7 +90,7 @@ def predict_frame(stack: DetectorStack, frame: pd.DataFrame, parts: dict[str, np
             "harmful_score": harmful,
             "over_score": over,
             "pred:refusal": (refusal >= stack.refusal.threshold).astype(int),
-            "pred:harmful_compliance": (harmful >= 0.5).astype(int),
+            "pred:harmful_compliance": (harmful >= stack.policy.threshold).astype(int),
             "pred:over_refusal": (over >= 0.5).astype(int),
         },
         index=frame.index,

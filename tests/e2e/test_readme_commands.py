@@ -24,5 +24,5 @@ def test_make_demo_catches_the_regression(tmp_path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     caught = re.search(r"Regression caught in \d+ categor\w+: (.*)", done.stdout)
     assert caught, done.stdout[-3000:]
-    assert "cybercrime" in caught.group(1) and "indiscriminate_weapons" in caught.group(1)
+    assert "indiscriminate_weapons" in caught.group(1)
     assert 'safemon sql "SELECT' in done.stdout
