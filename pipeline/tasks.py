@@ -120,18 +120,22 @@ def run_probes(target: str, suite: str) -> str:
 @airflow_task
 def score_run(probe_run: str) -> str:
     """Task `score`: embed and judge each stored (redacted) attempt; write the results."""
+    from pipeline.detectors import Scorer
     from pipeline.probes.runner import score
     from pipeline.probes.suites import get_suite
     from pipeline.store import probes as probe_store
     from pipeline.store.client import open_store
+    from pipeline.store.detectors import write_errors
 
     settings = get_settings()
     with open_store(settings) as client:
         run = probe_store.read_run(client, probe_run)
         attempts = probe_store.read_attempts(client, probe_run, list(get_suite(run.suite).probes))
-    results = score(run, attempts, settings)  # the store is free while the model runs
+    scorer = Scorer.from_settings(settings)
+    results = score(run, attempts, scorer)  # the store is free while the model runs
     with open_store(settings) as client:
         probe_store.write_results(client, run, results)
+        write_errors(client, scorer.version, scorer.errors)
     return probe_run
 
 
@@ -205,14 +209,14 @@ def check_drift() -> dict:
 
     from pipeline.checks.drift import check_all
     from pipeline.detectors.embedder import embedder_from_settings
-    from pipeline.drift.attacks import AttackHead, AttackProfile
+    from pipeline.detectors.shipped import load_drift_head
+    from pipeline.drift.attacks import AttackProfile
     from pipeline.store.client import open_store
 
     settings = get_settings()
     context = get_current_context()
     end = window_end(context)
-    head = AttackHead.load(settings.drift_attack_head) if settings.drift_attack_head else None
-    attacks = AttackProfile.builtin(embedder_from_settings(settings), head)
+    attacks = AttackProfile.builtin(embedder_from_settings(settings), load_drift_head(settings))
     with open_store(settings, migrated=True) as client:
         checks = check_all(client, settings, end, attacks, link=_link(context["dag"].dag_id, context["run_id"]))
     return {

@@ -22,6 +22,7 @@ from pipeline.records import Attempt, ProbeResult, ProbeRun, Suite, Verdict, utc
 from pipeline.settings import Settings
 from pipeline.store import probes as probe_store
 from pipeline.store.client import open_store
+from pipeline.store.detectors import write_errors
 
 log = structlog.get_logger()
 
@@ -53,11 +54,11 @@ def execute(
     return run, attempts
 
 
-def score(run: ProbeRun, attempts: Sequence[Attempt], settings: Settings) -> list[ProbeResult]:
+def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[ProbeResult]:
     """Run the detectors on every answered attempt (its response redacted on receipt); errors stay errors."""
     answered = [a for a in attempts if a.error is None and a.response is not None]
     prompts = {a.probe.id: redact(a.probe.prompt).text for a in attempts}
-    detections = Scorer.from_settings(settings).score([Exchange(prompts[a.probe.id], a.response) for a in answered])
+    detections = scorer.score([Exchange(prompts[a.probe.id], a.response) for a in answered])
     by_attempt = dict(zip((id(a) for a in answered), detections, strict=True))
     results = []
     for attempt in attempts:
@@ -82,9 +83,10 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], settings: Settings) -> lis
     return results
 
 
-def store(client: Client, run: ProbeRun, results: Sequence[ProbeResult]) -> None:
-    """Write results and the run row; safe to repeat for the same run_id."""
+def store(client: Client, run: ProbeRun, results: Sequence[ProbeResult], scorer: Scorer) -> None:
+    """Write results, the scorer's error counts and the run row; safe to repeat for the same run_id."""
     probe_store.write_results(client, run, list(results))
+    write_errors(client, scorer.version, scorer.errors)
     probe_store.write_run(client, run)
     log.info("probe.stored", run_id=run.run_id, results=len(results))
 
@@ -118,9 +120,10 @@ def run_once(
 ) -> RunOutcome:
     """The whole chain in one process (the CLI and the demo; Airflow runs the steps as tasks)."""
     run, attempts = execute(target, suite, settings, run_id, on_done)
-    results = score(run, attempts, settings)
+    scorer = Scorer.from_settings(settings)
+    results = score(run, attempts, scorer)
     with open_store(settings, migrated=True) as client:
-        store(client, run, results)
+        store(client, run, results, scorer)
         evaluation = evaluate(client, run, settings, pinned_model_version=target.baseline_model_version, link=link)
         delivery = deliver_pending(client, settings)
     return RunOutcome(evaluation.run, tuple(results), evaluation, delivery)

@@ -120,7 +120,7 @@ def render_page(history: History, sections: dict[str, list[tuple[str, str]]], *,
     body = f"""
 <h1>safemon report</h1>
 <p class="meta">Database <code>{html.escape(database)}</code> · {html.escape(span)} · generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>
-<nav><a href="#asr">Probe ASR</a><a href="#violations">Production violations</a><a href="#drift">Drift</a><a href="#alerts">Alerts</a><a href="#runs">Latest runs</a></nav>
+<nav><a href="#asr">Probe ASR</a><a href="#violations">Production violations</a><a href="#drift">Drift</a><a href="#alerts">Alerts</a><a href="#corrected">Corrected rates</a><a href="#runs">Latest runs</a></nav>
 <h2 id="asr">Attack success rate per category, per probe run</h2>
 {block("asr", "probe runs")}
 <h2 id="violations">Violation rate per hazard per hour (production stream)</h2>
@@ -130,6 +130,9 @@ def render_page(history: History, sections: dict[str, list[tuple[str, str]]], *,
 <h2 id="alerts">Alerts</h2>
 {block("alerts", "alerts")}
 {_table(alerts_table) if not history.alerts.empty else ""}
+<h2 id="corrected">Rates measured and corrected for detector error</h2>
+<p class="meta">Rogan-Gladen: each rate corrected with the scoring detectors' sensitivity and specificity from their model card; the interval carries the uncertainty of all three. Regression tests compare measured rates of one detector version.</p>
+{_table(history.corrected) if not history.corrected.empty else _empty("rates of a detector version with a card")}
 <h2 id="runs">Latest run per target and suite</h2>
 {_table(history.latest_runs, {"outcome": _outcome_mark, "healthy": lambda v: "" if v else "bad"})}
 """

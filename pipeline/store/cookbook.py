@@ -300,6 +300,49 @@ ORDER BY rejected DESC
     )
 )
 
+_add(
+    Recipe(
+        name="corrected_rates",
+        question="What are the attack success and violation rates once the detectors' own errors are taken out (Rogan-Gladen)?",
+        sql=f"""
+-- Attack success in each target's latest probe runs and flagged violations in the stream's last
+-- N hours (up to `until`, default now), as measured and corrected with the sensitivity and
+-- specificity on the scoring detector version's card (detector_errors). Attack success is "not
+-- refused", so its sensitivity is the refusal head's specificity and the other way round.
+-- No card for a version (a head you fitted yourself): the corrected columns are NaN.
+WITH if({{until:String}} = '', now64(3), parseDateTime64BestEffort({{until:String}}, 3, 'UTC')) AS upto
+SELECT r.measure AS measure, r.target AS target, r.scope AS scope, r.category AS category, r.n AS n, r.k AS k,
+       round(r.k / r.n, 4) AS measured,
+       if(e.se_n > 0 AND e.sp_n > 0, safemon_corrected_rate(r.k, r.n, e.se_k, e.se_n, e.sp_k, e.sp_n), (nan, nan, nan)) AS corrected_triple,
+       round(corrected_triple.1, 4) AS corrected, round(corrected_triple.2, 4) AS corrected_low, round(corrected_triple.3, 4) AS corrected_high,
+       r.detector_version AS detector_version, e.measured_on AS errors_measured_on
+FROM (
+    SELECT 'probe attack success' AS measure, 'refusal' AS task, target, suite AS scope, category, detector_version,
+           countIf(verdict != 'error') AS n, countIf(verdict = 'attack_success') AS k
+    FROM probe_results FINAL
+    WHERE expect = 'refuse' AND run_id IN (SELECT run_id FROM latest_runs) AND {_target()}
+    GROUP BY target, suite, category, detector_version
+    UNION ALL
+    SELECT 'stream violation' AS measure, 'harmful_compliance' AS task, target, model_version AS scope, hazard AS category, detector_version,
+           count() AS n, countIf(has(flagged_categories, hazard)) AS k
+    FROM sample_scores FINAL ARRAY JOIN mapKeys(violation_scores) AS hazard
+    WHERE occurred_at > upto - toIntervalHour({{hours:UInt32}}) AND occurred_at <= upto AND {_target()}
+    GROUP BY target, model_version, hazard, detector_version
+) AS r
+LEFT JOIN (
+    SELECT detector_version, task, measured_on,
+           if(task = 'refusal', tn, tp) AS se_k, if(task = 'refusal', tn + fp, tp + fn) AS se_n,
+           if(task = 'refusal', tp, tn) AS sp_k, if(task = 'refusal', tp + fn, tn + fp) AS sp_n
+    FROM detector_errors FINAL
+) AS e ON e.detector_version = r.detector_version AND e.task = r.task
+WHERE r.n > 0
+ORDER BY measure, target, scope, category
+""".strip(),
+        defaults={"target": "", "hours": 168, "until": ""},
+        views=("latest_runs",),
+    )
+)
+
 
 def render_cookbook() -> str:
     """The README's cookbook section body: every question, its SQL and how to run it."""

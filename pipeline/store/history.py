@@ -6,6 +6,7 @@ cost grows with the history's time span and number of categories, not with its r
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -36,10 +37,11 @@ class History:
     drift: pd.DataFrame  # per check: at, target, method, p_value, effect_size
     alerts: pd.DataFrame  # created_at, kind, severity, target, suite, model_version, status, title
     latest_runs: pd.DataFrame  # the latest run per target and suite
+    corrected: pd.DataFrame  # the cookbook's corrected_rates: each rate measured and corrected for detector error
 
     @property
     def rows_read(self) -> int:
-        return sum(len(t) for t in (self.asr, self.violations, self.drift, self.alerts, self.latest_runs))
+        return sum(len(t) for t in (self.asr, self.violations, self.drift, self.alerts, self.latest_runs, self.corrected))
 
 
 def _frame(client: Client, sql: str, parameters: dict) -> pd.DataFrame:
@@ -171,6 +173,16 @@ def load_latest_runs(client: Client) -> pd.DataFrame:
     )
 
 
+def load_corrected(client: Client, since: timedelta, until: datetime) -> pd.DataFrame:
+    """Attack success (latest runs) and violation rates (the span), measured and corrected (the cookbook's `corrected_rates`)."""
+    from pipeline.store.cookbook import run_recipe
+
+    hours = max(1, math.ceil(since / timedelta(hours=1)))
+    columns, rows = run_recipe(client, "corrected_rates", {"hours": hours, "until": until.isoformat()})
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.drop(columns=["corrected_triple"]) if not frame.empty else frame
+
+
 def load_history(client: Client, since: timedelta, until: datetime) -> History:
     """Everything the report shows for the `since` before `until`."""
     start = until - since
@@ -183,4 +195,5 @@ def load_history(client: Client, since: timedelta, until: datetime) -> History:
         drift=load_drift(client, start, until),
         alerts=load_alerts(client, start, until),
         latest_runs=load_latest_runs(client),
+        corrected=load_corrected(client, since, until),
     )

@@ -53,7 +53,7 @@ REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
 REPLICA_NAME = "{replica}"
 _DDL = re.compile(
     r"^(?P<head>\s*(?:CREATE|ALTER|DROP|RENAME|TRUNCATE)\s+(?:OR\s+REPLACE\s+)?"
-    r"(?:TEMPORARY\s+)?(?:TABLE|VIEW|MATERIALIZED\s+VIEW|DATABASE|DICTIONARY)\s+"
+    r"(?:TEMPORARY\s+)?(?:TABLE|VIEW|MATERIALIZED\s+VIEW|DATABASE|DICTIONARY|FUNCTION)\s+"
     r"(?:IF\s+(?:NOT\s+)?EXISTS\s+)?)(?P<name>`[^`]+`|[\w.]+)",
     re.I,
 )

@@ -55,6 +55,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from pipeline.records import utc_now
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
+from pipeline.store.detectors import write_errors
 from pipeline.store.samples import existing_sources, write_rejections, write_scores
 from pipeline.stream.batch import Accepted, Rejection, SourceRecord, StreamScorer, parse_records, split_stored_duplicates
 from pipeline.stream.contract import ContractWindow, validate_facts
@@ -154,12 +155,14 @@ class StreamWorker:
         self.scorer.warm_up()
         import great_expectations  # noqa: F401  (seconds to import: pay it before the first batch)
 
-        self._retry_store(self._migrate, "migrate")
+        self._retry_store(self._prepare_store, "migrate")
         log.info("stream.ready", seconds=round(time.monotonic() - started, 2))
 
-    def _migrate(self) -> None:
-        with open_store(self.settings, migrated=True):
-            pass
+    def _prepare_store(self) -> None:
+        """Migrate the store and record the error counts of the detectors this worker scores with."""
+        assert self.scorer is not None
+        with open_store(self.settings, migrated=True) as client:
+            write_errors(client, self.scorer.scorer.version, self.scorer.scorer.errors)
 
     def run(self) -> int:
         """Consume until stopped or idle for `max_idle_seconds`; return the exit code."""

@@ -30,9 +30,9 @@ def test_every_recipe_runs_read_only_and_answers(filled, name) -> None:
     assert all(len(r) == len(columns) for r in rows)
 
 
-def test_there_are_ten_questions_with_their_parameters_bound_server_side() -> None:
+def test_there_are_eleven_questions_with_their_parameters_bound_server_side() -> None:
     found = all_recipes()
-    assert len(found) == 10 and len({r.name for r in found}) == 10
+    assert len(found) == 11 and len({r.name for r in found}) == 11
     for recipe in found:
         assert set(recipe.bindings()) == set(recipe.defaults)
         assert "%s" not in recipe.sql and "{" + "}" not in recipe.sql

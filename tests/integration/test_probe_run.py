@@ -7,13 +7,13 @@ from importlib.resources import files
 import pytest
 from pydantic import SecretStr
 
-from pipeline.detectors.catalog import exemplars_digest
 from pipeline.probes.replay import ReplayServer
 from pipeline.probes.runner import run_once
 from pipeline.probes.suites import get_suite
 from pipeline.probes.targets import TargetConfig
 from pipeline.store.client import open_store
 from tests.support.fake_endpoints import FakeEndpoint, closed_port_url
+from tests.support.shipped import shipped_version
 from tests.support.slack_server import SlackServer
 
 RECORDING = files("pipeline.demo") / "recording.jsonl"
@@ -51,7 +51,10 @@ def test_regression_is_alerted_suppressed_then_recovered_in_thread(replay, slack
     assert run_once(_target(replay, "v1"), suite, settings, "run-1").run.outcome == "passed"
     second = run_once(_target(replay, "v2"), suite, settings, "run-2")
     assert second.run.outcome == "regressed"
-    assert {c.category for c in second.evaluation.comparisons if c.regressed} == {"cybercrime", "indiscriminate_weapons"}
+    # The recording's v2 gives in on cybercrime and weapons probes and nowhere else; the shipped
+    # refusal head misses two of v1's cybercrime refusals, so weapons is the category sure to regress.
+    regressed = {c.category for c in second.evaluation.comparisons if c.regressed}
+    assert "indiscriminate_weapons" in regressed and regressed <= {"cybercrime", "indiscriminate_weapons"}
     assert len(slack.messages) == 1
     root_ts = slack.messages[0]["ts"] if "ts" in slack.messages[0] else None
 
@@ -69,9 +72,12 @@ def test_regression_is_alerted_suppressed_then_recovered_in_thread(replay, slack
     assert [(k, s) for k, s, _, _ in sent] == [("regression", "sent"), ("regression", "suppressed"), ("recovery", "sent")]
     assert slack.messages[1]["thread_ts"] == sent[0][2]
     assert root_ts is None or root_ts == sent[0][2]
-    # Every scored result records which detectors scored it; errors were not scored.
+    # Every scored result records which detectors scored it (the shipped heads: no head is
+    # configured); errors were not scored. Their card's error counts are stored beside them.
     versions = _rows(settings, "SELECT DISTINCT detector_version FROM probe_results FINAL WHERE verdict != 'error'")
-    assert versions == [(f"exemplars-{exemplars_digest()}+{settings.embedding_backend}",)]
+    assert versions == [(shipped_version(settings.embedding_backend),)]
+    errors = _rows(settings, "SELECT detector_version, task, tp + fn + tn + fp > 0 FROM detector_errors FINAL ORDER BY task")
+    assert errors == [(versions[0][0], "harmful_compliance", True), (versions[0][0], "refusal", True)]
 
 
 def test_retried_run_adds_no_rows_and_no_second_alert(replay, slack_settings) -> None:

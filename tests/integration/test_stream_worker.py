@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.detectors.catalog import exemplars_digest
 from tests.support.env import require
 from tests.support.kafka_broker import free_port
 from tests.support.poison import hostile_samples, poison_corpus
+from tests.support.shipped import shipped_version
 from tests.support.stream_worker import (
     committed_offsets,
     make_sample,
@@ -77,7 +77,8 @@ def test_every_sample_is_scored_once(settings, kafka_bootstrap, topic, tmp_path)
     dims = query(settings, "SELECT DISTINCT length(embedding) FROM sample_scores")
     assert dims == [(384,)]
     versions = query(settings, "SELECT DISTINCT detector_version FROM sample_scores")
-    assert versions == [(f"exemplars-{exemplars_digest()}+{settings.embedding_backend}",)]  # which detectors scored them
+    assert versions == [(shipped_version(settings.embedding_backend),)]  # which detectors scored them: the shipped heads
+    assert query(settings, "SELECT DISTINCT task FROM detector_errors FINAL ORDER BY task") == [("harmful_compliance",), ("refusal",)]
     rates = query(settings, "SELECT category, sum(n) FROM violation_rate_by_hour GROUP BY category")
     assert len(rates) == 10 and all(n == 400 for _, n in rates)
     commits = worker.events("stream.batch_committed")
