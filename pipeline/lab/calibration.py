@@ -91,6 +91,6 @@ def overlay_path(out: Path | None, settings: Any) -> Path:
 def describe(result: Calibrated) -> str:
     lo, hi = result.ci
     return (
-        f"threshold {result.threshold:.4f} for a target false-positive rate of {result.target_fpr:g}: "
+        f"threshold {result.threshold:.6g} for a target false-positive rate of {result.target_fpr:g}: "
         f"{result.false_positives} of {result.held_out_rows} held-out rows flagged = {result.measured_fpr:.4f} [95% CI {lo:.4f}, {hi:.4f}]"
     )
