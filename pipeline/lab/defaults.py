@@ -36,9 +36,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import structlog
-
-log = structlog.get_logger(__name__)
 
 SEED = 0
 BACKEND = "torch"  # the exact backend: int8 vectors depend on their batch-mates
