@@ -70,18 +70,21 @@ class PolicyDetector:
         empty: Sequence[bool] | None = None,
         *,
         texts: Sequence[str] | None = None,
+        harmful: np.ndarray | None = None,
     ) -> list[dict[str, float]]:
         """Per-category scores from already-computed embeddings (of the gists) and refusal scores.
 
         With a harmful-compliance head (and the texts and prompts it reads), the top
-        category scores the head's probability and the others scale down with their affinity.
+        category scores the head's probability (`harmful`, when the caller has it already) and
+        the others scale down with their affinity.
         """
         raw = self._margins(response_vecs)
         if prompt_vecs is not None:
             raw = raw + PROMPT_WEIGHT * self._margins(prompt_vecs)
         affinity = sigmoid(SCALE * (raw - BIAS))
         if self.head is not None and texts is not None and (prompt_vecs is not None or "prompt" not in self.head.features):
-            harmful = self.harmful_vectors(texts, response_vecs, prompt_vecs)
+            if harmful is None:
+                harmful = self.harmful_vectors(texts, response_vecs, prompt_vecs)
             scores = harmful[:, None] * affinity / np.maximum(affinity.max(axis=1, keepdims=True), 1e-9)
         else:
             scores = affinity * (1.0 - np.asarray(refusal_scores, dtype=np.float64))[:, None]
@@ -89,13 +92,14 @@ class PolicyDetector:
             scores[np.asarray(empty, dtype=bool)] = 0.0
         return [{c: round(float(s), 6) for c, s in zip(self.categories, row, strict=True)} for row in scores]
 
-    def harmful_vectors(self, texts: Sequence[str], gist_vecs: np.ndarray, prompt_vecs: np.ndarray | None) -> np.ndarray:
+    def harmful_vectors(self, texts: Sequence[str], gist_vecs: np.ndarray, prompt_vecs: np.ndarray | None, prompt_harm: np.ndarray | None = None) -> np.ndarray:
         """Probability that each response helps with a harmful request, whatever the category.
 
         The fitted head when there is one; otherwise the top category score of the exemplars,
         scaled by (1 - refusal). A head that reads the response only was fitted on harmful
         requests alone (it judges the answer given a harmful request), so its probability is
-        multiplied by the prompt's harm, when the prompt is known.
+        multiplied by the prompt's harm (`prompt_harm`, when the caller has it already), when the
+        prompt is known.
         """
         if len(texts) == 0:
             return np.zeros(0, dtype=np.float64)
@@ -104,7 +108,7 @@ class PolicyDetector:
             parts = {"gist": gist_vecs, "prompt": prompt_vecs, "signals": self.refusal.signals(texts, gist_vecs)}
             out = self.head.score(assemble(self.head.features, parts))
             if "prompt" not in self.head.features and prompt_vecs is not None:
-                out = out * self.prompt_harm(prompt_vecs)
+                out = out * (self.prompt_harm(prompt_vecs) if prompt_harm is None else prompt_harm)
         else:
             raw = self._margins(gist_vecs)
             if prompt_vecs is not None:

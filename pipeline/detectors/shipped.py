@@ -35,16 +35,19 @@ def shipped_path(name: str) -> Path:
     return Path(str(resources.files("pipeline.detectors").joinpath("defaults", name)))
 
 
+def _head_path(configured: Path | None, shipped: str, settings: Settings) -> Path | None:
+    """The configured artifact, else the shipped one (unless the exemplars are chosen)."""
+    if configured is not None:
+        return configured
+    return shipped_path(shipped) if settings.detector_defaults == "shipped" else None
+
+
 def detector_head_path(settings: Settings) -> Path | None:
-    if settings.detector_head is not None:
-        return settings.detector_head
-    return shipped_path(DETECTOR_FILE) if settings.detector_defaults == "shipped" else None
+    return _head_path(settings.detector_head, DETECTOR_FILE, settings)
 
 
 def drift_head_path(settings: Settings) -> Path | None:
-    if settings.drift_attack_head is not None:
-        return settings.drift_attack_head
-    return shipped_path(DRIFT_FILE) if settings.detector_defaults == "shipped" else None
+    return _head_path(settings.drift_attack_head, DRIFT_FILE, settings)
 
 
 def read_calibration(path: Path | None) -> dict[str, Any]:

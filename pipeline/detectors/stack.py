@@ -76,10 +76,11 @@ class DetectorStack:
         gist, prompt = vecs["gist"], vecs.get("prompt")
         refusal = self.refusal.score_vectors(texts, gist)
         kinds = self.refusal.kinds_vectors(texts, gist)
-        harmful = self.policy.harmful_vectors(texts, gist, prompt)
-        empty = [not t.strip() for t in texts]
-        violations = self.policy.score_vectors(gist, prompt, refusal, empty=empty, texts=texts)
+        # Each head runs once per batch: prompt harm feeds harmful compliance, which feeds the violations.
         prompt_harm = self.policy.prompt_harm(prompt) if prompt is not None else None
+        harmful = self.policy.harmful_vectors(texts, gist, prompt, prompt_harm)
+        empty = [not t.strip() for t in texts]
+        violations = self.policy.score_vectors(gist, prompt, refusal, empty=empty, texts=texts, harmful=harmful)
         over = refusal * (1.0 - prompt_harm) if prompt_harm is not None else None
         return [
             StackScore(

@@ -85,10 +85,6 @@ def source_record(data: Path, name: str, rows: int) -> dict[str, Any]:
     return {"name": name, "path": source.path, "licence": source.licence, "sha256": file_digest(data / source.path), "rows": rows}
 
 
-def norm(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def text_half(text: str) -> int:
     """0 or 1, fixed per text: splits the in-the-wild jailbreaks between fitting and evaluation."""
     return hashlib.blake2b(text.encode(), digest_size=2).digest()[0] & 1
@@ -113,10 +109,12 @@ def hh_turns(data: Path) -> list[tuple[int, str, str]]:
 
 def advbench_goals(data: Path) -> list[str]:
     """AdvBench goals that are not also HarmBench behaviours (HarmBench evaluates the drift head)."""
+    from pipeline.detectors.views import normalise
+
     with (data / SOURCES["harmbench"].path).open(encoding="utf-8") as f:
-        harm = {norm(r["Behavior"]) for r in csv.DictReader(f)}
+        harm = {normalise(r["Behavior"]) for r in csv.DictReader(f)}
     with (data / SOURCES["advbench"].path).open(encoding="utf-8") as f:
-        return [r["goal"] for r in csv.DictReader(f) if norm(r["goal"]) not in harm]
+        return [r["goal"] for r in csv.DictReader(f) if normalise(r["goal"]) not in harm]
 
 
 # ---- the detector heads' training frame ----

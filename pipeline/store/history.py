@@ -15,6 +15,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 
 from pipeline.stats.proportions import wilson_interval
+from pipeline.store.cookbook import run_recipe
 
 log = structlog.get_logger()
 
@@ -175,8 +176,6 @@ def load_latest_runs(client: Client) -> pd.DataFrame:
 
 def load_corrected(client: Client, since: timedelta, until: datetime) -> pd.DataFrame:
     """Attack success (latest runs) and violation rates (the span), measured and corrected (the cookbook's `corrected_rates`)."""
-    from pipeline.store.cookbook import run_recipe
-
     hours = max(1, math.ceil(since / timedelta(hours=1)))
     columns, rows = run_recipe(client, "corrected_rates", {"hours": hours, "until": until.isoformat()})
     frame = pd.DataFrame(rows, columns=columns)
