@@ -50,10 +50,16 @@ def drift_head_path(settings: Settings) -> Path | None:
     return _head_path(settings.drift_attack_head, DRIFT_FILE, settings)
 
 
-def read_calibration(path: Path | None) -> dict[str, Any]:
-    """The overlay's sections (`detectors`, `drift`); empty when no overlay is configured or written yet."""
-    if path is None or not Path(path).exists():
+def read_calibration(path: Path | None, *, missing_ok: bool = False) -> dict[str, Any]:
+    """The overlay's sections (`detectors`, `drift`); empty when none is configured (or, with
+    `missing_ok`, written yet). A configured overlay that is not there is an error: the
+    thresholds it should set would silently not apply."""
+    if path is None:
         return {}
+    if not Path(path).exists():
+        if missing_ok:
+            return {}
+        raise HeadError(f"SAFEMON_CALIBRATION={path}: no such file; run `safemon detectors calibrate` / `safemon drift calibrate` or unset it")
     data = json.loads(Path(path).read_text())
     if data.get("format") != CALIBRATION_FORMAT:
         raise HeadError(f"{path}: not a calibration overlay (format {data.get('format')!r})")
@@ -62,7 +68,7 @@ def read_calibration(path: Path | None) -> dict[str, Any]:
 
 def write_calibration(path: Path, section: str, entry: dict[str, Any]) -> None:
     """Set one section of the overlay, keeping the other."""
-    data = read_calibration(path) or {"format": CALIBRATION_FORMAT}
+    data = read_calibration(path, missing_ok=True) or {"format": CALIBRATION_FORMAT}
     data[section] = entry
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(data, indent=1, sort_keys=True))

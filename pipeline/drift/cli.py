@@ -208,7 +208,7 @@ def drift_calibrate(
     try:
         if head is None:
             raise ValueError("calibration sets the attack head's threshold, and no attack head is in use (SAFEMON_DETECTOR_DEFAULTS=exemplars?)")
-        prompts = read_traffic(benign)["prompt"].tolist()
+        prompts = read_traffic(benign, responses=False)["prompt"].tolist()
         with console.status(f"embedding {len(prompts)} user turns"):
             result = calibrate(head.score(embedder_from_settings(settings).encode(prompts)), target_fpr, seed=seed)
     except ValueError as exc:

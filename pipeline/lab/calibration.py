@@ -18,17 +18,22 @@ import pandas as pd
 TEXT_COLUMNS = (("user_text", "assistant_text"), ("prompt", "response"))
 
 
-def read_traffic(path: Path) -> pd.DataFrame:
-    """prompt and response of each row of a CSV or JSONL export (for example `safemon sql ... --format csv`)."""
+def read_traffic(path: Path, *, responses: bool = True) -> pd.DataFrame:
+    """prompt and response of each row of a CSV or JSONL export (for example `safemon sql ... --format csv`).
+
+    Without `responses` (the drift head reads user turns only) the user column alone will do.
+    """
     path = Path(path)
     frame = pd.read_json(path, lines=True) if path.suffix in (".jsonl", ".json") else pd.read_csv(path, keep_default_na=False)
     for prompt, response in TEXT_COLUMNS:
-        if {prompt, response} <= set(frame.columns):
-            out = pd.DataFrame({"prompt": frame[prompt].astype(str), "response": frame[response].astype(str)})
+        if prompt in frame.columns and (response in frame.columns or not responses):
+            answers = frame[response].astype(str) if response in frame.columns else ""
+            out = pd.DataFrame({"prompt": frame[prompt].astype(str), "response": answers})
             if out.empty:
                 raise ValueError(f"{path}: no rows")
             return out
-    raise ValueError(f"{path}: needs the columns user_text and assistant_text (or prompt and response); it has {sorted(frame.columns)}")
+    needed = "user_text and assistant_text (or prompt and response)" if responses else "user_text (or prompt)"
+    raise ValueError(f"{path}: needs the columns {needed}; it has {sorted(frame.columns)}")
 
 
 @dataclass(frozen=True)

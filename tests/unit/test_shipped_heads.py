@@ -125,3 +125,29 @@ def test_eval_refuses_to_report_the_shipped_heads_on_a_file_they_were_fitted_on(
         held_out_rows(None, data, {"sources": [{"name": "jailbreakbench", "sha256": file_digest(data)}]})
     rows, note = held_out_rows("frame", data, {"sources": [{"name": "other", "sha256": "0" * 64}]})
     assert rows == "frame" and note.startswith("all rows")
+
+
+def test_a_configured_overlay_that_is_missing_fails_naming_the_key(tmp_path, embedder) -> None:
+    settings = load_settings(calibration=tmp_path / "typo.json")
+    with pytest.raises(HeadError, match="SAFEMON_CALIBRATION=.*typo.json: no such file"):
+        load_head(settings, embedder)
+    with pytest.raises(HeadError, match="SAFEMON_CALIBRATION"):
+        load_drift_head(settings)
+
+
+def test_drift_calibrate_reads_user_turns_alone(tmp_path, monkeypatch, embedder) -> None:
+    from pipeline.cli import app
+    from pipeline.lab.calibration import read_traffic
+    from pipeline.settings import get_settings
+
+    turns = tmp_path / "turns.csv"
+    turns.write_text("user_text\n" + "\n".join(f"How do I plant tulip bulb number {i} in clay soil?" for i in range(60)) + "\n")
+    assert read_traffic(turns, responses=False)["prompt"].tolist()[0].startswith("How do I plant")
+    with pytest.raises(ValueError, match="needs the columns user_text and assistant_text"):
+        read_traffic(turns)
+    monkeypatch.setenv("SAFEMON_EMBEDDING_BACKEND", "torch")
+    get_settings.cache_clear()
+    done = CliRunner().invoke(app, ["drift", "calibrate", "--benign", str(turns), "--target-fpr", "0.05", "--out", str(tmp_path / "c.json")])
+    get_settings.cache_clear()
+    assert done.exit_code == 0, done.output
+    assert json.loads((tmp_path / "c.json").read_text())["drift"]["rows"] == {"calibration": 30, "held_out": 30}
