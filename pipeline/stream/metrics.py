@@ -20,6 +20,12 @@ log = structlog.get_logger(__name__)
 LOG_INTERVAL_S = 10.0
 # Lag costs one ListOffsets request; refreshed at most this often between log lines.
 LAG_INTERVAL_S = 1.0
+# The request runs on the consuming thread: it may hold the stream up this long at most (the
+# client's default, 30 s, stalled consumption for a minute while a broker was paused) ...
+LAG_TIMEOUT_MS = 1_000
+# ... and after a failure it is not asked again for this long, so a sick broker costs the
+# stream at most LAG_TIMEOUT_MS every LAG_BACKOFF_S.
+LAG_BACKOFF_S = 15.0
 
 
 class StreamMetrics:
@@ -30,7 +36,7 @@ class StreamMetrics:
         self.started = time.monotonic()
         self.log_interval_s = log_interval_s
         self._last_log = self.started
-        self._last_lag = 0.0
+        self._lag_due = 0.0  # monotonic time from which lag may be asked again
         self._last_samples = 0
         self.samples = 0  # scored and stored
         self.batches = 0
@@ -66,20 +72,23 @@ class StreamMetrics:
         if not assigned:
             lag: dict[str, int] = {}
         else:
-            ends = consumer.end_offsets(assigned)
+            ends = consumer.end_offsets(assigned, timeout_ms=LAG_TIMEOUT_MS)
             lag = {f"{tp.topic}:{tp.partition}": max(0, ends[tp] - consumer.position(tp)) for tp in assigned if tp in ends}
         with self._lock:
             self.lag = lag
-            self._last_lag = time.monotonic()
+            self._lag_due = time.monotonic() + LAG_INTERVAL_S
 
     def maybe_update_lag(self, consumer: Any) -> None:
-        """Refresh lag if it is older than LAG_INTERVAL_S (what `/metrics` shows between log lines)."""
-        if time.monotonic() - self._last_lag < LAG_INTERVAL_S:
+        """Refresh lag if it is older than LAG_INTERVAL_S (what `/metrics` shows between log lines),
+        or, after a failed request, once LAG_BACKOFF_S has passed."""
+        if time.monotonic() < self._lag_due:
             return
         try:
             self.update_lag(consumer)
         except Exception as exc:  # lag is advisory: never let it stop the stream
-            log.warning("stream.lag_unavailable", error=str(exc))
+            with self._lock:
+                self._lag_due = time.monotonic() + LAG_BACKOFF_S
+            log.warning("stream.lag_unavailable", error=str(exc), retry_in_s=LAG_BACKOFF_S)
 
     def maybe_log(self, consumer: Any | None = None, *, force: bool = False) -> None:
         """Log the figures if the interval has passed (refreshing lag from the consumer first)."""
@@ -87,10 +96,7 @@ class StreamMetrics:
         if not force and now - self._last_log < self.log_interval_s:
             return
         if consumer is not None:
-            try:
-                self.update_lag(consumer)
-            except Exception as exc:  # lag is advisory: never let it stop the stream
-                log.warning("stream.lag_unavailable", error=str(exc))
+            self.maybe_update_lag(consumer)
         with self._lock:
             elapsed = max(now - self._last_log, 1e-9)
             rate = (self.samples - self._last_samples) / elapsed
