@@ -1,4 +1,4 @@
-"""A real single-node Kafka broker for tests, driven through deploy/kafka/kafka.sh."""
+"""Real Kafka for tests, driven through deploy/kafka/kafka.sh: one broker, or a 3-node cluster."""
 
 from __future__ import annotations
 
@@ -122,14 +122,122 @@ class KafkaBroker:
             return None
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 4) -> None:
-    """Create a topic on any broker (also an external one), replication factor 1."""
+def create_topic(bootstrap: str, name: str, partitions: int = 4, replication_factor: int = 1) -> None:
+    """Create a topic on any broker (also an external one)."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="safemon-tests")
     try:
-        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=replication_factor)])
     finally:
         admin.close()
-    log.info("kafka.topic.created", topic=name, partitions=partitions)
+    log.info("kafka.topic.created", topic=name, partitions=partitions, replication_factor=replication_factor)
+
+
+def free_port_run(length: int) -> int:
+    """The first of `length` consecutive loopback ports that were all free a moment ago."""
+    for _ in range(200):
+        base = free_port()
+        if base + length > 65_535:
+            continue
+        try:
+            socks = []
+            for port in range(base, base + length):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError(f"no run of {length} free ports found")
+
+
+class KafkaCluster:
+    """`kafka.sh --brokers N` on loopback: node I listens on base + 2(I-1), its controller on the next port."""
+
+    def __init__(self, data_dir: Path, brokers: int = 3):
+        self.data_dir = Path(data_dir)
+        self.brokers = brokers
+        self.port = free_port_run(2 * brokers)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{self.port + 2 * i}" for i in range(self.brokers))
+
+    def start(self, node: int | None = None) -> float:
+        """Start every node (or one) and wait until each lists the whole cluster; returns the seconds it took."""
+        started = time.monotonic()
+        self._run("start", node, timeout=START_TIMEOUT_S)
+        return time.monotonic() - started
+
+    def stop(self, node: int | None = None) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after kafka.sh's timeout) of every node, or one."""
+        self._run("stop", node, timeout=120)
+
+    def pid(self, node: int) -> int | None:
+        try:
+            return int((self.data_dir / f"node-{node}" / "kafka.pid").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def signal(self, node: int, sig: signal.Signals) -> None:
+        """Send a signal to one node's JVM: SIGKILL a crash, SIGSTOP / SIGCONT a stall."""
+        pid = self.pid(node)
+        assert pid is not None, f"node {node} is not running"
+        os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            while _alive(pid):
+                time.sleep(0.05)
+        log.info("kafka.node.signalled", node=node, signal=sig.name, pid=pid)
+
+    def rss_mb(self) -> list[float]:
+        """Resident memory of each running node's JVM, in MiB (Linux /proc)."""
+        out = []
+        for node in range(1, self.brokers + 1):
+            pid = self.pid(node)
+            if pid is not None and _alive(pid):
+                status = Path(f"/proc/{pid}/status").read_text()
+                out.append(int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1]) / 1024)
+        return out
+
+    def partitions(self, topic: str) -> dict[int, tuple[int, list[int]]]:
+        """Each partition's (leader node id, in-sync replica ids), as the cluster reports them now."""
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="safemon-tests-cluster")
+        try:
+            (described,) = admin.describe_topics([topic])
+        finally:
+            admin.close()
+        return {p["partition_index"]: (p["leader_id"], sorted(p["isr_nodes"])) for p in described["partitions"]}
+
+    def wait_in_sync(self, topics: list[str], timeout_s: float = 120) -> float:
+        """Wait until every partition of `topics` has a leader and all replicas in sync; returns the seconds waited."""
+        started = time.monotonic()
+        while True:
+            try:
+                if all(leader >= 0 and len(isr) == self.brokers for t in topics for leader, isr in self.partitions(t).values()):
+                    return time.monotonic() - started
+            except Exception as exc:  # a node on its way back may answer with errors for a moment
+                log.info("kafka.cluster.not_in_sync_yet", error=repr(exc))
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"{topics} not fully in sync within {timeout_s}s: {self.partitions(topics[0])}")
+            time.sleep(0.5)
+
+    def __enter__(self) -> KafkaCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self, command: str, node: int | None, timeout: float) -> None:
+        args = ["bash", str(SCRIPT), command, "--brokers", str(self.brokers)] + (["--node", str(node)] if node else [])
+        env = {**os.environ, "SAFEMON_KAFKA_DIR": str(self.data_dir), "SAFEMON_KAFKA_PORT": str(self.port)}
+        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode == EXIT_UNAVAILABLE:
+            raise KafkaUnavailable(done.stderr.strip())
+        if done.returncode != 0:
+            raise KafkaBrokerError(f"kafka.sh {command} exited {done.returncode}:\n{done.stderr.strip()}")
 
 
 def _alive(pid: int) -> bool:
