@@ -26,7 +26,7 @@ import pytest
 from pipeline.stream.contract import sample_to_json
 from tests.support.env import require
 from tests.support.kafka_broker import KafkaCluster, KafkaUnavailable, create_topic
-from tests.support.stream_worker import committed_offsets, query, read_topic, short_samples, start_worker, worker_env
+from tests.support.stream_worker import WorkerProcess, committed_offsets, event_time, query, read_topic, short_samples, start_worker, worker_env
 
 pytestmark = pytest.mark.kafka
 
@@ -64,7 +64,7 @@ def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
 class Faults:
     """The run's workers and the recovery figure of each fault."""
 
-    def __init__(self, cluster: KafkaCluster, topic: str, group: str, workers: list) -> None:
+    def __init__(self, cluster: KafkaCluster, topic: str, group: str, workers: list[WorkerProcess]) -> None:
         self.cluster, self.topic, self.group, self.workers = cluster, topic, group, workers
         self.report: list[tuple[str, int, list[int], float]] = []
 
@@ -83,7 +83,7 @@ class Faults:
             done: dict[int, float] = {}
             for worker in self.workers:
                 for event in worker.events("stream.batch_committed"):
-                    at = _event_time(event)
+                    at = event_time(event)
                     for p, offset in event["committed"].items():
                         if at > since and int(p) in partitions and offset > before[int(p)]:
                             done[int(p)] = min(done.get(int(p), at), at)
@@ -102,12 +102,6 @@ class Faults:
 
     def ends(self) -> dict[int, int]:
         return _end_offsets(self.cluster.bootstrap, self.topic)
-
-
-def _event_time(event: dict) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def test_leader_kills_a_rolling_restart_and_a_pause_lose_and_double_nothing(settings, cluster: KafkaCluster, tmp_path: Path):

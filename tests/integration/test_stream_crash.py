@@ -12,13 +12,13 @@ import random
 import statistics
 import time
 import uuid
-from datetime import datetime
 
 import pytest
 
 from tests.support.kafka_broker import create_topic
 from tests.support.stream_worker import (
     committed_offsets,
+    event_time,
     produce_samples,
     query,
     short_samples,
@@ -31,10 +31,6 @@ pytestmark = pytest.mark.kafka
 
 SAMPLES = 5_000
 TRIALS = 10
-
-
-def _event_time(event: dict) -> float:
-    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def test_sigkill_at_random_points_loses_and_doubles_nothing(settings, kafka_bootstrap, tmp_path):
@@ -58,7 +54,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(settings, kafka_boot
         worker = start_worker(env, log_path)
         # Recovery: restart -> first commit (model load, group join, the dead member's session expiry).
         first = worker.wait_for("stream.batch_committed", timeout=120)[0]
-        recoveries.append(_event_time(first) - worker.started_at)
+        recoveries.append(event_time(first) - worker.started_at)
         time.sleep(rng.uniform(1.0, 6.0))
         before = committed_offsets(kafka_bootstrap, group, topic)
         worker.kill()

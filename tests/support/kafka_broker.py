@@ -101,19 +101,7 @@ class KafkaBroker:
         }
 
     def _run(self, command: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(
-            ["bash", str(SCRIPT), command],
-            env=self._env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and done.returncode == EXIT_UNAVAILABLE:
-            raise KafkaUnavailable(done.stderr.strip())
-        if check and done.returncode != 0:
-            raise KafkaBrokerError(f"kafka.sh {command} exited {done.returncode}:\n{done.stderr.strip()}")
-        return done
+        return kafka_sh([command], self._env(), timeout, check)
 
     def _pid(self) -> int | None:
         try:
@@ -231,13 +219,18 @@ class KafkaCluster:
         self.stop()
 
     def _run(self, command: str, node: int | None, timeout: float) -> None:
-        args = ["bash", str(SCRIPT), command, "--brokers", str(self.brokers)] + (["--node", str(node)] if node else [])
-        env = {**os.environ, "SAFEMON_KAFKA_DIR": str(self.data_dir), "SAFEMON_KAFKA_PORT": str(self.port)}
-        done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-        if done.returncode == EXIT_UNAVAILABLE:
-            raise KafkaUnavailable(done.stderr.strip())
-        if done.returncode != 0:
-            raise KafkaBrokerError(f"kafka.sh {command} exited {done.returncode}:\n{done.stderr.strip()}")
+        args = [command, "--brokers", str(self.brokers)] + (["--node", str(node)] if node else [])
+        kafka_sh(args, {**os.environ, "SAFEMON_KAFKA_DIR": str(self.data_dir), "SAFEMON_KAFKA_PORT": str(self.port)}, timeout)
+
+
+def kafka_sh(args: list[str], env: dict[str, str], timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run deploy/kafka/kafka.sh; KafkaUnavailable when java or mvn is missing, KafkaBrokerError on other failures."""
+    done = subprocess.run(["bash", str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode == EXIT_UNAVAILABLE:
+        raise KafkaUnavailable(done.stderr.strip())
+    if check and done.returncode != 0:
+        raise KafkaBrokerError(f"kafka.sh {' '.join(args)} exited {done.returncode}:\n{done.stderr.strip()}")
+    return done
 
 
 def _alive(pid: int) -> bool:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +106,11 @@ def start_worker(env: dict[str, str], log_path: Path, *, max_idle_seconds: float
     with open(log_path, "ab") as log_file:
         process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=log_file)
     return WorkerProcess(process, log_path)
+
+
+def event_time(event: dict[str, Any]) -> float:
+    """A log event's timestamp as epoch seconds."""
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
 def read_events(path: Path, name: str | None = None) -> list[dict[str, Any]]:
