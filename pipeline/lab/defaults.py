@@ -57,10 +57,10 @@ class Source:
     path: str
     licence: str
     trains: bool
-    own: bool = False  # the project's own file: `path` is under the project root, not the datasets folder
 
     def file(self, data: Path) -> Path:
-        return (PROJECT if self.own else data) / self.path
+        """Where the source is: the project's own files under the project root, the rest under `data`."""
+        return (PROJECT if self.licence == OWN else data) / self.path
 
 
 SOURCES = {
@@ -78,9 +78,9 @@ SOURCES = {
         Source("presidio_pii", "presidio_pii/synth_dataset_v2.json", "MIT", True),
         Source("xstest_completions", "xstest", "model owners' terms: evaluation only", False),
         Source("benign_instructions", "benign_instructions", "CC-BY-NC-4.0: evaluation only", False),
-        Source("safemon_refusal_exemplars", "pipeline/detectors/exemplars/refusal.yaml", OWN, True, own=True),
-        Source("safemon_policy_exemplars", "pipeline/detectors/exemplars/policy.yaml", OWN, True, own=True),
-        Source("safemon_benign_requests", "pipeline/lab/data/benign_requests.txt", OWN, True, own=True),
+        Source("safemon_refusal_exemplars", "pipeline/detectors/exemplars/refusal.yaml", OWN, True),
+        Source("safemon_policy_exemplars", "pipeline/detectors/exemplars/policy.yaml", OWN, True),
+        Source("safemon_benign_requests", "pipeline/lab/data/benign_requests.txt", OWN, True),
     )
 }
 UNDECIDED = "undecided"  # a weak refusal label the rules decide after embedding
