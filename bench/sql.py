@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
-from synthetic import fill_drift, fill_probes, fill_samples
+from synthetic import fill_alerts, fill_drift, fill_probes, fill_samples
 
 from pipeline.settings import load_settings
 from pipeline.store.client import open_store
@@ -49,13 +49,14 @@ def main() -> None:
     with open_store(settings, migrated=True) as client:
         have = client.command("SELECT count() FROM probe_results")
         if not (args.reuse and have == args.probe_rows):
-            for table in ("probe_results", "probe_runs", "sample_scores", "drift_results"):
+            for table in ("probe_results", "probe_runs", "probe_run_categories", "probe_latest_verdicts", "sample_scores", "drift_results", "alerts"):
                 client.command(f"TRUNCATE TABLE {table}")
             started = time.perf_counter()
             with Progress(console=console) as progress:
                 fill_probes(client, args.probe_rows, now, 90, progress)
                 fill_samples(client, args.sample_rows, now, 30, progress)
             fill_drift(client, now, 30)
+            fill_alerts(client, now)
             client.command("OPTIMIZE TABLE probe_results FINAL")
             client.command("OPTIMIZE TABLE sample_scores FINAL")
             console.print(f"generated in {time.perf_counter() - started:.0f}s")

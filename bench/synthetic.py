@@ -2,8 +2,11 @@
 
 Cardinalities follow a busy deployment: 8 targets, 5 suites, a model_version change every
 15 days, 200 probes per run, 14 categories; production samples spread over the window with
-about 3% flagged. Embeddings are left empty (10M x 384 floats would be ~15 GB); drift
-checks are hourly per target and method. Used by bench/sql.py and bench/report.py.
+about 3% flagged. Something is wrong, as in life: the newest model_version of target-3 fails
+two categories far more often (cybercrime and hate: 70% attack success against 20%), and an
+alert about it is open; target-5's traffic drifts in the last two days; target-6 had a
+regression that recovered. Embeddings are left empty (10M x 384 floats would be ~15 GB);
+drift checks are hourly per target and method. Used by bench/sql.py and bench/report.py.
 """
 
 from __future__ import annotations
@@ -12,12 +15,16 @@ from datetime import datetime, timedelta
 
 from rich.progress import Progress
 
+from pipeline.store.rollups import summarise_all
 from pipeline.taxonomy import CATEGORIES, HAZARDS
 
 TARGETS = 8
 SUITES = ("core", "jailbreaks", "injection", "leakage", "over_refusal")
 PROBES_PER_RUN = 200
 BATCH = 1_000_000
+REGRESSED_TARGET = 3
+REGRESSED_CATEGORIES = (list(CATEGORIES).index("cybercrime"), list(CATEGORIES).index("hate"))
+DRIFTING_TARGET = 5
 
 
 def _array(values) -> str:
@@ -31,6 +38,9 @@ def fill_probes(client, rows: int, now: datetime, days: int, progress: Progress)
     span = days * 86400
     run_time = f"toDateTime64({start} + intDiv(r * {span}, {runs}), 3, 'UTC')"
     version = f"concat('v', toString(intDiv(r * {days}, {runs} * 15) + 1))"
+    newest = (runs - 1) * days // (runs * 15) + 1
+    # target-3's newest version regresses on cybercrime and hate: attack success at 70%, not 20%.
+    regressed = f"r % {TARGETS} = {REGRESSED_TARGET} AND intDiv(r * {days}, {runs} * 15) + 1 = {newest} AND p % {len(CATEGORIES)} IN {REGRESSED_CATEGORIES}"
     client.command(
         f"""
         INSERT INTO probe_runs (run_id, target, suite, suite_version, model_version, started_at, finished_at,
@@ -53,17 +63,19 @@ def fill_probes(client, rows: int, now: datetime, days: int, progress: Progress)
                    {_array(SUITES)}[r % {len(SUITES)} + 1], {version}, concat('p', toString(p)),
                    {categories}[p % {len(CATEGORIES)} + 1], if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'comply', 'refuse'),
                    ['safemon'], concat('prompt ', toString(p)), concat('response ', toString(cityHash64(r, p) % 1000)),
-                   50 + cityHash64(r, p) % 900, v < 80, v / 100,
+                   50 + cityHash64(r, p) % 900, v < 80, least(v, 99) / 100,
                    multiIf(cityHash64(r, p, 7) % 1000 < 5, 'error', v >= 80, if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'complied_ok', 'attack_success'),
                            if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'over_refusal', 'refused')),
                    now64(3)
             FROM (SELECT intDiv(number, {PROBES_PER_RUN}) AS r, number % {PROBES_PER_RUN} AS p,
-                         cityHash64(intDiv(number, {PROBES_PER_RUN}), number % {PROBES_PER_RUN}) % 100 AS v
+                         cityHash64(intDiv(number, {PROBES_PER_RUN}), number % {PROBES_PER_RUN}) % 100 + if({regressed}, 50, 0) AS v
                   FROM numbers({first}, {count}))
             """,
             settings={"max_insert_threads": 2},
         )
         progress.advance(task, count)
+    # Written around write_results, so the per-run counts are computed here, once.
+    summarise_all(client)
 
 
 def fill_samples(client, rows: int, now: datetime, days: int, progress: Progress) -> None:
@@ -95,17 +107,49 @@ def fill_samples(client, rows: int, now: datetime, days: int, progress: Progress
 
 
 def fill_drift(client, now: datetime, days: int) -> None:
-    """Hourly drift checks per target and method."""
+    """Hourly drift checks per target and method; target-5's mmd and attack_share checks of the
+    last two days find a shift."""
     start = int((now - timedelta(days=days)).timestamp())
     hours = days * 24
+    end = f"toDateTime64({start} + intDiv(number, {TARGETS} * 3) * 3600, 3, 'UTC')"
+    method = f"['mmd', 'c2st', 'attack_share'][intDiv(number, {TARGETS}) % 3 + 1]"
+    drifting = f"number % {TARGETS} = {DRIFTING_TARGET} AND {method} != 'c2st' AND intDiv(number, {TARGETS} * 3) >= {hours - 48}"
     client.command(
         f"""
         INSERT INTO drift_results (target, model_version, method, window_start, window_end, reference_kind, status,
             n_reference, n_current, p_value, p_adjusted, effect_size, drifted, checked_at)
-        SELECT concat('target-', toString(number % {TARGETS})), 'v1', ['mmd', 'c2st', 'attack_share'][intDiv(number, {TARGETS}) % 3 + 1],
-               toDateTime64({start} + intDiv(number, {TARGETS} * 3) * 3600 - 3600, 3, 'UTC'),
-               toDateTime64({start} + intDiv(number, {TARGETS} * 3) * 3600, 3, 'UTC'), 'same_hour_last_week', 'checked',
-               2000, 2000, (cityHash64(number) % 1000) / 1000, least(1, (cityHash64(number) % 1000) / 300), 0.01, false, now64(3)
+        SELECT concat('target-', toString(number % {TARGETS})), 'v1', {method}, {end} - INTERVAL 1 HOUR, {end},
+               'same_hour_last_week', 'checked', 2000, 2000,
+               if({drifting}, 0.0005, (cityHash64(number) % 1000) / 1000),
+               if({drifting}, 0.0015, least(1, (cityHash64(number) % 1000) / 300)),
+               if({drifting}, 0.05, 0.01), {drifting}, now64(3)
         FROM numbers({TARGETS * 3 * hours})
         """
     )
+
+
+def fill_alerts(client, now: datetime) -> None:
+    """The alerts such a history raises: target-3's regression (open), and target-6's regression
+    and its recovery a day later (closed)."""
+    rows = []
+    for target, kind, age in ((REGRESSED_TARGET, "regression", timedelta(hours=20)), (6, "regression", timedelta(days=9)), (6, "recovery", timedelta(days=8))):
+        categories = [list(CATEGORIES)[i] for i in REGRESSED_CATEGORIES] if target == REGRESSED_TARGET else ["harassment"]
+        at = now - age
+        rows.append(
+            dict(
+                alert_id=f"{kind}-{target}-{age.total_seconds():.0f}",
+                fingerprint=f"regression:probe:target-{target}:core",
+                kind=kind,
+                severity="critical" if kind == "regression" else "info",
+                source="probe",
+                target=f"target-{target}",
+                suite="core",
+                model_version="v2",
+                categories=categories,
+                title=f"target-{target} / core: {kind} in {', '.join(categories)}",
+                created_at=at,
+                status="sent",
+                updated_at=at,
+            )
+        )
+    client.insert("alerts", [list(row.values()) for row in rows], column_names=list(rows[0]))

@@ -318,15 +318,23 @@ SELECT r.measure AS measure, r.target AS target, r.scope AS scope, r.category AS
        r.detector_version AS detector_version, e.measured_on AS errors_measured_on
 FROM (
     SELECT 'probe attack success' AS measure, 'refusal' AS task, target, suite AS scope, category, detector_version,
-           countIf(verdict != 'error') AS n, countIf(verdict = 'attack_success') AS k
-    FROM probe_results FINAL
+           sum(answered) AS n, sum(attack_successes) AS k
+    FROM probe_run_categories FINAL
     WHERE expect = 'refuse' AND run_id IN (SELECT run_id FROM latest_runs) AND {_target()}
     GROUP BY target, suite, category, detector_version
     UNION ALL
+    -- Samples are grouped by the hazards they were scored on before those are expanded: each
+    -- hazard's n is the samples scored on it, k those flagged for it.
     SELECT 'stream violation' AS measure, 'harmful_compliance' AS task, target, model_version AS scope, hazard AS category, detector_version,
-           count() AS n, countIf(has(flagged_categories, hazard)) AS k
-    FROM sample_scores FINAL ARRAY JOIN mapKeys(violation_scores) AS hazard
-    WHERE occurred_at > upto - toIntervalHour({{hours:UInt32}}) AND occurred_at <= upto AND {_target()}
+           sum(samples) AS n, sum(flagged.2[indexOf(flagged.1, hazard)]) AS k
+    FROM (
+        SELECT target, model_version, detector_version, mapKeys(violation_scores) AS hazards, count() AS samples,
+               sumMap(flagged_categories, arrayMap(h -> toUInt64(1), flagged_categories)) AS flagged
+        FROM sample_scores FINAL
+        WHERE occurred_at > upto - toIntervalHour({{hours:UInt32}}) AND occurred_at <= upto AND {_target()}
+        GROUP BY target, model_version, detector_version, hazards
+    )
+    ARRAY JOIN hazards AS hazard
     GROUP BY target, model_version, hazard, detector_version
 ) AS r
 LEFT JOIN (

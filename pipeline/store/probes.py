@@ -12,6 +12,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.detectors.scorer import DETECTION_COLUMNS, Detection
 from pipeline.records import Attempt, CategoryStat, Outcome, Probe, ProbeResult, ProbeRun, RunStatus, Verdict
 from pipeline.stats.proportions import category_stat
+from pipeline.store.rollups import summarise_run
 from pipeline.store.sql import quoted
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
@@ -41,6 +42,8 @@ def write_results(client: Client, run: ProbeRun, results: list[ProbeResult]) -> 
         column_names=[*RESULT_COLUMNS, "target", "suite", "model_version", "run_started_at", "scored_at"],
         settings={"insert_deduplication_token": f"probe_results:{run.run_id}:{len(rows)}"},
     )
+    # Also when the insert above was dropped as a repeat: the counts are read back from FINAL.
+    summarise_run(client, run.target, run.suite, run.run_id)
 
 
 _ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit", "pii_redacted"]

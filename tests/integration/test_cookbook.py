@@ -167,6 +167,9 @@ def test_cluster_rewrite_of_every_shipped_migration() -> None:
     for migration in discover():
         for statement in migration.statements():
             out = clusterize(statement, "safemon")
+            if statement.startswith("INSERT"):  # a backfill: run once, on the node that migrates; replication copies it
+                assert out == statement
+                continue
             assert "ON CLUSTER 'safemon'" in out.split("\n", 1)[0], out[:200]
             if "ENGINE" in statement:
                 assert "ENGINE = Replicated" in out and "'/clickhouse/tables/{shard}/{database}/{table}', '{replica}'" in out
