@@ -1,13 +1,13 @@
 """The report's charts, drawn with matplotlib as inline SVG (no scripts or fonts to fetch).
 
-Each function takes the report's tables and returns SVG markup, or None when the period
-holds nothing to draw.
+Each function takes the report's tables and draws one target's chart (or the alerts'),
+returning SVG markup. Charts are as tall as their rows and span the time their data covers.
 """
 
 from __future__ import annotations
 
 import io
-import math
+import itertools
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,20 +16,25 @@ import matplotlib
 import pandas as pd
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
-from matplotlib.ticker import PercentFormatter
+from matplotlib.ticker import LogLocator, NullLocator, PercentFormatter
 
-MAX_SERIES = 8  # (target, suite) or target panels drawn; the rest are named in the page
-MAX_LINES = 8  # categories or methods per axes
-_COLUMNS = 4
+MAX_LINES = 6  # hazards, suites or methods per axes
+WIDTH = 11.0  # inches: the page's width at 100 dpi
 _XML_HEAD = re.compile(r"^.*?(?=<svg)", re.S)
 
 
 @contextmanager
-def _figure(name: str, width: float, height: float) -> Iterator[tuple[Figure, list[str]]]:
+def _figure(
+    name: str, width: float, height: float, *, left: float = 0.55, right: float = 0.15, top: float = 0.3, bottom: float = 0.35
+) -> Iterator[tuple[Figure, list[str]]]:
+    """A figure with fixed margins in inches (a layout engine measures every tick label, which
+    costs more than the drawing); `left` leaves room for the longest y labels."""
     # A per-chart salt keeps the hashed ids (clip paths, markers) of SVGs inlined into one
-    # page from colliding.
-    with matplotlib.rc_context({"svg.hashsalt": name, "svg.fonttype": "path", "font.size": 8}):
-        figure = Figure(figsize=(width, height), layout="constrained")
+    # page from colliding. Text stays text (the page's own font draws it), which keeps the
+    # SVG small and quick to write.
+    with matplotlib.rc_context({"svg.hashsalt": name, "svg.fonttype": "none", "font.size": 8}):
+        figure = Figure(figsize=(width, height))
+        figure.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height, wspace=0.18)
         out: list[str] = []
         yield figure, out
         buffer = io.StringIO()
@@ -38,11 +43,13 @@ def _figure(name: str, width: float, height: float) -> Iterator[tuple[Figure, li
 
 
 def _dates(axes, times: pd.Series | None = None) -> None:
-    if times is not None and len(times) and times.min() == times.max():
-        # One instant: give the date locator a range to put ticks on.
-        middle = pd.Timestamp(times.min())
-        axes.set_xlim(middle - pd.Timedelta(hours=1), middle + pd.Timedelta(hours=1))
-    locator = AutoDateLocator(maxticks=6)
+    if times is not None and len(times):
+        first, last = pd.Timestamp(times.min()), pd.Timestamp(times.max())
+        # Sized to the data: the axis spans what was drawn (an instant gets an hour each side).
+        pad = max((last - first) * 0.03, pd.Timedelta(hours=1) if first == last else pd.Timedelta(0))
+        axes.set_xlim(first - pad, last + pad)
+    # Dates, never minute ticks on a month: the locator picks days, hours or months as fits.
+    locator = AutoDateLocator(minticks=3, maxticks=8)
     axes.xaxis.set_major_locator(locator)
     axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     axes.grid(alpha=0.3)
@@ -53,97 +60,118 @@ def _band(axes, frame: pd.DataFrame, x: str, label: str) -> None:
     axes.fill_between(frame[x], frame["ci_low"], frame["ci_high"], color=line.get_color(), alpha=0.18, linewidth=0)
 
 
-def asr_figures(asr: pd.DataFrame, deploys: pd.DataFrame) -> list[tuple[str, str]]:
-    """Per (target, suite): ASR per category over runs, 95% bands, model_version changes marked.
-    Returns (title, svg) pairs."""
-    if asr.empty:
-        return []
-    out = []
-    series = asr.groupby(["target", "suite"])["at"].max().sort_values(ascending=False).index[:MAX_SERIES]
-    for target, suite in series:
-        frame = asr[(asr.target == target) & (asr.suite == suite)]
-        changes = deploys[(deploys.target == target) & (deploys.suite == suite)] if not deploys.empty else deploys
-        categories = sorted(frame.category.unique())
-        rows = math.ceil(len(categories) / _COLUMNS)
-        title = f"{target} / {suite}"
-        with _figure(f"asr-{target}-{suite}", 11, 1.9 * rows + 0.4) as (figure, svg):
-            grid = figure.subplots(rows, _COLUMNS, squeeze=False, sharey=True)
-            for axes, category in zip(grid.flat, categories, strict=False):
-                metric = "over-refusal" if category == "over_refusal" else "ASR"
-                _band(axes, frame[frame.category == category], "at", metric)
-                for _, change in changes.iterrows():
-                    axes.axvline(change["at"], color="0.35", linestyle="--", linewidth=0.8)
-                    axes.annotate(
-                        change["model_version"],
-                        (change["at"], 0.97),
-                        xycoords=("data", "axes fraction"),
-                        fontsize=6.5,
-                        rotation=90,
-                        va="top",
-                        ha="right",
-                        color="0.3",
-                    )
-                axes.set_title(f"{category} ({metric})", fontsize=8, loc="left")
-                axes.set_ylim(0, 1)
-                axes.yaxis.set_major_formatter(PercentFormatter(1.0))
-                _dates(axes, frame["at"])
-            for axes in list(grid.flat)[len(categories) :]:
-                axes.set_visible(False)
-            figure.suptitle(f"{title}: rate per run, 95% Wilson band; dashed = model_version change", fontsize=9)
-        out.append((title, svg[0]))
-    return out
+def _versions(axes, changes: pd.DataFrame) -> None:
+    for at, rows in changes.groupby("at"):
+        axes.axvline(at, color="0.35", linestyle="--", linewidth=0.8)
+        axes.annotate(
+            ", ".join(sorted(set(rows["model_version"]))),
+            (at, 0.98),
+            xycoords=("data", "axes fraction"),
+            fontsize=6.5,
+            rotation=90,
+            va="top",
+            ha="right",
+            color="0.3",
+        )
 
 
-def violation_figures(violations: pd.DataFrame) -> list[tuple[str, str]]:
-    """Per target: the stream's violation rate per hazard per hour, with 95% bands."""
-    if violations.empty:
-        return []
-    out = []
-    targets = violations.groupby("target")["n"].sum().sort_values(ascending=False).index[:MAX_SERIES]
-    for target in targets:
-        frame = violations[violations.target == target]
-        top = frame.groupby("category")["violations"].sum().sort_values(ascending=False).index[:MAX_LINES]
-        with _figure(f"violations-{target}", 11, 3.2) as (figure, svg):
-            axes = figure.add_subplot()
-            for category in top:
-                _band(axes, frame[frame.category == category], "hour", category)
-            axes.set_ylabel("violation rate (95% band)")
-            axes.yaxis.set_major_formatter(PercentFormatter(1.0))
-            axes.set_ylim(bottom=0)
-            axes.legend(fontsize=7, ncols=4, loc="upper left", frameon=False)
-            axes.set_title(f"{target}: flagged samples per hour, top {len(top)} hazards", fontsize=9, loc="left")
-            _dates(axes, frame["hour"])
-        out.append((target, svg[0]))
-    return out
+def _edges(times: pd.Series) -> list:
+    """Cell edges around sorted instants: halfway between neighbours, half a step past the ends."""
+    points = list(pd.to_datetime(sorted(times.unique())))
+    if len(points) == 1:
+        return [points[0] - pd.Timedelta(hours=1), points[0] + pd.Timedelta(hours=1)]
+    middles = [a + (b - a) / 2 for a, b in itertools.pairwise(points)]
+    return [points[0] - (middles[0] - points[0]), *middles, points[-1] + (points[-1] - middles[-1])]
 
 
-def drift_figures(drift: pd.DataFrame, alpha: float, min_effect: float) -> list[tuple[str, str]]:
-    """Per target: each method's p-value (log scale) and effect size, with the alert thresholds."""
-    if drift.empty:
-        return []
-    out = []
-    for target in sorted(drift.target.unique())[:MAX_SERIES]:
-        frame = drift[drift.target == target]
-        with _figure(f"drift-{target}", 11, 3.0) as (figure, svg):
-            p_axes, e_axes = figure.subplots(1, 2)
-            for method in sorted(frame.method.unique())[:MAX_LINES]:
-                rows = frame[frame.method == method]
-                tested = rows[rows.p_value.notna()]
-                if not tested.empty:
-                    # A permutation p-value can be 0 at the resolution of its permutations.
-                    p_axes.plot(tested["at"], tested["p_value"].clip(lower=1e-6), marker="o", markersize=2.5, linewidth=1.2, label=method)
-                e_axes.plot(rows["at"], rows["effect_size"], marker="o", markersize=2.5, linewidth=1.2, label=method)
-            p_axes.axhline(alpha, color="crimson", linestyle="--", linewidth=1, label=f"alert level α={alpha:g}")
-            p_axes.set_yscale("log")
-            p_axes.set_ylim(top=1.5)
-            p_axes.set_title(f"{target}: p-value per check (after correction)", fontsize=9, loc="left")
-            e_axes.axhline(min_effect, color="crimson", linestyle="--", linewidth=1, label=f"minimum effect {min_effect:g}")
-            e_axes.set_title(f"{target}: effect size per check", fontsize=9, loc="left")
-            for axes in (p_axes, e_axes):
-                axes.legend(fontsize=7, loc="best", frameon=False)
-                _dates(axes, frame["at"])
-        out.append((target, svg[0]))
-    return out
+def asr_heatmap(asr: pd.DataFrame, deploys: pd.DataFrame, target: str) -> str:
+    """One target's rates (attack success; over-refusal for benign probes) per category over
+    time, pooled over its suites: a row per category, a cell per run or bucket."""
+    frame = asr[asr.target == target].groupby(["at", "category"], as_index=False)[["successes", "n"]].sum()
+    frame["rate"] = frame["successes"] / frame["n"]
+    table = frame.pivot(index="category", columns="at", values="rate").sort_index(ascending=False)
+    times = pd.Series(table.columns)
+    height = 0.75 + 0.17 * len(table.index)
+    longest = max(len(str(c)) for c in table.index)
+    with _figure(f"asr-{target}", WIDTH, height, left=0.25 + 0.055 * longest, right=0.9) as (figure, svg):
+        axes = figure.add_subplot()
+        mesh = axes.pcolormesh(
+            _edges(times), range(len(table.index) + 1), table.to_numpy(dtype=float), cmap="Reds", vmin=0, vmax=1, shading="flat", rasterized=True
+        )
+        axes.set_yticks([i + 0.5 for i in range(len(table.index))], list(table.index))
+        changes = deploys[deploys.target == target] if not deploys.empty else deploys
+        if not changes.empty:
+            _versions(axes, changes)
+        _dates(axes)
+        axes.grid(False)
+        axes.set_xlim(_edges(times)[0], _edges(times)[-1])
+        bar = figure.add_axes((1 - 0.75 / WIDTH, axes.get_position().y0, 0.12 / WIDTH, axes.get_position().height))
+        figure.colorbar(mesh, cax=bar, format=PercentFormatter(1.0))
+        axes.set_title(f"{target}: attack success (over-refusal for benign probes) per category; dashed = model_version change", fontsize=9, loc="left")
+    return svg[0]
+
+
+def category_figure(asr: pd.DataFrame, deploys: pd.DataFrame, target: str, category: str) -> str:
+    """One target's category over time, a line per suite with its 95% Wilson band."""
+    frame = asr[(asr.target == target) & (asr.category == category)]
+    metric = "over-refusal" if category == "over_refusal" else "attack success"
+    with _figure(f"asr-{target}-{category}", WIDTH, 2.4) as (figure, svg):
+        axes = figure.add_subplot()
+        for suite in sorted(frame.suite.unique())[:MAX_LINES]:
+            _band(axes, frame[frame.suite == suite], "at", suite)
+        changes = deploys[deploys.target == target] if not deploys.empty else deploys
+        if not changes.empty:
+            _versions(axes, changes)
+        axes.set_ylim(0, 1)
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+        axes.legend(fontsize=7, ncols=MAX_LINES, loc="upper left", frameon=False)
+        axes.set_title(f"{target} / {category}: {metric} rate per suite, 95% Wilson band", fontsize=9, loc="left")
+        _dates(axes, frame["at"])
+    return svg[0]
+
+
+def violation_figure(violations: pd.DataFrame, target: str) -> str:
+    """One target's stream violation rate per hazard over time, the most flagged hazards, with 95% bands."""
+    frame = violations[violations.target == target]
+    top = frame.groupby("category")["violations"].sum().sort_values(ascending=False).index[:MAX_LINES]
+    with _figure(f"violations-{target}", WIDTH, 2.6, left=0.7) as (figure, svg):
+        axes = figure.add_subplot()
+        for category in top:
+            _band(axes, frame[frame.category == category], "at", category)
+        axes.set_ylabel("share of samples flagged")
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+        axes.set_ylim(bottom=0)
+        axes.legend(fontsize=7, ncols=MAX_LINES, loc="upper left", frameon=False)
+        axes.set_title(f"{target}: production samples flagged, the {len(top)} most flagged hazards (95% band)", fontsize=9, loc="left")
+        _dates(axes, frame["at"])
+    return svg[0]
+
+
+def drift_figure(drift: pd.DataFrame, target: str, alpha: float, min_effect: float) -> str:
+    """One target's drift checks: each method's p-value (log scale) and effect size, with the alert thresholds."""
+    frame = drift[drift.target == target]
+    with _figure(f"drift-{target}", WIDTH, 2.4) as (figure, svg):
+        p_axes, e_axes = figure.subplots(1, 2)
+        for method in sorted(frame.method.unique())[:MAX_LINES]:
+            rows = frame[frame.method == method]
+            tested = rows[rows.p_value.notna()]
+            if not tested.empty:
+                # A permutation p-value can be 0 at the resolution of its permutations.
+                p_axes.plot(tested["at"], tested["p_value"].clip(lower=1e-6), marker="o", markersize=2, linewidth=1.1, label=method)
+            e_axes.plot(rows["at"], rows["effect_size"], marker="o", markersize=2, linewidth=1.1, label=method)
+        p_axes.axhline(alpha, color="crimson", linestyle="--", linewidth=1, label=f"alert level α={alpha:g}")
+        p_axes.set_yscale("log")
+        p_axes.set_ylim(top=1.5)
+        # Decades only: a labelled minor tick per step of a log axis costs more than the chart.
+        p_axes.yaxis.set_major_locator(LogLocator(numticks=6))
+        p_axes.yaxis.set_minor_locator(NullLocator())
+        p_axes.set_title(f"{target}: p-value (after correction)", fontsize=9, loc="left")
+        e_axes.axhline(min_effect, color="crimson", linestyle="--", linewidth=1, label=f"minimum effect {min_effect:g}")
+        e_axes.set_title(f"{target}: effect size", fontsize=9, loc="left")
+        for axes in (p_axes, e_axes):
+            axes.legend(fontsize=7, loc="best", frameon=False)
+            _dates(axes, frame["at"])
+    return svg[0]
 
 
 _KIND_COLOURS = {"regression": "crimson", "recovery": "seagreen", "data_quality": "darkorange", "drift": "royalblue"}
@@ -155,7 +183,8 @@ def alerts_figure(alerts: pd.DataFrame) -> str | None:
     if alerts.empty:
         return None
     lanes = sorted({f"{t} / {s}" for t, s in zip(alerts.target, alerts.suite, strict=True)})
-    with _figure("alerts", 11, 0.45 * len(lanes) + 1.4) as (figure, svg):
+    longest = max(len(lane) for lane in lanes)
+    with _figure("alerts", WIDTH, 0.3 * len(lanes) + 1.2, left=0.25 + 0.055 * longest, top=0.45) as (figure, svg):
         axes = figure.add_subplot()
         for kind, rows in alerts.groupby("kind"):
             y = [lanes.index(f"{t} / {s}") for t, s in zip(rows.target, rows.suite, strict=True)]

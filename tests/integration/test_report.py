@@ -84,6 +84,29 @@ def test_report_history_marks_the_model_version_change_and_the_alert(filled) -> 
     assert (per_category == total).all()
 
 
+def test_the_summary_leads_and_marks_the_alerted_categories_with_links_to_their_charts(report_file, filled) -> None:
+    html = report_file.read_text()
+    with open_store(filled, readonly=True) as client:
+        alerted = {c for (cats,) in client.query("SELECT categories FROM alerts FINAL WHERE kind = 'regression'").result_rows for c in cats}
+        title = client.query("SELECT title FROM alerts FINAL WHERE kind = 'regression'").result_rows[0][0]
+    assert alerted
+    # What changed, the open alerts and drift come before any chart.
+    first_chart = html.index("<figure")
+    for section in ('id="summary"', 'id="open-alerts"', 'id="drift"'):
+        assert html.index(section) < first_chart, section
+    # The grid marks as regressed exactly what the regression alert found (same counts, same test),
+    # and each marked cell links to a chart of that category on the page.
+    marked = re.findall(r'<td class="regressed"[^>]*><a href="#([^"]+)">', html)
+    assert {m.removeprefix("asr-demo-assistant-").replace("-", "_") for m in marked} == alerted
+    for link in marked:
+        assert f'id="{link}"' in html and re.search(rf'<figure class="chart" data-chart="asr" id="{link}">', html)
+    open_alerts = html[html.index('id="open-alerts"') : html.index('id="drift"')]
+    assert title.replace("'", "&#x27;") in open_alerts or title in open_alerts
+    # Targets where something changed are open; the rest are collapsed.
+    assert re.search(r'<details class="target" id="target-demo-assistant" open>', html)
+    assert re.search(r'<details class="target" id="target-prod-chat">', html)
+
+
 def test_report_on_an_empty_store_says_so(settings, client, tmp_path) -> None:
     summary = write_report(settings, timedelta(days=1), tmp_path / "empty.html")
     html = summary.path.read_text()
