@@ -16,7 +16,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogLocator, NullLocator, PercentFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator, PercentFormatter
 
 MAX_LINES = 6  # hazards, suites or methods per axes
 WIDTH = 11.0  # inches: the page's width at 100 dpi
@@ -165,6 +165,8 @@ def drift_figure(drift: pd.DataFrame, target: str, alpha: float, min_effect: flo
         # Decades only: a labelled minor tick per step of a log axis costs more than the chart.
         p_axes.yaxis.set_major_locator(LogLocator(numticks=6))
         p_axes.yaxis.set_minor_locator(NullLocator())
+        # Plain numbers: the default 10^n labels go through the mathtext parser, slowly.
+        p_axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         p_axes.set_title(f"{target}: p-value (after correction)", fontsize=9, loc="left")
         e_axes.axhline(min_effect, color="crimson", linestyle="--", linewidth=1, label=f"minimum effect {min_effect:g}")
         e_axes.set_title(f"{target}: effect size", fontsize=9, loc="left")

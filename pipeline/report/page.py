@@ -163,13 +163,16 @@ def _grid_table(cells: pd.DataFrame, min_effect: float) -> str:
 
 def _target_sections(history: History, cells: pd.DataFrame, drift: pd.DataFrame, settings: Settings) -> tuple[str, int]:
     """One collapsible section per target, open where something changed; returns (html, charts)."""
-    targets = sorted(set(history.asr.get("target", [])) | set(history.violations.get("target", [])) | set(history.drift.get("target", [])))
+    # Each table's targets, once (a column of strings is slow to walk per target).
+    probed, streamed, checked = (set(frame["target"].unique()) if not frame.empty else set() for frame in (history.asr, history.violations, history.drift))
+    targets = sorted(probed | streamed | checked)
     regressed = cells[cells.regressed] if not cells.empty else cells
     alerted = set(history.open_alerts.target) if not history.open_alerts.empty else set()
     drifting = set(drift.loc[drift.drifting, "target"]) if not drift.empty else set()
+    regressed_targets = set(regressed.target) if not regressed.empty else set()
 
     def changed(target: str) -> bool:
-        return target in alerted or target in drifting or (not regressed.empty and target in set(regressed.target))
+        return target in alerted or target in drifting or target in regressed_targets
 
     sections, charts = [], 0
     for target in sorted(targets, key=lambda t: (not changed(t), t)):
@@ -181,14 +184,14 @@ def _target_sections(history: History, cells: pd.DataFrame, drift: pd.DataFrame,
             notes.append(f'<span class="flag">{(history.open_alerts.target == target).sum()} open alert(s)</span>')
         if target in drifting:
             notes.append('<span class="flag">drifting</span>')
-        if not history.asr.empty and target in set(history.asr.target):
+        if target in probed:
             parts.append(_chart("asr", f"{target}: rates per category", figures.asr_heatmap(history.asr, history.deploys, target)))
             for category in worse:
                 svg = figures.category_figure(history.asr, history.deploys, target, category)
                 parts.append(_chart("asr", f"{target} / {category}", svg, anchor("asr", target, category)))
-        if not history.violations.empty and target in set(history.violations.target):
+        if target in streamed:
             parts.append(_chart("violations", f"{target}: production violations", figures.violation_figure(history.violations, target)))
-        if not history.drift.empty and target in set(history.drift.target):
+        if target in checked:
             svg = figures.drift_figure(history.drift, target, settings.drift_alpha, settings.drift_min_effect)
             parts.append(_chart("drift", f"{target}: embedding drift", svg))
         charts += len(parts)
