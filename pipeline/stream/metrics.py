@@ -26,6 +26,9 @@ LAG_TIMEOUT_MS = 1_000
 # ... and after a failure it is not asked again for this long, so a sick broker costs the
 # stream at most LAG_TIMEOUT_MS every LAG_BACKOFF_S.
 LAG_BACKOFF_S = 15.0
+# A store step that waits this long (an outage: the path held elsewhere, a server down) is
+# counted as a stall and logged when it ends.
+STORE_STALL_S = 5.0
 
 
 class StreamMetrics:
@@ -44,6 +47,9 @@ class StreamMetrics:
         self.rejects: Counter[str] = Counter()
         self.quality_failures = 0
         self.store_retries = 0
+        self.store_seconds = 0.0  # time spent in store steps, outages included
+        self.store_stalls = 0
+        self._store_since: float | None = None  # monotonic start of the store step in progress
         self.lag: dict[str, int] = {}  # "topic:partition" -> end offset - position
         self.last_batch_seconds = 0.0
         self._server: ThreadingHTTPServer | None = None
@@ -65,6 +71,25 @@ class StreamMetrics:
     def record_store_retry(self) -> None:
         with self._lock:
             self.store_retries += 1
+
+    def store_began(self) -> None:
+        with self._lock:
+            self._store_since = time.monotonic()
+
+    def store_ended(self) -> float:
+        """End the store step in progress; returns how long it took (retries and waits included)."""
+        with self._lock:
+            seconds = time.monotonic() - self._store_since if self._store_since is not None else 0.0
+            self._store_since = None
+            self.store_seconds += seconds
+            if seconds >= STORE_STALL_S:
+                self.store_stalls += 1
+        return seconds
+
+    def store_pending_seconds(self) -> float:
+        """How long the store step in progress has been waiting (0 when none is): an outage, live."""
+        with self._lock:
+            return time.monotonic() - self._store_since if self._store_since is not None else 0.0
 
     def update_lag(self, consumer: Any) -> None:
         """Lag per assigned partition: the partition's end offset minus the consumer's position."""
@@ -110,12 +135,14 @@ class StreamMetrics:
                 rejects_by_code=dict(self.rejects),
                 quality_failures=self.quality_failures,
                 store_retries=self.store_retries,
+                store_stalls=self.store_stalls,
                 lag=dict(self.lag),
                 lag_total=sum(self.lag.values()),
             )
 
     def exposition(self) -> str:
         """The figures in the Prometheus text exposition format."""
+        pending = self.store_pending_seconds()
         with self._lock:
             lines = [
                 "# HELP safemon_stream_samples_total Samples scored and stored.",
@@ -133,6 +160,15 @@ class StreamMetrics:
                 "# HELP safemon_stream_store_retries_total Failed store attempts that were retried.",
                 "# TYPE safemon_stream_store_retries_total counter",
                 f"safemon_stream_store_retries_total {self.store_retries}",
+                "# HELP safemon_stream_store_seconds_total Time spent storing batches, waits for the store included.",
+                "# TYPE safemon_stream_store_seconds_total counter",
+                f"safemon_stream_store_seconds_total {self.store_seconds + pending:.3f}",
+                f"# HELP safemon_stream_store_stalls_total Store steps that waited {STORE_STALL_S:.0f} s or more (outages), consumption paused meanwhile.",
+                "# TYPE safemon_stream_store_stalls_total counter",
+                f"safemon_stream_store_stalls_total {self.store_stalls}",
+                "# HELP safemon_stream_store_pending_seconds How long the store step in progress has waited; partitions stay paused until it returns.",
+                "# TYPE safemon_stream_store_pending_seconds gauge",
+                f"safemon_stream_store_pending_seconds {pending:.3f}",
                 "# HELP safemon_stream_batch_seconds Duration of the last batch.",
                 "# TYPE safemon_stream_batch_seconds gauge",
                 f"safemon_stream_batch_seconds {self.last_batch_seconds:.6f}",

@@ -60,7 +60,7 @@ from pipeline.store.samples import existing_sources, write_rejections, write_sco
 from pipeline.stream.batch import Accepted, Rejection, SourceRecord, StreamScorer, parse_records, split_stored_duplicates
 from pipeline.stream.contract import ContractWindow, validate_facts
 from pipeline.stream.dlq import DeadLetters
-from pipeline.stream.metrics import StreamMetrics
+from pipeline.stream.metrics import STORE_STALL_S, StreamMetrics
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -292,7 +292,13 @@ class StreamWorker:
                 write_rejections(client, [x.row(self._attempt(x), rejected_at) for x in rejections])
             return len(kept), rejections
 
-        stored, rejections = self._retry_store(store, "store")
+        self.metrics.store_began()
+        try:
+            stored, rejections = self._retry_store(store, "store")
+        finally:
+            waited = self.metrics.store_ended()
+        if waited >= STORE_STALL_S:
+            log.warning("stream.store_resumed", waited_s=round(waited, 1))
         self.stage_s["store"] = time.monotonic() - storing
         if rejections:
             partitions = self._partitions()

@@ -17,18 +17,16 @@ from __future__ import annotations
 
 import signal
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from pipeline.stream.contract import sample_to_json
 from tests.support.env import require
 from tests.support.kafka_broker import KafkaCluster, KafkaUnavailable, create_topic
-from tests.support.stream_worker import WorkerProcess, committed_offsets, event_time, query, read_topic, short_samples, start_worker, worker_env
+from tests.support.replay_run import end_offsets, outcome, start_replay, stop_replay, wait_drained, write_replay_file
+from tests.support.stream_worker import WorkerProcess, event_time, start_worker, worker_env
 
 pytestmark = pytest.mark.kafka
 
@@ -37,7 +35,6 @@ RATE = 30  # messages/s from safemon replay: steady, and longer than the faults 
 SAMPLES = 15_000
 POISON_EVERY = 100  # 1% of the file
 PAUSE_S = 14  # > broker.session.timeout.ms (3 s) and the workers' session timeout (10 s)
-POISON = (b'{"schema": "conversation_sample.v1", "sample_id": "not-a-sample"}', b"not json at all")
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +47,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory):
     print(f"\n3-node cluster ready in {seconds:.1f}s; RSS per node {[round(m) for m in cluster.rss_mb()]} MiB")
     yield cluster
     cluster.stop()
-
-
-def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        return {tp.partition: offset for tp, offset in consumer.end_offsets(partitions).items()}
-    finally:
-        consumer.close()
 
 
 class Faults:
@@ -99,36 +85,20 @@ class Faults:
         for worker in self.workers:
             assert worker.process.poll() is None, f"a worker exited during the faults:\n{worker.tail()}"
 
-    def committed(self) -> dict[int, int]:
-        return committed_offsets(self.cluster.bootstrap, self.group, self.topic)
-
     def ends(self) -> dict[int, int]:
-        return _end_offsets(self.cluster.bootstrap, self.topic)
+        return end_offsets(self.cluster.bootstrap, self.topic)
 
 
 def test_leader_kills_a_rolling_restart_and_a_pause_lose_and_double_nothing(settings, cluster: KafkaCluster, tmp_path: Path):
     topic = f"cluster-{uuid.uuid4().hex[:10]}"
     group = f"group-{topic}"
     create_topic(cluster.bootstrap, topic, 4, replication_factor=3)
-    samples = short_samples(SAMPLES)
-    lines, kinds = [], []  # kinds: a sample_id, or None for poison
-    for i, sample in enumerate(samples):
-        lines.append(sample_to_json(sample))
-        kinds.append(sample.sample_id)
-        if i % POISON_EVERY == POISON_EVERY - 1:
-            lines.append(POISON[(i // POISON_EVERY) % 2])
-            kinds.append(None)
     file = tmp_path / "samples.jsonl"
-    file.write_bytes(b"\n".join(lines) + b"\n")
+    kinds = write_replay_file(file, SAMPLES, POISON_EVERY)
 
     env = worker_env(settings, bootstrap=cluster.bootstrap, topic=topic, group=group)
     workers = [start_worker(env, tmp_path / f"worker-{i}.log") for i in range(2)]
-    replay = subprocess.Popen(
-        [str(Path(sys.executable).with_name("safemon")), "replay", "--file", str(file), "--rate", str(RATE)],
-        env={**env, "COLUMNS": "200"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    replay = start_replay(env, file, RATE)
     faults = Faults(cluster, topic, group, workers)
     try:
         for worker in workers:
@@ -166,40 +136,20 @@ def test_leader_kills_a_rolling_restart_and_a_pause_lose_and_double_nothing(sett
         cluster.wait_in_sync(in_sync)
         faults.check_alive()
     finally:
-        replay.send_signal(signal.SIGINT)
-        output = replay.communicate(timeout=180)[0].decode(errors="replace")
-    assert replay.returncode == 0, output
-    acked = int(output.rsplit("produced ", 1)[1].split()[0])
-    assert acked < len(lines), "replay ran out before the faults ended: raise SAMPLES"
+        acked = stop_replay(replay)
+    assert acked < len(kinds), "replay ran out before the faults ended: raise SAMPLES"
 
     # Drain: every acknowledged record committed, then both workers stop cleanly.
-    deadline = time.monotonic() + 300
-    while sum(faults.committed().values()) < sum(faults.ends().values()):
-        faults.check_alive()
-        assert time.monotonic() < deadline, "the workers did not catch up"
-        time.sleep(0.5)
+    wait_drained(cluster.bootstrap, group, topic, check=faults.check_alive)
     assert sum(faults.ends().values()) == acked
     for worker in workers:
         assert worker.terminate() == 0, worker.tail()
 
-    sent = kinds[:acked]
-    expected = {k for k in sent if k is not None}
-    poison = sent.count(None)
-    rows, distinct = query(settings, "SELECT count(), uniqExact(sample_id) FROM sample_scores FINAL")[0]
-    stored = {r[0] for r in query(settings, "SELECT sample_id FROM sample_scores FINAL")}
-    rejected = query(settings, "SELECT count() FROM rejected_samples FINAL")[0][0]
-    dead = read_topic(cluster.bootstrap, f"{topic}.dlq", 3 * poison, timeout_s=20)  # all of it, copies included
-    positions = {(h["source_partition"], h["source_offset"]) for h in ({k: v.decode() for k, v in r.headers} for r in dead)}
-
-    print(
-        f"\nacknowledged {acked} ({poison} poison); stored {rows} rows, {distinct} distinct; rejected {rejected}; "
-        f"DLQ {len(dead)} records at {len(positions)} source positions"
-    )
+    result = outcome(settings, cluster.bootstrap, topic, kinds, acked)
+    print("\n" + result.describe())
     for name, node, partitions, seconds in faults.report:
         print(f"  {name:28s} node {node} led partitions {partitions}: a record written after the fault committed on each after {seconds:.1f}s")
     recoveries = [r[3] for r in faults.report]
     print(f"  recovery median {statistics.median(recoveries):.1f}s, max {max(recoveries):.1f}s over {len(recoveries)} faults")
     assert sum(1 for r in faults.report if r[0].startswith("leader kill")) == LEADER_KILLS
-    assert stored == expected and rows == distinct == len(expected), f"lost {len(expected - stored)}, unexpected {len(stored - expected)}"
-    assert rejected == poison == len(positions)
-    assert {r.value for r in dead} <= set(POISON)
+    assert result.exactly_once, result.describe()

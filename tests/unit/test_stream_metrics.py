@@ -48,3 +48,20 @@ def test_lag_is_asked_with_a_short_timeout_and_backs_off_after_a_failure(monkeyp
     assert healthy.asked == [metrics.LAG_TIMEOUT_MS]
     assert m.lag == {"t:0": 60, "t:1": 59}
     assert "safemon_stream_lag" in m.exposition()
+
+
+def test_a_store_step_in_progress_shows_how_long_it_has_waited_and_a_long_one_counts_as_a_stall(monkeypatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(metrics.time, "monotonic", lambda: clock[0])
+    m = StreamMetrics()
+    m.store_began()
+    clock[0] += 1.0
+    assert m.store_ended() == 1.0 and m.store_stalls == 0  # an ordinary batch
+    m.store_began()
+    clock[0] += metrics.STORE_STALL_S + 40
+    assert "safemon_stream_store_pending_seconds 45.000" in m.exposition()
+    assert m.store_ended() == metrics.STORE_STALL_S + 40
+    text = m.exposition()
+    assert "safemon_stream_store_pending_seconds 0.000" in text
+    assert "safemon_stream_store_stalls_total 1" in text
+    assert "safemon_stream_store_seconds_total 46.000" in text
