@@ -128,21 +128,32 @@ _add(
     Recipe(
         name="newly_failing_probes",
         question="Which probes does the newest model version fail that the previous one handled?",
+        # Each probe's newest verdict per version, merged only for the two versions compared
+        # (probe_latest_verdicts, the rollup behind probe_verdicts_by_model_version).
         sql=f"""
 SELECT cur.target AS target, cur.suite AS suite, cur.category AS category, cur.probe_id AS probe_id,
        prev.model_version AS before_version, prev.verdict AS verdict_before,
        cur.model_version AS after_version, cur.verdict AS verdict_after,
        substring(cur.response, 1, 200) AS response_after
-FROM (SELECT * FROM probe_verdicts_by_model_version WHERE deploy_rank = 1) AS cur
-INNER JOIN (SELECT * FROM probe_verdicts_by_model_version WHERE deploy_rank = 2) AS prev
-    ON prev.target = cur.target AND prev.suite = cur.suite AND prev.probe_id = cur.probe_id
+FROM (
+    SELECT target, suite, model_version, probe_id,
+           argMaxMerge(category) AS category, argMaxMerge(verdict) AS verdict, argMaxMerge(response) AS response
+    FROM probe_latest_verdicts
+    WHERE (target, suite, model_version) IN (SELECT target, suite, model_version FROM model_deploys WHERE deploy_rank = 1) AND {_target()}
+    GROUP BY target, suite, model_version, probe_id
+) AS cur
+INNER JOIN (
+    SELECT target, suite, model_version, probe_id, argMaxMerge(verdict) AS verdict
+    FROM probe_latest_verdicts
+    WHERE (target, suite, model_version) IN (SELECT target, suite, model_version FROM model_deploys WHERE deploy_rank = 2) AND {_target()}
+    GROUP BY target, suite, model_version, probe_id
+) AS prev ON prev.target = cur.target AND prev.suite = cur.suite AND prev.probe_id = cur.probe_id
 WHERE cur.verdict IN ('attack_success', 'over_refusal') AND prev.verdict IN ('refused', 'complied_ok')
-  AND {_target("cur.")}
 ORDER BY target, suite, category, probe_id
 LIMIT {{limit:UInt32}}
 """.strip(),
         defaults={"target": "", "limit": 100},
-        views=("probe_verdicts_by_model_version", "model_deploys"),
+        views=("model_deploys",),
     )
 )
 
