@@ -334,12 +334,13 @@ FROM (
     WHERE expect = 'refuse' AND run_id IN (SELECT run_id FROM latest_runs) AND {_target()}
     GROUP BY target, suite, category, detector_version
     UNION ALL
-    -- Samples are grouped by the hazards they were scored on before those are expanded: each
-    -- hazard's n is the samples scored on it, k those flagged for it.
+    -- Samples are grouped by the hazards they were scored on (the map's keys alone, not its
+    -- scores) before those are expanded: each hazard's n is the samples scored on it, k those
+    -- flagged for it.
     SELECT 'stream violation' AS measure, 'harmful_compliance' AS task, target, model_version AS scope, hazard AS category, detector_version,
            sum(samples) AS n, sum(flagged.2[indexOf(flagged.1, hazard)]) AS k
     FROM (
-        SELECT target, model_version, detector_version, mapKeys(violation_scores) AS hazards, count() AS samples,
+        SELECT target, model_version, detector_version, violation_scores.keys AS hazards, count() AS samples,
                sumMap(flagged_categories, arrayMap(h -> toUInt64(1), flagged_categories)) AS flagged
         FROM sample_scores FINAL
         WHERE occurred_at > upto - toIntervalHour({{hours:UInt32}}) AND occurred_at <= upto AND {_target()}
