@@ -6,7 +6,9 @@ broker. The DAGs are then driven through the REST API, as the UI's buttons would
 makes the scheduler start one scheduled run of each (all three at once, taking turns on the
 embedded store), and the Trigger button starts manual runs with no logical date. Unlike
 `dag.test()`, every task runs in its own process under Airflow's task supervisor, which
-forwards the task's structured logs.
+forwards the task's structured logs. Last, a process that is not safemon holds the embedded
+store for longer than the tasks' lock timeout while a probe run is between `score` and
+`store`: Airflow retries `store`, and the run stays running until it succeeds.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from pipeline.records import utc_now
 from pipeline.tasks import probe_run_id
 from tests.support.airflow_api import StandaloneAirflow, standalone_env
 from tests.support.env import ROOT, require
+from tests.support.hold_store import StoreHolder
 from tests.support.kafka_broker import create_topic, free_port
 from tests.support.slack_server import SlackServer
 from tests.support.stream_worker import SHORT_PAIRS, make_sample, produce_samples, start_worker, worker_env
@@ -35,6 +38,8 @@ PROBE, STREAM, DRIFT = "safemon_probe__demo_assistant__demo", "safemon_stream_ch
 DAGS = (PROBE, STREAM, DRIFT)
 SCREENSHOT = ROOT / "tests" / "artifacts" / "airflow_grid.png"
 CURRENT, BASELINE = 200, 300
+OUTAGE_S = 45  # the store held away from the probe DAG; longer than the tasks' lock timeout
+LOCK_TIMEOUT_S = "20"
 
 
 def _fill_store_from_kafka(store, bootstrap: str, tmp_path) -> None:
@@ -72,7 +77,7 @@ def test_the_three_dags_run_under_a_real_scheduler_and_alert(tmp_path, kafka_boo
     _fill_store_from_kafka(store, kafka_bootstrap, tmp_path)
 
     with SlackServer(token="xoxb-test") as slack:
-        env = standalone_env(store, slack.api_url, "xoxb-test", drift_reference="previous_day")
+        env = standalone_env(store, slack.api_url, "xoxb-test", drift_reference="previous_day", clickhouse_lock_timeout_s=LOCK_TIMEOUT_S)
         airflow = StandaloneAirflow(home, env)
         with airflow:
             api = airflow.api()
@@ -115,6 +120,24 @@ def test_the_three_dags_run_under_a_real_scheduler_and_alert(tmp_path, kafka_boo
             drift_check = api.xcom(DRIFT, manual[DRIFT], "check")["demo-assistant/v1"]
             assert drift_check["n"] == CURRENT and drift_check["status"] == "checked" and not drift_check["error"], drift_check
 
+            # The store goes away while the probe DAG runs: `store` gives up after its lock
+            # timeout, Airflow retries it, and the DAG run stays running until the store is back.
+            outage = api.trigger(PROBE)
+            holder = StoreHolder(store, OUTAGE_S)
+            api.wait_for_task(PROBE, outage, "score", "success")
+            holder.take()
+            store_states, run_states = set(), set()
+            while holder.holding():
+                store_states.add(api.task_states(PROBE, outage).get("store"))
+                run_states.add(api.run(PROBE, outage)["state"])
+                time.sleep(1)
+            holder.wait()
+            api.wait_for_run(PROBE, outage)
+            tries = api.task_instances(PROBE, outage)["store"]["try_number"]
+            print(f"store held {OUTAGE_S}s: the store task went through {sorted(map(str, store_states))}, succeeded on try {tries}")
+            assert "up_for_retry" in store_states and run_states == {"running"}, (store_states, run_states)
+            assert tries >= 2
+
             if find_chromium() is not None:  # required under CI by the report's browser test
                 shot = screenshot_url(f"{airflow.url}/dags/{PROBE}/runs/{manual[PROBE]}", SCREENSHOT, cookies={"_token": api.token})
                 image = imread(shot)
@@ -128,14 +151,15 @@ def test_the_three_dags_run_under_a_real_scheduler_and_alert(tmp_path, kafka_boo
 
     # What users query afterwards, through the read-only SQL path.
     sql_env = {k: v for k, v in env.items() if not k.startswith("SAFEMON_SLACK")}
-    runs = _sql(sql_env, "SELECT run_id, model_version, outcome FROM probe_runs FINAL ORDER BY started_at")
-    assert [(r["model_version"], r["outcome"]) for r in runs] == [("v1", "passed"), ("v2", "regressed")]
-    assert runs[1]["run_id"] == probe_run_id(PROBE, manual[PROBE])
+    runs = _sql(sql_env, "SELECT run_id, model_version, status, outcome FROM probe_runs FINAL ORDER BY started_at")
+    assert [(r["model_version"], r["outcome"]) for r in runs[:2]] == [("v1", "passed"), ("v2", "regressed")]
+    assert [r["run_id"] for r in runs[1:]] == [probe_run_id(PROBE, manual[PROBE]), probe_run_id(PROBE, outage)]
+    assert runs[2]["status"] == "evaluated", runs[2]  # the run through the outage was stored whole and judged
     latest = _sql(sql_env, "SELECT run_id, model_version FROM latest_runs")
-    assert [(r["run_id"], r["model_version"]) for r in latest] == [(runs[1]["run_id"], "v2")]
+    assert [(r["run_id"], r["model_version"]) for r in latest] == [(runs[2]["run_id"], "v2")]
     counts = _sql(sql_env, "SELECT run_id, count() AS n, uniqExact(probe_id) AS probes FROM probe_results FINAL GROUP BY run_id")
-    assert len(counts) == 2 and all(int(c["n"]) == int(c["probes"]) > 0 for c in counts)
-    alerts = _sql(sql_env, "SELECT kind, status, run_id FROM alerts FINAL WHERE kind = 'regression'")
+    assert len(counts) == 3 and all(int(c["n"]) == int(c["probes"]) > 0 for c in counts)
+    alerts = _sql(sql_env, "SELECT kind, status, run_id FROM alerts FINAL WHERE kind = 'regression' AND status = 'sent'")
     assert alerts == [{"kind": "regression", "status": "sent", "run_id": runs[1]["run_id"]}]
     drift = _sql(sql_env, "SELECT count() AS n FROM drift_results")
     assert int(drift[0]["n"]) > 0

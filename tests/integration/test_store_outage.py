@@ -14,8 +14,6 @@ over 10 s was back within 10% of the rate before, and when the backlog was gone.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,9 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.hold_store import StoreHolder
 from tests.support.kafka_broker import free_port
 from tests.support.replay_run import end_offsets, outcome, start_replay, stop_replay, wait_drained, write_replay_file
-from tests.support.stream_worker import ROOT, WorkerProcess, event_time, start_worker, worker_env
+from tests.support.stream_worker import WorkerProcess, event_time, query, start_worker, worker_env
 
 pytestmark = pytest.mark.kafka
 
@@ -62,14 +61,6 @@ def _scrape(port: int) -> dict[str, float]:
     return {line.split()[0]: float(line.split()[1]) for line in text.splitlines() if line.startswith("safemon_stream_store")}
 
 
-def _hold_store(path: str) -> subprocess.Popen[str]:
-    holder = subprocess.Popen([sys.executable, "-m", "tests.support.hold_store", path, str(OUTAGE_S)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert holder.stdout is not None
-    line = holder.stdout.readline().strip()
-    assert line == "held", f"the holder could not take the store: {line}"
-    return holder
-
-
 def test_three_store_outages_of_a_minute_lose_and_double_nothing(settings, kafka_bootstrap: str, topic: str, tmp_path: Path):
     group = f"group-{uuid.uuid4().hex[:8]}"
     file = tmp_path / "samples.jsonl"
@@ -89,15 +80,14 @@ def test_three_store_outages_of_a_minute_lose_and_double_nothing(settings, kafka
         for outage in range(1, OUTAGES + 1):
             time.sleep(STEADY_S + 5)
             alive()
-            holder = _hold_store(store_path)
-            held_at = time.time()
+            holder = StoreHolder(store_path, OUTAGE_S)
+            held_at = holder.take()
             pending = 0.0
-            while holder.poll() is None:
+            while holder.holding():
                 pending = max(pending, _scrape(port)["safemon_stream_store_pending_seconds"])
                 alive()
                 time.sleep(2)
-            back_at = time.time()
-            assert holder.returncode == 0
+            back_at = holder.wait()
             backlog_end = sum(end_offsets(kafka_bootstrap, topic).values())
             time.sleep(BACK_WITHIN_S + WINDOW_S)
             alive()
@@ -127,7 +117,9 @@ def test_three_store_outages_of_a_minute_lose_and_double_nothing(settings, kafka
     assert worker.terminate() == 0, worker.tail()
 
     result = outcome(settings, kafka_bootstrap, topic, kinds, acked)
-    print("\n" + result.describe())
+    # The worker stored its lag with its batches: the backlog of each outage is on record.
+    peak_lag = query(settings, "SELECT max(total) FROM (SELECT observed_at, sum(lag) AS total FROM stream_lag FINAL GROUP BY observed_at)")[0][0]
+    print("\n" + result.describe() + f"; peak stored lag {peak_lag}")
     for outage, before, pending, _, first, recovered, drained, after in report:
         print(
             f"  outage {outage} ({OUTAGE_S}s): rate before {before:.1f}/s; /metrics showed the store step waiting up to {pending:.0f}s; "
@@ -139,3 +131,4 @@ def test_three_store_outages_of_a_minute_lose_and_double_nothing(settings, kafka
     assert metrics["safemon_stream_store_retries_total"] >= OUTAGES
     assert len(worker.events("stream.store_resumed")) == OUTAGES
     assert result.exactly_once, result.describe()
+    assert peak_lag >= RATE * OUTAGE_S / 2

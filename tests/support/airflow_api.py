@@ -98,9 +98,19 @@ class AirflowApi:
             time.sleep(1)
         raise AssertionError(f"the scheduler created no scheduled run of {dag_id} within {timeout}s")
 
-    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+    def task_instances(self, dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
         tis = self.http.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances").raise_for_status().json()["task_instances"]
-        return {ti["task_id"]: ti["state"] for ti in tis}
+        return {ti["task_id"]: ti for ti in tis}
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        return {task: ti["state"] for task, ti in self.task_instances(dag_id, run_id).items()}
+
+    def wait_for_task(self, dag_id: str, run_id: str, task_id: str, state: str, timeout: float = 300, poll_s: float = 0.2) -> None:
+        deadline = time.monotonic() + timeout
+        while (now := self.task_states(dag_id, run_id).get(task_id)) != state:
+            if time.monotonic() > deadline or self.run(dag_id, run_id)["state"] in FINISHED:
+                raise AssertionError(f"{dag_id} {run_id}: {task_id} is {now}, not {state}\n{self.explain(dag_id, run_id)}")
+            time.sleep(poll_s)
 
     def log(self, dag_id: str, run_id: str, task_id: str, try_number: int = 1) -> str:
         """A task's log as text (each structured line's JSON)."""
