@@ -129,6 +129,15 @@ def _table(frame: pd.DataFrame, marks: dict[str, Callable[[object], str]] | None
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
 
 
+FOLD_ROWS = 40  # a longer table starts collapsed, so the page does not end in a wall of rows
+
+
+def _folded(table: str, rows: int, what: str) -> str:
+    if rows <= FOLD_ROWS:
+        return table
+    return f'<details class="table"><summary class="meta">{rows} {html.escape(what)}: show the table</summary>{table}</details>'
+
+
 def _outcome_mark(value: object) -> str:
     return {"regressed": "bad", "unhealthy": "bad", "passed": "good"}.get(str(value), "")
 
@@ -262,9 +271,9 @@ def render_page(history: History, settings: Settings) -> tuple[str, int]:
 {alerts_section}
 <h2 id="corrected">Rates measured and corrected for detector error</h2>
 <p class="meta">Rogan-Gladen: each rate corrected with the scoring detectors' sensitivity and specificity from their model card; the interval carries the uncertainty of all three. Probe rates of the latest runs; stream rates of the span's last {_duration(min(history.until - history.since, CORRECTED_STREAM))}. Regression tests compare measured rates of one detector version.</p>
-{_table(history.corrected) if not history.corrected.empty else _empty("rates of a detector version with a card")}
+{_folded(_table(history.corrected), len(history.corrected), "rates") if not history.corrected.empty else _empty("rates of a detector version with a card")}
 <h2 id="runs">Latest run per target and suite</h2>
-{_table(history.latest_runs, {"outcome": _outcome_mark, "healthy": lambda v: "" if v else "bad"})}
+{_folded(_table(history.latest_runs, {"outcome": _outcome_mark, "healthy": lambda v: "" if v else "bad"}), len(history.latest_runs), "runs")}
 """
     page = (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
