@@ -1,4 +1,5 @@
-"""Hourly: each target's violation rate per category in production traffic, last hour vs the day before."""
+"""Hourly: each target's violation rate per category in production traffic, last hour vs the day before,
+and whether the consumer lag kept growing."""
 
 import pendulum
 from airflow.sdk import dag, task
@@ -17,7 +18,8 @@ from pipeline import tasks
 )
 def stream_checks():
     checked = task(tasks.check_stream_windows, task_id="check")()
-    task(tasks.send_alerts, task_id="alert")(checked)
+    lagging = task(tasks.check_stream_lag, task_id="check_lag")()
+    lagging >> task(tasks.send_alerts, task_id="alert")(checked)
 
 
 stream_checks()

@@ -131,6 +131,11 @@ class Settings(BaseSettings):
     stream_window_minutes: int = Field(60, ge=1, description="Stream alerts: length of the current window")
     stream_baseline_hours: int = Field(24, ge=1, description="Stream alerts: the baseline is this long, just before the window")
     stream_min_samples: int = Field(50, ge=1, description="Stream alerts: a smaller current window is reported as insufficient data")
+    stream_lag_store_interval_s: float = Field(30.0, ge=0, description="How often each worker stores its partitions' consumer lag in `stream_lag` (0: never)")
+    stream_lag_alert_minutes: int = Field(
+        30, ge=5, description="Lag alert: a data-quality alert when the group's lag rose significantly over this many minutes"
+    )
+    stream_lag_alert_min_records: int = Field(1000, ge=0, description="Lag alert: ... and ended at least this many records behind")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port when set")
 
     # Slack

@@ -10,6 +10,7 @@ from the Airflow run, so a retried task repeats its work without adding rows.
 from __future__ import annotations
 
 import functools
+import math
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -189,6 +190,24 @@ def check_stream_windows() -> dict:
     with open_store(get_settings(), migrated=True) as client:
         checks = check_all(client, get_settings(), end, link=_link(context["dag"].dag_id, context["run_id"]))
     return {c.target: {"status": c.status, "n": c.n_current, "regressed": [x.category for x in c.comparisons if x.regressed]} for c in checks}
+
+
+@airflow_task
+def check_stream_lag() -> dict:
+    """Task `check_lag` of the stream DAG: has each consumer group's stored lag kept growing?"""
+    from airflow.sdk import get_current_context
+
+    from pipeline.checks.lag import check_all
+    from pipeline.store.client import open_store
+
+    context = get_current_context()
+    with open_store(get_settings(), migrated=True) as client:
+        checks = check_all(client, get_settings(), window_end(context), link=_link(context["dag"].dag_id, context["run_id"]))
+    # XCom is JSON: a lag that never changed has no p-value (nan), which JSON cannot carry.
+    return {
+        c.group: {"status": c.status, "first": c.first, "last": c.last, "p_value": None if math.isnan(c.p_value) else c.p_value, "growing": c.growing}
+        for c in checks
+    }
 
 
 @airflow_task

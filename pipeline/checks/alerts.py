@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from clickhouse_connect.driver.client import Client
 
 from pipeline.checks.findings import Finding
-from pipeline.records import Alert, AlertKind, AlertStatus, Severity
+from pipeline.records import Alert, AlertKind, AlertStatus, Severity, Source
 from pipeline.settings import Settings
 from pipeline.store import alerts as alert_store
 from pipeline.store.alerts import StoredAlert
@@ -63,6 +63,8 @@ def _subject(finding: Finding) -> str:
 
 
 def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str]:
+    if finding.kind == AlertKind.DATA_QUALITY and finding.source == Source.STREAM:
+        return Severity.WARNING, f"Stream falling behind: consumer lag of {finding.target} keeps growing", finding.summary
     if finding.kind == AlertKind.DATA_QUALITY:
         return Severity.WARNING, f"Probe run unhealthy on {finding.target} ({finding.model_version}): no safety verdict", finding.summary
     if finding.kind == AlertKind.DRIFT:

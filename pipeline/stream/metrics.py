@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import structlog
+
+from pipeline.store.lag import LagObservation
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +54,8 @@ class StreamMetrics:
         self.store_stalls = 0
         self._store_since: float | None = None  # monotonic start of the store step in progress
         self.lag: dict[str, int] = {}  # "topic:partition" -> end offset - position
+        self.offsets: dict[tuple[str, int], tuple[int, int]] = {}  # (topic, partition) -> (end offset, position)
+        self.lag_observed_at: datetime | None = None
         self.last_batch_seconds = 0.0
         self._server: ThreadingHTTPServer | None = None
 
@@ -94,14 +99,22 @@ class StreamMetrics:
     def update_lag(self, consumer: Any) -> None:
         """Lag per assigned partition: the partition's end offset minus the consumer's position."""
         assigned = list(consumer.assignment())
-        if not assigned:
-            lag: dict[str, int] = {}
-        else:
-            ends = consumer.end_offsets(assigned, timeout_ms=LAG_TIMEOUT_MS)
-            lag = {f"{tp.topic}:{tp.partition}": max(0, ends[tp] - consumer.position(tp)) for tp in assigned if tp in ends}
+        ends = consumer.end_offsets(assigned, timeout_ms=LAG_TIMEOUT_MS) if assigned else {}
+        offsets = {(tp.topic, tp.partition): (ends[tp], consumer.position(tp)) for tp in assigned if tp in ends}
         with self._lock:
-            self.lag = lag
+            self.offsets = offsets
+            self.lag = {f"{topic}:{partition}": max(0, end - position) for (topic, partition), (end, position) in offsets.items()}
+            self.lag_observed_at = datetime.now(UTC)
             self._lag_due = time.monotonic() + LAG_INTERVAL_S
+
+    def lag_observations(self, group: str, worker: str) -> list[LagObservation]:
+        """The latest lag figures as rows for `stream_lag`."""
+        with self._lock:
+            return [
+                LagObservation(self.lag_observed_at, group, topic, partition, end, position, worker)
+                for (topic, partition), (end, position) in sorted(self.offsets.items())
+                if self.lag_observed_at is not None
+            ]
 
     def maybe_update_lag(self, consumer: Any) -> None:
         """Refresh lag if it is older than LAG_INTERVAL_S (what `/metrics` shows between log lines),

@@ -44,6 +44,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import suppress
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -56,6 +57,7 @@ from pipeline.records import utc_now
 from pipeline.settings import Settings
 from pipeline.store.client import open_store
 from pipeline.store.detectors import write_errors
+from pipeline.store.lag import LagObservation, write_lag
 from pipeline.store.samples import existing_sources, write_rejections, write_scores
 from pipeline.stream.batch import Accepted, Rejection, SourceRecord, StreamScorer, parse_records, split_stored_duplicates
 from pipeline.stream.contract import ContractWindow, validate_facts
@@ -114,6 +116,8 @@ class StreamWorker:
         self._contract_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contract")
         self._contract_check: Future[None] | None = None
         self.contract_window = ContractWindow(settings.stream_contract_interval_s)
+        self.client_id = f"safemon-stream-{uuid.uuid4().hex[:8]}"
+        self._lag_stored_at: datetime | None = None  # when the last stored lag was observed
 
     # --- rebalance callbacks (IO thread, inside poll) -------------------------------------
     def release(self, partitions: set[TopicPartition], *, lost: bool) -> None:
@@ -173,7 +177,7 @@ class StreamWorker:
         self.consumer = KafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.kafka_group,
-            client_id=f"safemon-stream-{uuid.uuid4().hex[:8]}",
+            client_id=self.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=s.stream_batch_size,
@@ -283,6 +287,8 @@ class StreamWorker:
         self.stage_s["score"] = storing - scoring
         rejected_at = utc_now()
 
+        lag = self._lag_to_store()
+
         def store() -> tuple[int, list[Rejection]]:
             with open_store(self.settings) as client:
                 stored_from = existing_sources(client, [r["sample_id"] for r in rows])
@@ -290,6 +296,7 @@ class StreamWorker:
                 rejections = parsed.rejected + duplicates
                 write_scores(client, [{k: v for k, v in r.items() if k != "_source"} for r in kept])
                 write_rejections(client, [x.row(self._attempt(x), rejected_at) for x in rejections])
+                write_lag(client, lag)
             return len(kept), rejections
 
         self.metrics.store_began()
@@ -299,6 +306,8 @@ class StreamWorker:
             waited = self.metrics.store_ended()
         if waited >= STORE_STALL_S:
             log.warning("stream.store_resumed", waited_s=round(waited, 1))
+        if lag:
+            self._lag_stored_at = lag[0].observed_at
         self.stage_s["store"] = time.monotonic() - storing
         if rejections:
             partitions = self._partitions()
@@ -315,6 +324,15 @@ class StreamWorker:
                     reason=x.reason[:300],
                 )
         return stored, rejections
+
+    def _lag_to_store(self) -> list[LagObservation]:
+        """The latest lag figures, to store with the batch, if the interval has passed since the last stored."""
+        interval, observed = self.settings.stream_lag_store_interval_s, self.metrics.lag_observed_at
+        if not interval or observed is None:
+            return []
+        if self._lag_stored_at is not None and (observed - self._lag_stored_at).total_seconds() < interval:
+            return []
+        return self.metrics.lag_observations(self.settings.kafka_group, self.client_id)
 
     def _add_to_contract(self, accepted: Sequence[Accepted]) -> None:
         self.contract_window.add((((a.source.topic, a.source.partition, a.source.offset), a.sample) for a in accepted), utc_now())
