@@ -364,6 +364,36 @@ ORDER BY measure, target, scope, category
 )
 
 
+_add(
+    Recipe(
+        name="consumer_lag",
+        question="Is the stream keeping up? Each consumer group's lag, input and consumption rates per interval",
+        # Each partition's last figure in the interval (workers store theirs every
+        # stream_lag_store_interval_s), summed; the rates are the rise of the summed end offsets and
+        # positions since the interval before.
+        sql="""
+SELECT consumer_group, bucket, lag, partitions,
+       round((toInt64(end_offset) - toInt64(lagInFrame(end_offset, 1, end_offset) OVER w)) / (60 * {minutes:UInt32}), 1) AS input_per_s,
+       round((toInt64(position) - toInt64(lagInFrame(position, 1, position) OVER w)) / (60 * {minutes:UInt32}), 1) AS consumed_per_s
+FROM (
+    SELECT consumer_group, bucket, sum(lag) AS lag, sum(end_offset) AS end_offset, sum(position) AS position, count() AS partitions
+    FROM (
+        SELECT consumer_group, toStartOfInterval(observed_at, toIntervalMinute({minutes:UInt32})) AS bucket, topic, partition,
+               argMax(lag, observed_at) AS lag, argMax(end_offset, observed_at) AS end_offset, argMax(position, observed_at) AS position
+        FROM stream_lag
+        WHERE observed_at >= now() - toIntervalHour({hours:UInt32})
+        GROUP BY consumer_group, bucket, topic, partition
+    )
+    GROUP BY consumer_group, bucket
+)
+WINDOW w AS (PARTITION BY consumer_group ORDER BY bucket ROWS BETWEEN 1 PRECEDING AND CURRENT ROW)
+ORDER BY consumer_group, bucket
+""".strip(),
+        defaults={"hours": 6, "minutes": 5},
+    )
+)
+
+
 def render_cookbook() -> str:
     """The README's cookbook section body: every question, its SQL and how to run it."""
     parts: list[str] = []

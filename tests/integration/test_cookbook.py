@@ -5,6 +5,7 @@ server users' config, and the cluster rewrite of the migrations.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 import xml.etree.ElementTree as ET
 
@@ -30,9 +31,9 @@ def test_every_recipe_runs_read_only_and_answers(filled, name) -> None:
     assert all(len(r) == len(columns) for r in rows)
 
 
-def test_there_are_eleven_questions_with_their_parameters_bound_server_side() -> None:
+def test_there_are_twelve_questions_with_their_parameters_bound_server_side() -> None:
     found = all_recipes()
-    assert len(found) == 11 and len({r.name for r in found}) == 11
+    assert len(found) == 12 and len({r.name for r in found}) == 12
     for recipe in found:
         assert set(recipe.bindings()) == set(recipe.defaults)
         assert "%s" not in recipe.sql and "{" + "}" not in recipe.sql
@@ -108,6 +109,17 @@ def readonly_env(filled, monkeypatch):
     yield
     get_settings.cache_clear()
     configure_logging()  # the CLI bound its logs to the runner's stream, which is closed now
+
+
+def test_consumer_lag_shows_the_group_falling_behind_at_the_rate_it_does(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        columns, rows = run_recipe(client, "consumer_lag")
+    found = [dict(zip(columns, r, strict=True)) for r in rows if r[0] == "safemon-stream"]
+    inner = found[1:-1]  # whole 5-minute intervals with one before them
+    assert len(inner) >= 60
+    # 40 messages/s in over two partitions, 39/s consumed: the lag rises 300 records per interval.
+    assert all(r["input_per_s"] == 40.0 and r["consumed_per_s"] == 39.0 and r["partitions"] == 2 for r in inner), inner[:3]
+    assert all(b["lag"] - a["lag"] == 300 for a, b in itertools.pairwise(inner))
 
 
 def test_safemon_sql_uses_the_read_only_dsn_and_refuses_writes(readonly_env) -> None:

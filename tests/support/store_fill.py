@@ -12,6 +12,7 @@ from rich.console import Console
 from pipeline.records import utc_now
 from pipeline.settings import Settings, load_settings
 from pipeline.store.client import open_store
+from pipeline.store.lag import LagObservation, write_lag
 from pipeline.store.migrations import migrate
 from tests.support.sample_rows import insert_scores
 
@@ -72,5 +73,23 @@ def fill_store(store_path: Path) -> Settings:
         if client.command("SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'drift_results' AND name = 'status'"):
             rows, names = [[*r, "checked"] for r in rows], [*names, "status"]
         client.insert("drift_results", rows, column_names=names)
+        # Six hours of one group's lag on two partitions, written every 30 s: 20 messages/s in
+        # on each, consumed at 19/s on partition 0 (falling behind) and keeping up on 1.
+        write_lag(
+            client,
+            [
+                LagObservation(
+                    now - timedelta(seconds=30 * k),
+                    "safemon-stream",
+                    "conversations.v1",
+                    p,
+                    20 * (720 - k) * 30,
+                    20 * (720 - k) * 30 - (720 - k) * 30 * (1 - p),
+                    "w",
+                )
+                for k in range(720)
+                for p in (0, 1)
+            ],
+        )
         client.command("CREATE TABLE filled_for_tests (x UInt8) ENGINE = Memory")
     return settings
