@@ -7,7 +7,7 @@
 -- trigger cannot keep counts: a re-inserted duplicate (idempotent writes may insert a row twice;
 -- probe_results collapses it on read with FINAL) would be counted twice. So the counts are
 -- recomputed from the run's FINAL rows whenever its results are written
--- (pipeline/store/probes.py: write_results -> summarise_runs), and a recomputed run replaces its
+-- (pipeline/store/probes.py: write_results -> summarise_run), and a recomputed run replaces its
 -- own rows (ReplacingMergeTree on the run's key, newest summarised_at wins; read with FINAL).
 CREATE TABLE IF NOT EXISTS probe_run_categories
 (
