@@ -9,9 +9,10 @@ One loop, one batch at a time:
 3. parse each record (an InvalidSample goes to the DLQ), add the accepted samples to the
    contract window (checked with GX on a helper thread every `stream_contract_interval_s`;
    logged and counted, it drops nothing), redact, embed once per batch, run the detectors;
-4. in one store session (opened for this batch and closed after, because an embedded chDB
-   path belongs to one process at a time): drop ids already stored from a different offset
-   (duplicate_sample_id), write `sample_scores` and `rejected_samples`;
+4. in one store session (kept open across batches, and given up between two batches when
+   another process waits for the embedded chDB path, which belongs to one process at a time):
+   drop ids already stored from a different offset (duplicate_sample_id), write
+   `sample_scores`, `rejected_samples` and, every so often, `stream_lag`;
 5. only then send the dead letters (and wait for the broker's acks), then commit, for each
    partition, the offset after the last record of the batch; resume.
 
@@ -55,7 +56,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 
 from pipeline.records import utc_now
 from pipeline.settings import Settings
-from pipeline.store.client import open_store
+from pipeline.store.client import HeldStore, open_store
 from pipeline.store.detectors import write_errors
 from pipeline.store.lag import LagObservation, write_lag
 from pipeline.store.samples import existing_sources, write_rejections, write_scores
@@ -117,6 +118,7 @@ class StreamWorker:
         self._contract_check: Future[None] | None = None
         self.contract_window = ContractWindow(settings.stream_contract_interval_s)
         self.client_id = f"safemon-stream-{uuid.uuid4().hex[:8]}"
+        self.store = HeldStore(settings)
         self._lag_stored_at: datetime | None = None  # when the last stored lag was observed
 
     # --- rebalance callbacks (IO thread, inside poll) -------------------------------------
@@ -208,6 +210,7 @@ class StreamWorker:
                     break
                 if self.contract_window.due():
                     self._check_contract()
+                self.store.yield_if_wanted()
                 self.metrics.maybe_update_lag(self.consumer)
                 self.metrics.maybe_log(self.consumer)
             if self.buffer:  # stopped while filling: finish what was polled
@@ -223,6 +226,7 @@ class StreamWorker:
             with suppress(Exception):
                 self.consumer.close(autocommit=False)
             self.dead_letters.close()
+            self.store.release()
             self.metrics.close()
         return code
 
@@ -290,7 +294,7 @@ class StreamWorker:
         lag = self._lag_to_store()
 
         def store() -> tuple[int, list[Rejection]]:
-            with open_store(self.settings) as client:
+            with self.store.use() as client:
                 stored_from = existing_sources(client, [r["sample_id"] for r in rows])
                 kept, duplicates = split_stored_duplicates(rows, stored_from)
                 rejections = parsed.rejected + duplicates

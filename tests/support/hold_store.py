@@ -1,10 +1,11 @@
-"""Take an embedded store away from the pipeline for a while, as a process that is not safemon would.
+"""Take an embedded store away from the pipeline for a while, as a misbehaving process would.
 
 `StoreHolder(path, seconds)` starts `python -m tests.support.hold_store PATH SECONDS` ahead of
-time (its imports take a second); `take()` then makes it open the chDB engine on PATH directly
-(not through safemon's turn-taking lock file, so safemon gets its turn and then finds the
-engine locked), waiting for a gap between a busy worker's batches, and returns once it holds
-the engine. It keeps the engine open for SECONDS, then closes it and exits.
+time (its imports take a second); `take()` then makes it ask for its turn on PATH the way
+safemon's processes do (a stream worker holding the store gives it up at its next batch),
+open the chDB engine, and give the turn back while keeping the engine open: safemon gets its
+turn and then finds the engine locked. `take()` returns once it holds the engine; it keeps it
+for SECONDS, then closes it and exits.
 """
 
 from __future__ import annotations
@@ -55,19 +56,13 @@ class StoreHolder:
 def main(path: str, seconds: float) -> int:
     import clickhouse_connect
 
+    from pipeline.store.client import embedded_turn
+
     print("ready", flush=True)
     sys.stdin.readline()
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
-            client.command("SELECT 1")
-            break
-        except Exception as exc:  # the pipeline holds it between its opens and closes
-            if time.monotonic() > deadline:
-                print(f"could not open {path}: {exc}", flush=True)
-                return 1
-            time.sleep(0.01)
+    with embedded_turn(f"chdb://{path}", 120, time.monotonic() + 120):
+        client = clickhouse_connect.get_client(dsn=f"chdb://{path}")
+        client.command("SELECT 1")
     print("held", flush=True)
     time.sleep(seconds)
     client.close()
