@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.settings import load_settings  # noqa: E402
 from pipeline.stream.batch import StreamScorer  # noqa: E402
-from tests.support.kafka_broker import KafkaBroker, create_topic  # noqa: E402
+from tests.support.kafka_broker import bootstrap_for, create_topic  # noqa: E402
 from tests.support.stream_worker import make_sample, produce_samples, start_worker, stored_counts, worker_env  # noqa: E402
 
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -188,12 +188,7 @@ def main() -> None:
         sys.exit(f"{DATASETS} is missing")
 
     work = Path(tempfile.mkdtemp(prefix="safemon-bench-stream-"))
-    broker = None
-    bootstrap = os.environ.get("SAFEMON_KAFKA_BOOTSTRAP")
-    if not bootstrap:
-        broker = KafkaBroker(work / "kafka").start()
-        bootstrap = broker.bootstrap
-    try:
+    with bootstrap_for(work) as bootstrap:
         samples = build_samples(args.samples)
         scorer = StreamScorer(load_settings())  # the worker's, from the same SAFEMON_EMBEDDING_* settings
         embedder = scorer.embedder
@@ -216,9 +211,6 @@ def main() -> None:
             ratios.append(run_once(args, work / f"run{run}", bootstrap, samples, texts, raw_encode_s, embedder.backend))
         if len(ratios) > 1:
             print(f"pipeline / raw encode over {len(ratios)} runs: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 if __name__ == "__main__":

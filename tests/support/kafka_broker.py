@@ -7,6 +7,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import structlog
@@ -244,3 +246,17 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:  # no /proc (macOS): a zombie would be reaped by launchd anyway
         return True
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextmanager
+def bootstrap_for(work: Path) -> Iterator[str]:
+    """The broker SAFEMON_KAFKA_BOOTSTRAP names, or one started from deploy/kafka under `work` for the duration (benches)."""
+    named = os.environ.get("SAFEMON_KAFKA_BOOTSTRAP")
+    if named:
+        yield named
+        return
+    broker = KafkaBroker(work / "kafka").start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
