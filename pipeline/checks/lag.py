@@ -64,10 +64,9 @@ def check_group(client: Client, settings: Settings, group: str, end: datetime, *
     tau, p_value = kendalltau(range(len(lags)), lags, alternative="greater")
     tau, p_value = float(tau), float(p_value)  # nan when the lag never changed
     growing = p_value < settings.alert_alpha and lags[-1] > lags[0] and lags[-1] >= settings.stream_lag_alert_min_records
-    minutes = (series[-1].at - series[0].at).total_seconds() / 60
     elapsed = max((series[-1].at - series[0].at).total_seconds(), 1.0)
     summary = (
-        f"Consumer group {group} went from {lags[0]:,} to {lags[-1]:,} records behind over {minutes:.0f} min "
+        f"Consumer group {group} went from {lags[0]:,} to {lags[-1]:,} records behind over {elapsed / 60:.0f} min "
         f"(Kendall tau {tau:.2f}, one-sided p={p_value:.2g}, {len(series)} points); "
         f"input {(series[-1].end_offset - series[0].end_offset) / elapsed:.1f}/s, consumed {(series[-1].position - series[0].position) / elapsed:.1f}/s."
     )

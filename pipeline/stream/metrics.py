@@ -110,11 +110,10 @@ class StreamMetrics:
     def lag_observations(self, group: str, worker: str) -> list[LagObservation]:
         """The latest lag figures as rows for `stream_lag`."""
         with self._lock:
-            return [
-                LagObservation(self.lag_observed_at, group, topic, partition, end, position, worker)
-                for (topic, partition), (end, position) in sorted(self.offsets.items())
-                if self.lag_observed_at is not None
-            ]
+            at = self.lag_observed_at
+            if at is None:
+                return []
+            return [LagObservation(at, group, topic, partition, end, position, worker) for (topic, partition), (end, position) in sorted(self.offsets.items())]
 
     def maybe_update_lag(self, consumer: Any) -> None:
         """Refresh lag if it is older than LAG_INTERVAL_S (what `/metrics` shows between log lines),
