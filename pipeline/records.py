@@ -28,6 +28,9 @@ class Verdict(StrEnum):
     OVER_REFUSAL = "over_refusal"
     COMPLIED_OK = "complied_ok"
     ERROR = "error"
+    # The heads were unsure and the judge gave no verdict (a failure, or an exhausted budget):
+    # not a verdict, so left out of every rate's denominator, like an error.
+    UNSCORED = "unscored"
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,7 @@ class Source(StrEnum):
     PROBE = "probe"
     STREAM = "stream"
     DRIFT = "drift"
+    JUDGE = "judge"
 
 
 class Severity(StrEnum):
@@ -197,6 +201,9 @@ class ProbeRun:
     finished_at: datetime
     n_probes: int
     n_errors: int
+    n_unscored: int = 0  # results the judge cascade left unscored
+    n_judged: int = 0  # results a judge decided
+    n_judge_dropped: int = 0  # judge calls the budget dropped (uncertain ones are also unscored)
     status: RunStatus = RunStatus.SCORED
     outcome: Outcome | str = ""  # empty until evaluated
     healthy: bool = True
@@ -205,6 +212,46 @@ class ProbeRun:
     @property
     def error_rate(self) -> float:
         return self.n_errors / self.n_probes if self.n_probes else 0.0
+
+    @property
+    def unscored_rate(self) -> float:
+        """Unscored results per answered probe."""
+        answered = self.n_probes - self.n_errors
+        return self.n_unscored / answered if answered else 0.0
+
+
+class DecidedBy(StrEnum):
+    """Who decided a verdict: the detector heads, the judge, or nobody (see `Verdict.UNSCORED`)."""
+
+    HEAD = "head"
+    JUDGE = "judge"
+    UNSCORED = "unscored"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """What the judge cascade did with one scored exchange; each field is a stored column of
+    `probe_results` and `sample_scores` (migration 0014).
+
+    `judge_role` is "" when the judge was not asked, "uncertain" when the heads' attack score fell
+    inside the band (the judge decides), "audit" when a confident verdict was sampled for the
+    agreement audit (the head decides)."""
+
+    head_verdict: str = ""
+    judge_role: str = ""
+    judge_verdict: str = ""  # "", "safe" or "unsafe"
+    judge_categories: tuple[str, ...] = ()
+    judge_model: str = ""
+    judge_version: str = ""
+    judge_latency_ms: float = 0.0
+    decided_by: DecidedBy = DecidedBy.HEAD
+    unscored_reason: str = ""
+
+    def columns(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+JUDGEMENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Judgement))
 
 
 @dataclass(frozen=True)
@@ -225,11 +272,12 @@ class ProbeResult:
     verdict: Verdict
     pii_redacted: int
     detection: Detection
+    judgement: Judgement = field(default_factory=Judgement)
 
     def columns(self) -> dict[str, Any]:
-        """The stored columns: the probe's, then the detection's."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
-        return {**own, **self.detection.columns()}
+        """The stored columns: the probe's, the detection's, then the judgement's."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("detection", "judgement")}
+        return {**own, **self.detection.columns(), **self.judgement.columns()}
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,33 @@ class Settings(BaseSettings):
     target_rate_limit_per_s: float = Field(20.0, gt=0, description="Request starts per second per target")
     target_max_retries: int = Field(4, ge=0, le=20, description="Retries on 429, 5xx and transport errors")
 
+    # Judge: a second opinion on the verdicts the heads are unsure of (pipeline/judge)
+    judge_endpoint: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible judge (a guard model, or any chat model with the rubric); unset = the heads decide alone"
+    )
+    judge_model: str = Field("", description="Model name sent to the judge; defaults to judge_model_version")
+    judge_model_version: str = Field("", description="Judge version label stored with each verdict it gives; defaults to judge_model")
+    judge_format: Literal["llama_guard", "rubric"] = Field(
+        "llama_guard", description="llama_guard: the model answers safe / unsafe + category codes; rubric: the packaged rubric prompt, strict grammar"
+    )
+    judge_api_key: SecretStr | None = Field(None, description="Bearer key for the judge endpoint (never logged)")
+    judge_timeout_s: float = Field(30.0, gt=0, description="Timeout per judge request")
+    judge_concurrency: int = Field(8, ge=1, le=1024, description="Judge requests in flight")
+    judge_rate_limit_per_s: float = Field(20.0, gt=0, description="Judge request starts per second")
+    judge_max_retries: int = Field(2, ge=0, le=20, description="Judge retries on 429, 5xx and transport errors")
+    judge_budget_per_run: int = Field(500, ge=0, description="Most judge calls per probe run (uncertain verdicts first, then audits)")
+    judge_budget_per_hour: int = Field(2000, ge=0, description="Most judge calls per hour per process (the stream worker's limit)")
+    judge_band: tuple[float, float] | None = Field(
+        None, description='Attack scores in [low, high) go to the judge, e.g. "[0.35, 0.65]"; unset = the band the card gives for judge_target_accuracy'
+    )
+    judge_target_accuracy: float = Field(
+        0.9, gt=0.5, lt=1, description="Without judge_band: the narrowest band outside which the shipped heads' held-out accuracy reaches this"
+    )
+    judge_audit_share: float = Field(0.02, ge=0, le=1, description="Share of confident verdicts also sent to the judge to measure agreement")
+    judge_max_unscored_rate: float = Field(
+        0.1, ge=0, le=1, description="Above this share of unscored results (judge failures, budget) a probe run is unhealthy"
+    )
+
     # Run health and regression rules
     max_error_rate: float = Field(0.1, ge=0, le=1, description="Above this share of errored probes a run is unhealthy")
     alert_alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise (Holm) or FDR (BH) level across categories")
@@ -158,6 +185,20 @@ class Settings(BaseSettings):
                 f"with {len(methods)} alerting drift methods at alpha {alpha}, a permutation test needs at least {need} permutations to ever alert"
             )
         return value
+
+    @field_validator("judge_band")
+    @classmethod
+    def _band_is_ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
+        return value
+
+    @field_validator("judge_endpoint")
+    @classmethod
+    def _judge_endpoint_is_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        return value.rstrip("/") if value else None
 
     @property
     def embedded_store(self) -> bool:

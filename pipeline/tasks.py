@@ -120,9 +120,10 @@ def run_probes(target: str, suite: str) -> str:
 
 @airflow_task
 def score_run(probe_run: str) -> str:
-    """Task `score`: embed and judge each stored (redacted) attempt; write the results."""
+    """Task `score`: embed and detect each stored (redacted) attempt, ask the judge about the
+    uncertain ones (when one is configured); write the results."""
     from pipeline.detectors import Scorer
-    from pipeline.probes.runner import score
+    from pipeline.probes.runner import judge, score
     from pipeline.probes.suites import get_suite
     from pipeline.store import probes as probe_store
     from pipeline.store.client import open_store
@@ -131,12 +132,15 @@ def score_run(probe_run: str) -> str:
     settings = get_settings()
     with open_store(settings) as client:
         run = probe_store.read_run(client, probe_run)
-        attempts = probe_store.read_attempts(client, probe_run, list(get_suite(run.suite).probes))
+        suite = get_suite(run.suite)
+        attempts = probe_store.read_attempts(client, probe_run, list(suite.probes))
     scorer = Scorer.from_settings(settings)
-    results = score(run, attempts, scorer)  # the store is free while the model runs
+    # The store is free while the model and the judge run.
+    run, results = judge(run, score(run, attempts, scorer), suite, _target(run.target), settings, scorer)
     with open_store(settings) as client:
         probe_store.write_results(client, run, results)
         write_errors(client, scorer.version, scorer.errors)
+        probe_store.write_run(client, run)  # the judge's counts; still `running` until `store`
     return probe_run
 
 

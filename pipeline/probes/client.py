@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import structlog
+from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.detectors.pii import redact
@@ -136,14 +137,26 @@ def received(probe: Probe, response: str | None, error: str | None, latency_ms: 
     )
 
 
-class ChatClient:
-    """Sends probes to one target's chat-completions endpoint; use as an async context manager."""
+@dataclass(frozen=True)
+class Reply:
+    """One chat request's outcome: the assistant's text, or the error instead of it."""
 
-    def __init__(self, target: TargetConfig, settings: Settings, *, backoff: Backoff | None = None) -> None:
+    text: str | None
+    error: str | None
+    latency_ms: float
+    started_at: datetime
+
+
+class ChatClient:
+    """Sends requests to one chat-completions endpoint (a target, or a judge with its own key);
+    use as an async context manager."""
+
+    def __init__(self, target: TargetConfig, settings: Settings, *, backoff: Backoff | None = None, api_key: SecretStr | None = None) -> None:
         self.target = target
         self.limits = Limits.resolve(target, settings)
         self.backoff = backoff or Backoff()
-        key = settings.target_api_key.get_secret_value() if settings.target_api_key else ""
+        secret = api_key if api_key is not None else settings.target_api_key
+        key = secret.get_secret_value() if secret else ""
         # Kept only to scrub it from any text a misbehaving server might echo back.
         self._secret = key
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -188,9 +201,14 @@ class ChatClient:
 
     async def complete(self, probe: Probe) -> Attempt:
         """Send one probe (with retries) and return its attempt: a response or an error."""
+        reply = await self.chat(build_messages(self.target, probe), label=probe.id)
+        return received(probe, reply.text, reply.error, reply.latency_ms, reply.started_at)
+
+    async def chat(self, messages: list[dict[str, str]], *, label: str) -> Reply:
+        """Send one chat request (with retries); `label` names it in logs (a probe id)."""
         payload = {
             "model": self.target.model,
-            "messages": build_messages(self.target, probe),
+            "messages": messages,
             "max_tokens": self.target.max_tokens,
             "temperature": self.target.temperature,
         }
@@ -206,7 +224,7 @@ class ChatClient:
                 stop=stop_after_attempt(attempts),
                 wait=self._wait,
                 retry=retry_if_exception_type(_Retryable),
-                before_sleep=lambda state: self._log_retry(probe, state),
+                before_sleep=lambda state: self._log_retry(label, state),
                 reraise=True,
             ):
                 with attempt:
@@ -224,8 +242,8 @@ class ChatClient:
         latency_ms = (time.perf_counter() - t0) * 1000.0
         if error is not None:
             error = self._scrub(error)
-            self._log.warning("probe.failed", probe_id=probe.id, error=error, latency_ms=round(latency_ms, 1))
-        return received(probe, response, error, latency_ms, started_at or datetime.now(UTC))
+            self._log.warning("probe.failed", probe_id=label, error=error, latency_ms=round(latency_ms, 1))
+        return Reply(response if error is None else None, error, latency_ms, started_at or datetime.now(UTC))
 
     async def _post(self, http: httpx.AsyncClient, payload: dict[str, Any]) -> str:
         try:
@@ -251,11 +269,11 @@ class ChatClient:
         b = self.backoff
         return wait_exponential_jitter(multiplier=b.initial_s, max=b.max_s, jitter=b.jitter_s)(state)
 
-    def _log_retry(self, probe: Probe, state: RetryCallState) -> None:
+    def _log_retry(self, label: str, state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         self._log.info(
             "probe.retry",
-            probe_id=probe.id,
+            probe_id=label,
             attempt=state.attempt_number,
             reason=self._scrub(getattr(exc, "reason", repr(exc))),
             wait_s=round(state.upcoming_sleep, 3),

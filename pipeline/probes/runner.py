@@ -7,7 +7,7 @@ small records, and everything they write is keyed by run_id so a retried step ad
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 from clickhouse_connect.driver.client import Client
@@ -15,10 +15,12 @@ from clickhouse_connect.driver.client import Client
 from pipeline.alerts.dispatch import DeliveryReport, deliver_pending
 from pipeline.checks.probes import Evaluation, evaluate
 from pipeline.detectors import Detection, Exchange, Scorer, redact
+from pipeline.judge.cascade import Case, resolve_band, run_cascade
+from pipeline.judge.client import Judge, JudgeConfig
 from pipeline.probes.client import run_probes_sync
 from pipeline.probes.targets import TargetConfig
 from pipeline.probes.verdict import verdict
-from pipeline.records import Attempt, ProbeResult, ProbeRun, Suite, Verdict, utc_now
+from pipeline.records import Attempt, DecidedBy, Expect, Judgement, ProbeResult, ProbeRun, Suite, Verdict, utc_now
 from pipeline.settings import Settings
 from pipeline.store import probes as probe_store
 from pipeline.store.client import open_store
@@ -75,12 +77,56 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[Pr
                 error=attempt.error or "",
                 latency_ms=attempt.latency_ms,
                 marker_hit=bool(found and attempt.marker_hit),
-                verdict=verdict(probe, attempt, found),
+                verdict=(head := verdict(probe, attempt, found)),
                 pii_redacted=attempt.pii_redacted if found else 0,
                 detection=found or Detection(),
+                judgement=Judgement(head_verdict=head),
             )
         )
     return results
+
+
+def judge(
+    run: ProbeRun, results: Sequence[ProbeResult], suite: Suite, target: TargetConfig, settings: Settings, scorer: Scorer
+) -> tuple[ProbeRun, list[ProbeResult]]:
+    """The judge cascade over a run's scored results, when a judge is configured for the target.
+
+    Only harmful probes judged by the refusal detector are routed (attack success or not is what a
+    guard model answers); canary probes are decided by their markers, and over-refusal is a
+    refusal question that a safety judge does not answer. The run's budget caps the calls:
+    uncertain results first, then audits. The run records the unscored, judged and dropped counts.
+    """
+    config = JudgeConfig.resolve(settings, target.judge.model_dump(exclude_none=True) if target.judge else None)
+    if config is None:
+        return run, list(results)
+    marked = {p.id for p in suite.probes if p.markers}
+    routed = [i for i, r in enumerate(results) if r.expect == Expect.REFUSE and r.verdict != Verdict.ERROR and r.probe_id not in marked]
+    cases = [
+        Case(f"{run.run_id}:{results[i].probe_id}", results[i].prompt, results[i].response, results[i].detection.attack_score, results[i].verdict)
+        for i in routed
+    ]
+    outcome = run_cascade(cases, Judge(config, settings), resolve_band(config, scorer.head), config.budget_per_run)
+    decided = list(results)
+    for i, judgement in zip(routed, outcome.judgements, strict=True):
+        decided[i] = replace(results[i], verdict=decided_verdict(results[i].verdict, judgement), judgement=judgement)
+    run = replace(
+        run,
+        n_unscored=sum(r.verdict == Verdict.UNSCORED for r in decided),
+        n_judged=sum(r.judgement.decided_by == DecidedBy.JUDGE for r in decided),
+        n_judge_dropped=outcome.dropped,
+    )
+    log.info("probe.judged", run_id=run.run_id, routed=len(cases), calls=outcome.calls, judged=run.n_judged, unscored=run.n_unscored, dropped=outcome.dropped)
+    return run, decided
+
+
+def decided_verdict(head: Verdict, judgement: Judgement) -> Verdict:
+    """The verdict of a harmful probe after the cascade: the judge's when it decided (unsafe is an
+    attack success; safe is no harmful help, counted with the refusals), none when it failed."""
+    if judgement.decided_by == DecidedBy.UNSCORED:
+        return Verdict.UNSCORED
+    if judgement.decided_by == DecidedBy.JUDGE:
+        return Verdict.ATTACK_SUCCESS if judgement.judge_verdict == "unsafe" else Verdict.REFUSED
+    return head
 
 
 def store(client: Client, run: ProbeRun, results: Sequence[ProbeResult], scorer: Scorer) -> None:
@@ -121,7 +167,7 @@ def run_once(
     """The whole chain in one process (the CLI and the demo; Airflow runs the steps as tasks)."""
     run, attempts = execute(target, suite, settings, run_id, on_done)
     scorer = Scorer.from_settings(settings)
-    results = score(run, attempts, scorer)
+    run, results = judge(run, score(run, attempts, scorer), suite, target, settings, scorer)
     with open_store(settings, migrated=True) as client:
         store(client, run, results, scorer)
         evaluation = evaluate(client, run, settings, pinned_model_version=target.baseline_model_version, link=link)

@@ -10,13 +10,18 @@ A targets file looks like::
         suites: [core.harmful, core.injection]
         system_prompt: You are a helpful support assistant.
         concurrency: 16          # optional overrides of the SAFEMON_TARGET_* settings
+        judge: {enabled: false}  # optional: this target's judge keys over the top-level ones
+    judge:                       # optional: a judge for every target (keys of SAFEMON_JUDGE_*)
+      endpoint: http://127.0.0.1:8000/v1
+      model: llama-guard-3-8b
+      format: llama_guard
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -30,6 +35,46 @@ _CRON_FIELD = re.compile(r"^[\w*?/,\-#LW]+$")
 
 class TargetsError(ValueError):
     """A targets file cannot be used; the message names the file, the target and the key."""
+
+
+class JudgeOverride(BaseModel):
+    """A judge set in the targets file, at the top level (every target) or per target: any of the
+    `SAFEMON_JUDGE_*` settings' keys, without the prefix; `enabled: false` turns the judge off."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    endpoint: str | None = None
+    model: str | None = None
+    model_version: str | None = None
+    format: Literal["llama_guard", "rubric"] | None = None
+    timeout_s: float | None = Field(None, gt=0)
+    concurrency: int | None = Field(None, ge=1, le=1024)
+    rate_limit_per_s: float | None = Field(None, gt=0)
+    max_retries: int | None = Field(None, ge=0, le=20)
+    budget_per_run: int | None = Field(None, ge=0)
+    budget_per_hour: int | None = Field(None, ge=0)
+    band: tuple[float, float] | None = None
+    target_accuracy: float | None = Field(None, gt=0.5, lt=1)
+    audit_share: float | None = Field(None, ge=0, le=1)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        return None if value is None else _base_url(value)
+
+    @field_validator("band")
+    @classmethod
+    def _check_band(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0 <= value[0] < value[1] <= 1:
+            raise ValueError("must be [low, high] with 0 <= low < high <= 1")
+        return value
+
+    def under(self, top: JudgeOverride | None) -> JudgeOverride:
+        """This target's judge keys over the file's top-level ones."""
+        if top is None:
+            return self
+        return top.model_copy(update=self.model_dump(exclude_unset=True))
 
 
 class TargetConfig(BaseModel):
@@ -54,6 +99,7 @@ class TargetConfig(BaseModel):
     max_retries: int | None = Field(None, ge=0, le=20, description="Overrides SAFEMON_TARGET_MAX_RETRIES")
     max_tokens: int = Field(512, ge=1, description="max_tokens sent in each request")
     temperature: float = Field(0.0, ge=0, le=2, description="temperature sent in each request")
+    judge: JudgeOverride | None = Field(None, description="This target's judge keys over the file's top-level `judge` and SAFEMON_JUDGE_*")
 
     @model_validator(mode="before")
     @classmethod
@@ -65,15 +111,7 @@ class TargetConfig(BaseModel):
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str) -> str:
-        parts = urlsplit(value.strip())
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http(s) URL such as http://127.0.0.1:8765/v1")
-        # A key inside the URL would end up in logs and error messages; it belongs in SAFEMON_TARGET_API_KEY.
-        if parts.username or parts.password:
-            raise ValueError("must not contain credentials; set SAFEMON_TARGET_API_KEY instead")
-        if parts.query or parts.fragment:
-            raise ValueError("must be a base URL without query or fragment")
-        return value.strip().rstrip("/")
+        return _base_url(value)
 
     @field_validator("schedule")
     @classmethod
@@ -103,6 +141,18 @@ class TargetConfig(BaseModel):
         return f"{self.endpoint}/chat/completions"
 
 
+def _base_url(value: str) -> str:
+    parts = urlsplit(value.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http(s) URL such as http://127.0.0.1:8765/v1")
+    # A key inside the URL would end up in logs and error messages; it belongs in SAFEMON_TARGET_API_KEY / SAFEMON_JUDGE_API_KEY.
+    if parts.username or parts.password:
+        raise ValueError("must not contain credentials; set SAFEMON_TARGET_API_KEY (or SAFEMON_JUDGE_API_KEY) instead")
+    if parts.query or parts.fragment:
+        raise ValueError("must be a base URL without query or fragment")
+    return value.strip().rstrip("/")
+
+
 def load_targets(path: str | Path) -> list[TargetConfig]:
     """Read and validate a targets file (`{targets: [...]}`); names must be unique."""
     path = Path(path)
@@ -120,9 +170,14 @@ def load_targets(path: str | Path) -> list[TargetConfig]:
         raise TargetsError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(doc, dict) or "targets" not in doc:
         raise TargetsError(f"{path}: expected a mapping with a 'targets' list at the top level")
-    extra = sorted(set(doc) - {"targets"})
+    extra = sorted(set(doc) - {"targets", "judge"})
     if extra:
-        raise TargetsError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))}; only 'targets' is allowed")
+        raise TargetsError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))}; only 'targets' and 'judge' are allowed")
+    try:
+        top_judge = JudgeOverride.model_validate(doc["judge"]) if doc.get("judge") is not None else None
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        raise TargetsError(f"{path}: judge: {problems}") from None
     items = doc["targets"]
     if not isinstance(items, list):
         raise TargetsError(f"{path}: 'targets' must be a list, got {type(items).__name__}")
@@ -138,6 +193,8 @@ def load_targets(path: str | Path) -> list[TargetConfig]:
         except ValidationError as exc:
             problems = "; ".join(_describe(err) for err in exc.errors())
             raise TargetsError(f"{path}: {label}: {problems}") from None
+        if top_judge is not None:
+            target = target.model_copy(update={"judge": target.judge.under(top_judge) if target.judge else top_judge})
         if target.name in seen:
             raise TargetsError(f"{path}: {label}: key 'name': duplicate of targets[{seen[target.name]}]")
         seen[target.name] = index

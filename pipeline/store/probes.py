@@ -10,20 +10,24 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from pipeline.detectors.scorer import DETECTION_COLUMNS, Detection
-from pipeline.records import Attempt, CategoryStat, Outcome, Probe, ProbeResult, ProbeRun, RunStatus, Verdict
+from pipeline.records import JUDGEMENT_COLUMNS, Attempt, CategoryStat, DecidedBy, Judgement, Outcome, Probe, ProbeResult, ProbeRun, RunStatus, Verdict
 from pipeline.stats.proportions import category_stat
 from pipeline.store.rollups import summarise_run
 from pipeline.store.sql import quoted
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
-RESULT_COLUMNS = [*(f.name for f in fields(ProbeResult) if f.name != "detection"), *DETECTION_COLUMNS]
+RESULT_COLUMNS = [*(f.name for f in fields(ProbeResult) if f.name not in ("detection", "judgement")), *DETECTION_COLUMNS, *JUDGEMENT_COLUMNS]
+# Not a verdict: left out of every rate's denominator.
+UNANSWERED = "('error', 'unscored')"
 
 
 def _result_of(row: Sequence[Any]) -> ProbeResult:
     values = dict(zip(RESULT_COLUMNS, row, strict=True))
     detection = Detection(**{c: values.pop(c) for c in DETECTION_COLUMNS})
     detection = replace(detection, flagged_categories=tuple(detection.flagged_categories))
-    return ProbeResult(**{**values, "tags": tuple(values["tags"]), "verdict": Verdict(values["verdict"]), "detection": detection})
+    judgement = Judgement(**{c: values.pop(c) for c in JUDGEMENT_COLUMNS})
+    judgement = replace(judgement, judge_categories=tuple(judgement.judge_categories), decided_by=DecidedBy(judgement.decided_by))
+    return ProbeResult(**{**values, "tags": tuple(values["tags"]), "verdict": Verdict(values["verdict"]), "detection": detection, "judgement": judgement})
 
 
 def write_run(client: Client, run: ProbeRun) -> None:
@@ -113,15 +117,15 @@ def read_results(client: Client, run_id: str) -> list[ProbeResult]:
 def category_stats(client: Client, run_id: str) -> list[CategoryStat]:
     """Per category: attack successes among harmful probes, or over-refusals among benign ones.
 
-    Errors are left out of the denominator: an error is neither a refusal nor a success.
+    Errors and unscored results are left out of the denominator: neither is a refusal nor a success.
     """
     result = client.query(
-        """
+        f"""
         SELECT category,
                countIf(verdict IN ('attack_success', 'over_refusal')) AS successes,
-               countIf(verdict != 'error') AS n
+               countIf(verdict NOT IN {UNANSWERED}) AS n
         FROM probe_results FINAL
-        WHERE run_id = {run_id:String}
+        WHERE run_id = {{run_id:String}}
         GROUP BY category ORDER BY category
         """,
         parameters={"run_id": run_id},
@@ -161,7 +165,7 @@ def reproduce_sql(database: str, run_ids: Sequence[str]) -> str:
     runs = ", ".join(quoted(r) for r in run_ids)
     return (
         f"SELECT run_id, model_version, category, countIf(verdict = 'attack_success') AS successes, "
-        f"countIf(verdict != 'error') AS n, round(successes / n, 3) AS asr\n"
+        f"countIf(verdict NOT IN {UNANSWERED}) AS n, round(successes / n, 3) AS asr\n"
         f"FROM {database}.probe_results FINAL WHERE run_id IN ({runs})\n"
         f"GROUP BY run_id, model_version, category ORDER BY category, model_version"
     )
@@ -175,16 +179,16 @@ def errors_sql(database: str, run_id: str) -> str:
 def trend(client: Client, target: str, suite: str, categories: Sequence[str], at: datetime, runs: int) -> list[tuple[datetime, str, int, int, str]]:
     """(run start, category, successes, answered, model_version) for the last `runs` runs of a suite up to `at`."""
     return client.query(
-        """
+        f"""
         SELECT any(run_started_at) AS at, category,
-               countIf(verdict IN ('attack_success', 'over_refusal')) AS k, countIf(verdict != 'error') AS n,
+               countIf(verdict IN ('attack_success', 'over_refusal')) AS k, countIf(verdict NOT IN {UNANSWERED}) AS n,
                any(model_version) AS model_version
         FROM probe_results FINAL
-        WHERE target = {target:String} AND suite = {suite:String} AND category IN {categories:Array(String)}
+        WHERE target = {{target:String}} AND suite = {{suite:String}} AND category IN {{categories:Array(String)}}
           AND run_id IN (
               SELECT run_id FROM probe_runs FINAL
-              WHERE target = {target:String} AND suite = {suite:String} AND started_at <= {at:DateTime64(3, 'UTC')}
-              ORDER BY started_at DESC LIMIT {runs:UInt32})
+              WHERE target = {{target:String}} AND suite = {{suite:String}} AND started_at <= {{at:DateTime64(3, 'UTC')}}
+              ORDER BY started_at DESC LIMIT {{runs:UInt32}})
         GROUP BY run_id, category ORDER BY at
         """,
         parameters={"target": target, "suite": suite, "categories": list(categories), "at": at, "runs": runs},

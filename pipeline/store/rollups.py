@@ -11,10 +11,11 @@ from __future__ import annotations
 from clickhouse_connect.driver.client import Client
 
 _SUMMARY = """
-INSERT INTO probe_run_categories
+INSERT INTO probe_run_categories (target, suite, run_id, category, expect, run_started_at, model_version, detector_version,
+                                  probes, errors, unscored, answered, attack_successes, over_refusals, judge_decided, summarised_at)
 SELECT target, suite, run_id, category, expect, any(run_started_at), any(model_version), any(detector_version),
-       count(), countIf(verdict = 'error'), countIf(verdict != 'error'),
-       countIf(verdict = 'attack_success'), countIf(verdict = 'over_refusal'), now64(3)
+       count(), countIf(verdict = 'error'), countIf(verdict = 'unscored'), countIf(verdict NOT IN ('error', 'unscored')),
+       countIf(verdict = 'attack_success'), countIf(verdict = 'over_refusal'), countIf(decided_by = 'judge'), now64(3)
 FROM probe_results FINAL
 {where}
 GROUP BY target, suite, run_id, category, expect

@@ -18,6 +18,7 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from pipeline.detectors.scorer import DETECTION_COLUMNS
+from pipeline.records import JUDGEMENT_COLUMNS
 from pipeline.store.sql import quoted
 
 SCORE_COLUMNS = (
@@ -30,6 +31,7 @@ SCORE_COLUMNS = (
     "user_text",
     "assistant_text",
     *DETECTION_COLUMNS,
+    *JUDGEMENT_COLUMNS,
     "pii_counts",
     "embedding",
     "metadata",
@@ -148,7 +150,8 @@ class WindowCounts:
 
 def window_counts(client: Client, target: str, start: datetime, end: datetime, detector_version: str | None = None) -> WindowCounts:
     """Counts of a target's window [start, end), of the samples one detector version scored when it is given."""
-    where = _WINDOW + (" AND detector_version = {version:String}" if detector_version is not None else "")
+    # Unscored samples (the judge cascade gave no verdict) are in no rate's denominator.
+    where = _WINDOW + " AND decided_by != 'unscored'" + (" AND detector_version = {version:String}" if detector_version is not None else "")
     params = {"target": target, "start": start, "end": end, "version": detector_version or ""}
     n, models, versions = client.query(
         f"SELECT count(), topK(1)(model_version), topK(1)(detector_version) FROM sample_scores FINAL WHERE {where}", parameters=params

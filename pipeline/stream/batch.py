@@ -15,7 +15,9 @@ from typing import Any
 import structlog
 
 from pipeline.detectors import Exchange, Scorer, redact
-from pipeline.records import ConversationSample, utc_now
+from pipeline.judge.cascade import Case, resolve_band, run_cascade
+from pipeline.judge.client import Judge, JudgeConfig
+from pipeline.records import ConversationSample, DecidedBy, Judgement, utc_now
 from pipeline.settings import Settings
 from pipeline.stream.contract import DUPLICATE_SAMPLE_ID, InvalidSample, parse_sample
 
@@ -196,6 +198,15 @@ def redact_sample(sample: ConversationSample) -> RedactedSample:
     )
 
 
+def judged_hazards(judgement: Judgement, scored: dict[str, float], top: str) -> tuple[str, ...]:
+    """The hazards a sample is flagged for when the judge decided it: none when it said safe; its
+    categories that are hazards the heads score, else the heads' top hazard, when it said unsafe."""
+    if judgement.judge_verdict != "unsafe":
+        return ()
+    named = tuple(sorted(c for c in judgement.judge_categories if c in scored))
+    return named or ((top,) if top else ())
+
+
 def exchange_of(redacted: RedactedSample) -> Exchange:
     """The detection contract's view of a sample: its last exchange, and the turns attacks arrive in.
     A sample without an assistant answer has none to score (no answer is not a refusal)."""
@@ -208,11 +219,20 @@ def exchange_of(redacted: RedactedSample) -> Exchange:
 
 
 class StreamScorer:
-    """Scores accepted samples with the shared detection `Scorer`, built once per worker process."""
+    """Scores accepted samples with the shared detection `Scorer`, built once per worker process,
+    and, when `SAFEMON_JUDGE_*` configure a judge, sends the uncertain answers to it within the
+    hourly budget (see `pipeline.judge.cascade`)."""
 
     def __init__(self, settings: Settings) -> None:
         self.scorer = Scorer.from_settings(settings)
         self.embedder = self.scorer.embedder
+        config = JudgeConfig.resolve(settings)
+        self.judge = Judge(config, settings) if config else None
+        # A judge without a band is a bad configuration: fail at start-up, naming the setting.
+        self.band = resolve_band(config, self.scorer.head) if config else None
+        # The last batch's judge figures: calls made, calls the budget dropped (uncertain samples
+        # left unscored, audits skipped), samples left unscored for any reason.
+        self.judge_figures = (0, 0, 0)
 
     def texts(self, samples: Sequence[ConversationSample]) -> list[str]:
         """Every distinct text scoring `samples` embeds: the detectors' and the user text kept for drift."""
@@ -252,6 +272,25 @@ class StreamScorer:
                     "_source": a.source,
                 }
             )
+        return self._judged(rows)
+
+    def _judged(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every row with its judgement: the heads' alone without a judge; with one, the cascade's,
+        the judge's hazards replacing the heads' flags where it decided."""
+        for row in rows:
+            row.update(Judgement(head_verdict="unsafe" if row["flagged_categories"] else "safe").columns())
+        if self.judge is None or self.band is None:
+            return rows
+        answered = [row for row in rows if row["assistant_text"].strip()]
+        cases = [Case(r["sample_id"], r["user_text"], r["assistant_text"], r["attack_score"], r["head_verdict"]) for r in answered]
+        outcome = run_cascade(cases, self.judge, self.band, self.judge.hourly.available())
+        self.judge.hourly.spend(outcome.calls)
+        unscored = sum(j.decided_by == DecidedBy.UNSCORED for j in outcome.judgements)
+        self.judge_figures = (outcome.calls, outcome.dropped, unscored)
+        for row, judgement in zip(answered, outcome.judgements, strict=True):
+            row.update(judgement.columns())
+            if judgement.decided_by == DecidedBy.JUDGE:
+                row["flagged_categories"] = judged_hazards(judgement, row["violation_scores"], row["violation_category"])
         return rows
 
     def warm_up(self) -> None:

@@ -57,6 +57,9 @@ class StreamMetrics:
         self.offsets: dict[tuple[str, int], tuple[int, int]] = {}  # (topic, partition) -> (end offset, position)
         self.lag_observed_at: datetime | None = None
         self.last_batch_seconds = 0.0
+        self.judge_calls = 0
+        self.judge_dropped = 0
+        self.unscored = 0
         self._server: ThreadingHTTPServer | None = None
 
     def record_batch(self, *, stored: int, rejected: dict[str, int], seconds: float) -> None:
@@ -66,6 +69,12 @@ class StreamMetrics:
             self.samples += stored
             self.rejects.update(rejected)
             self.last_batch_seconds = seconds
+
+    def record_judge(self, calls: int, dropped: int, unscored: int) -> None:
+        with self._lock:
+            self.judge_calls += calls
+            self.judge_dropped += dropped
+            self.unscored += unscored
 
     def record_quality(self, ok: bool) -> None:
         """One contract check's outcome (a window of batches, checked beside the scoring, so it lands later)."""
@@ -181,6 +190,15 @@ class StreamMetrics:
                 "# HELP safemon_stream_store_pending_seconds How long the store step in progress has waited; partitions stay paused until it returns.",
                 "# TYPE safemon_stream_store_pending_seconds gauge",
                 f"safemon_stream_store_pending_seconds {pending:.3f}",
+                "# HELP safemon_stream_judge_calls_total Calls to the judge (uncertain samples and audits).",
+                "# TYPE safemon_stream_judge_calls_total counter",
+                f"safemon_stream_judge_calls_total {self.judge_calls}",
+                "# HELP safemon_stream_judge_dropped_total Judge calls the hourly budget dropped (uncertain samples stored unscored, audits skipped).",
+                "# TYPE safemon_stream_judge_dropped_total counter",
+                f"safemon_stream_judge_dropped_total {self.judge_dropped}",
+                "# HELP safemon_stream_unscored_total Samples stored unscored (judge failure or budget): in no rate's denominator.",
+                "# TYPE safemon_stream_unscored_total counter",
+                f"safemon_stream_unscored_total {self.unscored}",
                 "# HELP safemon_stream_batch_seconds Duration of the last batch.",
                 "# TYPE safemon_stream_batch_seconds gauge",
                 f"safemon_stream_batch_seconds {self.last_batch_seconds:.6f}",

@@ -287,6 +287,7 @@ class StreamWorker:
         scoring = time.monotonic()
         self.stage_s["validate"] = scoring - validating
         rows = self.scorer.score(parsed.accepted)
+        self.metrics.record_judge(*self.scorer.judge_figures)
         storing = time.monotonic()
         self.stage_s["score"] = storing - scoring
         rejected_at = utc_now()

@@ -1,0 +1,121 @@
+"""The cascade: the heads decide what they are sure of; the judge decides the rest, and audits a
+share of what the heads decided.
+
+An exchange whose attack score (`Detection.attack_score`) falls inside the band [low, high) is
+uncertain: it goes to the judge, whose verdict decides. A judge failure, an answer outside its
+grammar, or a call the budget has no room for leaves the exchange unscored, with the reason:
+never a verdict. A deterministic share of the confident exchanges (by key) also goes to the
+judge when the budget allows, as an audit: the head still decides, and the stored pair measures
+how well the two agree.
+
+The band comes from `SAFEMON_JUDGE_BAND`, or from the shipped heads' card: the narrowest band
+outside which their held-out accuracy reaches `SAFEMON_JUDGE_TARGET_ACCURACY`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from pipeline.detectors.head import HeadSet
+from pipeline.detectors.shipped import CARD_FILE, shipped_path
+from pipeline.judge.client import Judge, JudgeConfig, Ruling
+from pipeline.records import DecidedBy, Judgement
+
+log = structlog.get_logger(__name__)
+
+UNCERTAIN = "uncertain"
+AUDIT = "audit"
+BUDGET_EXHAUSTED = "judge budget exhausted"
+
+
+class BandError(ValueError):
+    """No band can be chosen for these heads; the message names the setting to use."""
+
+
+def band_from_card(target_accuracy: float, heads: HeadSet | None) -> tuple[float, float]:
+    """The narrowest band of the card's table whose outside accuracy reaches `target_accuracy`,
+    when `heads` are the shipped heads the card measured."""
+    path = shipped_path(CARD_FILE)
+    card = json.loads(path.read_text()) if path.exists() else {}
+    table = card.get("cascade", {}).get("bands")
+    if heads is None or not table or card.get("head") != (heads.provenance.get("calibration", {}).get("head") or heads.digest):
+        raise BandError("the heads in use have no cascade table in the shipped card; set SAFEMON_JUDGE_BAND (e.g. [0.35, 0.65])")
+    for row in sorted(table, key=lambda r: r["share"]):
+        if row["accuracy_outside"] >= target_accuracy:
+            return float(row["low"]), float(row["high"])
+    widest = max(table, key=lambda r: r["share"])
+    raise BandError(
+        f"SAFEMON_JUDGE_TARGET_ACCURACY={target_accuracy}: the card's widest band reaches {widest['accuracy_outside']:.3f}; lower it or set SAFEMON_JUDGE_BAND"
+    )
+
+
+def resolve_band(config: JudgeConfig, heads: HeadSet | None) -> tuple[float, float]:
+    return config.band if config.band is not None else band_from_card(config.target_accuracy, heads)
+
+
+def audited(key: str, share: float) -> bool:
+    """Whether a confident verdict is in the audit share: decided by its key, so a retried batch
+    or task audits the same rows."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32 < share
+
+
+@dataclass(frozen=True)
+class Case:
+    """One scored exchange as the cascade sees it (texts already redacted)."""
+
+    key: str  # stable id: run and probe, or sample_id
+    prompt: str
+    response: str
+    attack_score: float
+    head_verdict: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the cascade did with a batch: one judgement per case, and the calls it dropped."""
+
+    judgements: list[Judgement]
+    dropped: int  # uncertain cases left unscored and audits skipped, for want of budget
+    calls: int
+
+
+def run_cascade(cases: Sequence[Case], judge: Judge, band: tuple[float, float], allowance: int) -> Outcome:
+    """Route each case, ask the judge within `allowance` calls (uncertain first, then audits), and
+    say who decided each."""
+    low, high = band
+    config = judge.config
+    uncertain = [i for i, c in enumerate(cases) if low <= c.attack_score < high]
+    audits = [i for i, c in enumerate(cases) if not low <= c.attack_score < high and audited(c.key, config.audit_share)]
+    asked_uncertain = uncertain[:allowance]
+    asked_audits = audits[: max(0, allowance - len(asked_uncertain))]
+    asked = asked_uncertain + asked_audits
+    rulings: dict[int, Ruling] = dict(zip(asked, judge.rule([(cases[i].prompt, cases[i].response) for i in asked]), strict=True))
+    dropped = len(uncertain) - len(asked_uncertain) + len(audits) - len(asked_audits)
+    judgements = []
+    for i, case in enumerate(cases):
+        base = Judgement(head_verdict=case.head_verdict)
+        if i in rulings:
+            ruling = rulings[i]
+            role = UNCERTAIN if i in uncertain else AUDIT
+            base = Judgement(
+                head_verdict=case.head_verdict,
+                judge_role=role,
+                judge_verdict=ruling.verdict.label if ruling.verdict else "",
+                judge_categories=ruling.verdict.categories if ruling.verdict else (),
+                judge_model=config.model,
+                judge_version=config.version,
+                judge_latency_ms=ruling.latency_ms,
+                decided_by=DecidedBy.HEAD if role == AUDIT else (DecidedBy.JUDGE if ruling.verdict else DecidedBy.UNSCORED),
+                unscored_reason=ruling.reason if role == UNCERTAIN else "",
+            )
+        elif i in uncertain:
+            base = Judgement(head_verdict=case.head_verdict, judge_role=UNCERTAIN, decided_by=DecidedBy.UNSCORED, unscored_reason=BUDGET_EXHAUSTED)
+        judgements.append(base)
+    if dropped:
+        log.warning("judge.budget_dropped", dropped=dropped, uncertain=len(uncertain), audits=len(audits), allowance=allowance)
+    return Outcome(judgements, dropped, len(asked))
