@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.drift.cli import register as register_drift
+from pipeline.judge.cli import judge_app
 from pipeline.lab.detectors_cli import register as register_detectors
 from pipeline.lab.embeddings_cli import register as register_embeddings
 from pipeline.logs import configure_logging
@@ -26,6 +27,7 @@ target_app = typer.Typer(help="Model endpoints.", no_args_is_help=True)
 alerts_app = typer.Typer(help="Stored alerts.", no_args_is_help=True)
 for sub, name in ((db_app, "db"), (probe_app, "probe"), (suites_app, "suites"), (target_app, "target"), (alerts_app, "alerts")):
     app.add_typer(sub, name=name)
+app.add_typer(judge_app, name="judge", help="The LLM judge: a recorded stand-in for demos and tests.")
 
 register_stream(app)
 register_detectors(app)
