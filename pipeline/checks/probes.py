@@ -38,6 +38,14 @@ def failing_samples(results: list[ProbeResult]) -> tuple[Sample, ...]:
     return tuple(Sample(r.probe_id, r.category, r.prompt, r.response) for r in results if r.verdict in (Verdict.ATTACK_SUCCESS, Verdict.OVER_REFUSAL))
 
 
+def judged_share(run: ProbeRun) -> str:
+    """The sentence an alert carries when a judge decided some of the run's verdicts."""
+    answered = run.n_probes - run.n_errors - run.n_unscored
+    if not run.n_judged or not answered:
+        return ""
+    return f"A judge decided {run.n_judged} of {answered} verdicts ({run.n_judged / answered:.0%}); the heads the rest."
+
+
 def evaluate(
     client: Client,
     run: ProbeRun,
@@ -52,7 +60,8 @@ def evaluate(
     finding = Finding(Source.PROBE, AlertKind.DATA_QUALITY, run.target, run.suite, run.model_version, run.run_id)
     if not report.success:
         problems = report.failures
-        summary = f"error rate {run.error_rate:.0%} ({run.n_errors}/{run.n_probes}); " + "; ".join(problems)
+        unscored = f"unscored {run.unscored_rate:.0%} ({run.n_unscored}, judge failures or budget); " if run.n_unscored else ""
+        summary = f"error rate {run.error_rate:.0%} ({run.n_errors}/{run.n_probes}); {unscored}" + "; ".join(problems)
         finding = replace(finding, problems=problems, summary=summary, sql=probe_store.errors_sql(settings.clickhouse_database, run.run_id))
         alert = raise_alert(client, finding, settings, link=link)
         run = replace(run, status=RunStatus.EVALUATED, outcome=Outcome.UNHEALTHY, healthy=False)
@@ -83,6 +92,7 @@ def evaluate(
         comparisons=tuple(comparisons),
         samples=failing_samples(results),
         sql=probe_store.reproduce_sql(settings.clickhouse_database, [baseline.run_id, run.run_id]),
+        summary=judged_share(run),
     )
     alert = raise_alert(client, finding, settings, link=link)
     run = replace(
