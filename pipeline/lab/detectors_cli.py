@@ -26,15 +26,34 @@ def eval_group(app: typer.Typer) -> typer.Typer:
     return sub
 
 
+STORE_HELP = "Fit on labels stored in ClickHouse instead of files (with --labels judge)"
+LABELS_HELP = "Which stored labels: judge (the verdicts a judge gave, uncertain and audited rows)"
+
+
 def fit(
-    data: Annotated[list[Path], typer.Option("--data", help="Labelled CSV/JSONL (or the XSTest folder); repeat for several", exists=True)],
     out: Annotated[Path, typer.Option(help="Where to write the head artifact (.npz)")],
+    data: Annotated[list[Path] | None, typer.Option("--data", help="Labelled CSV/JSONL (or the XSTest folder); repeat for several", exists=True)] = None,
     split: Annotated[str, typer.Option(help=SPLIT_HELP)] = "prompt",
     data_format: Annotated[str | None, typer.Option("--format", help="xstest, jbb or qa (default: from the columns)")] = None,
     test_size: Annotated[float, typer.Option(help="Share of groups held out (not fitted on)")] = 0.3,
     seed: Annotated[int, typer.Option(help="Seed of the held-out draw")] = 0,
+    from_store: Annotated[bool, typer.Option("--from-store", help=STORE_HELP)] = False,
+    labels: Annotated[str, typer.Option(help=LABELS_HELP)] = "judge",
+    since: Annotated[str, typer.Option(help="--from-store: how far back, e.g. 30d")] = "30d",
+    holdout_days: Annotated[int, typer.Option(help="--from-store: the newest days held out of fitting, and measured on", min=1)] = 7,
+    min_labels: Annotated[int, typer.Option(help="--from-store: fewer stored labels than this is an error", min=1)] = 200,
 ) -> None:
-    """Fit detector heads on the training part of labelled data and save them as an artifact."""
+    """Fit detector heads on the training part of labelled data (files, or the judge's labels in
+    the store) and save them as an artifact."""
+    if from_store:
+        if data:
+            err.print("[red]error:[/red] give --data files or --from-store, not both")
+            raise typer.Exit(2)
+        fit_from_store(out, labels=labels, since=since, holdout_days=holdout_days, min_labels=min_labels)
+        return
+    if not data:
+        err.print("[red]error:[/red] give --data (labelled files) or --from-store --labels judge")
+        raise typer.Exit(2)
     import numpy as np
     import pandas as pd
 
@@ -68,12 +87,111 @@ def fit(
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     heads.save(out)
-    for task, by_source in heads.provenance["heads_fitted"].items():
+    _print_fitted(heads.provenance, out)
+
+
+def _print_fitted(provenance: dict[str, Any], out: Path) -> None:
+    for task, by_source in provenance["heads_fitted"].items():
         rows = ", ".join(f"{n} from {source}" for source, n in by_source.items())
         console.print(f"fitted {task} on {sum(by_source.values())} rows ({rows})")
-    for task, why in heads.provenance["heads_not_fitted"].items():
+    for task, why in provenance["heads_not_fitted"].items():
         console.print(f"[yellow]not fitted[/yellow] {task}: {why}")
     console.print(f"wrote {out}; set SAFEMON_DETECTOR_HEAD={out}")
+
+
+def _stored_labels(labels: str, since: str) -> Any:
+    """The judge-labelled rows of the store since `since` as a labelled frame (see `judge_frame`), and the start."""
+    from datetime import UTC, datetime
+
+    from pipeline.lab.evaluation import judge_frame
+    from pipeline.report.page import parse_span
+    from pipeline.settings import get_settings
+    from pipeline.store.client import open_store
+    from pipeline.store.labels import judge_labels
+
+    if labels != "judge":
+        raise ValueError(f"unknown --labels {labels!r}; valid: judge")
+    start = datetime.now(UTC) - parse_span(since)
+    with open_store(get_settings(), migrated=True) as client:
+        return judge_frame(judge_labels(client, start)), start
+
+
+def fit_from_store(out: Path, *, labels: str, since: str, holdout_days: int, min_labels: int) -> None:
+    """Refit the harmful-compliance head (and prompt harm, where the labels define it) on the
+    judge's stored verdicts, holding out the newest `holdout_days` days, on top of the heads in
+    use; report both on the held-out days."""
+    import numpy as np
+
+    from pipeline.detectors.embedder import embedder_from_settings
+    from pipeline.detectors.head import HeadSet, provenance_stamp
+    from pipeline.detectors.shipped import load_head
+    from pipeline.detectors.stack import DetectorStack
+    from pipeline.lab.training import embed_frame, evaluate, fit_heads, predict_frame, take
+    from pipeline.settings import get_settings
+
+    try:
+        frame, start = _stored_labels(labels, since)
+        days = sorted(frame["day"].unique())
+        if len(frame) < min_labels:
+            raise ValueError(
+                f"only {len(frame)} judge labels stored since {start:%Y-%m-%d %H:%M} UTC; at least {min_labels} are needed "
+                "(configure a judge, wait for more audits, widen --since or lower --min-labels)"
+            )
+        if len(days) <= holdout_days:
+            raise ValueError(f"the judge labels span {len(days)} day(s); holding out the newest {holdout_days} leaves none to fit on")
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    held = frame["day"].isin(days[-holdout_days:]).to_numpy()
+    settings = get_settings()
+    embedder = embedder_from_settings(settings)
+    base = load_head(settings, embedder)
+    stack = DetectorStack(embedder, head=base)
+    with console.status(f"embedding {len(frame)} rows"):
+        parts = embed_frame(stack, frame)
+    fit_rows = np.flatnonzero(~held)
+    provenance = provenance_stamp(
+        labels="judge",
+        since=start.isoformat(timespec="seconds"),
+        judge_versions=sorted(frame["judge_version"].unique()),
+        held_out_days=[str(d) for d in days[-holdout_days:]],
+        rows_fitted=int(len(fit_rows)),
+        rows_held_out=int(held.sum()),
+        base_head=base.digest if base is not None else "exemplars",
+    )
+    try:
+        refit = fit_heads(
+            frame.iloc[fit_rows].reset_index(drop=True),
+            take(parts, fit_rows),
+            model=embedder.model_name,
+            group_by="prompt",
+            provenance=provenance,
+            tasks=("harmful_compliance", "prompt_harm"),
+        )
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    heads = HeadSet(heads={**(base.heads if base else {}), **refit.heads}, model=embedder.model_name, provenance=refit.provenance)
+    heads.save(out)
+    _print_fitted(heads.provenance, out)
+    test_rows = np.flatnonzero(held)
+    test = frame.iloc[test_rows].reset_index(drop=True)
+    before = predict_frame(stack, test, take(parts, test_rows))["pred:harmful_compliance"].to_numpy()
+    test["base:heads in use:harmful_compliance"] = before
+    metrics = evaluate(test, predict_frame(DetectorStack(embedder, head=heads), test, take(parts, test_rows)))
+    _print_metrics(metrics, f"held-out days {days[-holdout_days]}..{days[-1]} ({len(test)} judge labels)")
+
+
+def _print_metrics(metrics: dict[str, Any], title: str) -> None:
+    from pipeline.lab.evaluation import lead_text
+
+    table = Table("task", "system", "n", "accuracy", "precision", "recall", "F1", "detector - this (paired)", title=title)
+    for task, systems in metrics.items():
+        for system, m in systems.items():
+            cells = [f"{m[k]['value']:.3f} [{m[k]['ci'][0]:.2f}, {m[k]['ci'][1]:.2f}]" for k in ("accuracy", "precision", "recall", "f1")]
+            n = f"{m['n']} ({m['missing']} rows lack it)" if m.get("missing") else str(m["n"])
+            table.add_row(task, system, n, *cells, lead_text(m))
+    console.print(table)
 
 
 def held_out_rows(frame: Any, path: Path, provenance: dict[str, Any]) -> tuple[Any, str]:
@@ -94,18 +212,25 @@ def held_out_rows(frame: Any, path: Path, provenance: dict[str, Any]) -> tuple[A
 
 
 def eval_detectors(
-    data: Annotated[Path, typer.Option(help="Labelled file (or the XSTest folder)", exists=True)],
+    data: Annotated[Path | None, typer.Option(help="Labelled file (or the XSTest folder)", exists=True)] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="xstest, jbb or qa (default: from the columns)")] = None,
     detectors: Annotated[Path | None, typer.Option(help="Fitted head artifact (default: SAFEMON_DETECTOR_HEAD, else built-in)")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the metrics here as JSON")] = None,
     boot: Annotated[int, typer.Option(help="Bootstrap resamples per interval")] = 1000,
+    from_store: Annotated[bool, typer.Option("--from-store", help="Score against labels stored in ClickHouse (with --labels judge)")] = False,
+    labels: Annotated[str, typer.Option(help=LABELS_HELP)] = "judge",
+    since: Annotated[str, typer.Option(help="--from-store: how far back, e.g. 30d")] = "30d",
 ) -> None:
-    """Evaluate the detectors (and the file's baselines) on labelled responses."""
+    """Evaluate the detectors (and the file's baselines) on labelled responses, or on the judge's
+    stored verdicts."""
+    if (data is None) == (not from_store):
+        err.print("[red]error:[/red] give --data FILE or --from-store --labels judge")
+        raise typer.Exit(2)
     from pipeline.detectors.embedder import embedder_from_settings
     from pipeline.detectors.head import HeadError, HeadSet
     from pipeline.detectors.shipped import detector_head_path, load_head
     from pipeline.detectors.stack import DetectorStack
-    from pipeline.lab.evaluation import deduplicate, lead_text, load_labelled
+    from pipeline.lab.evaluation import deduplicate, load_labelled
     from pipeline.lab.training import embed_frame, evaluate, predict_frame
     from pipeline.settings import get_settings
 
@@ -113,8 +238,14 @@ def eval_detectors(
     embedder = embedder_from_settings(settings)
     try:
         heads = HeadSet.load(detectors, expect_model=embedder.model_name) if detectors else load_head(settings, embedder)
-        frame = deduplicate(load_labelled(data, data_format))
-        rows, note = held_out_rows(frame, data, heads.provenance) if heads is not None else (frame, "all rows (built-in detectors)")
+        if data is None:
+            rows, start = _stored_labels(labels, since)
+            if rows.empty:
+                raise ValueError(f"no judge labels stored since {start:%Y-%m-%d %H:%M} UTC")
+            note = f"{len(rows)} judge labels stored since {start:%Y-%m-%d}"
+        else:
+            frame = deduplicate(load_labelled(data, data_format))
+            rows, note = held_out_rows(frame, data, heads.provenance) if heads is not None else (frame, "all rows (built-in detectors)")
     except (HeadError, ValueError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -123,19 +254,13 @@ def eval_detectors(
     with console.status(f"scoring {len(rows)} rows"):
         metrics = evaluate(rows, predict_frame(stack, rows, embed_frame(stack, rows)), n_boot=boot)
     result = {
-        "data": str(data),
+        "data": str(data) if data else f"store: {labels} labels since {since}",
         "format": rows["format"].iloc[0] if len(rows) else data_format,
         "rows": note,
         "detectors": str(detectors or detector_head_path(settings) or "built-in exemplars"),
         "tasks": metrics,
     }
-    table = Table("task", "system", "n", "accuracy", "precision", "recall", "F1", "detector - this (paired)", title=f"{data.name}: {note}")
-    for task, systems in metrics.items():
-        for system, m in systems.items():
-            cells = [f"{m[k]['value']:.3f} [{m[k]['ci'][0]:.2f}, {m[k]['ci'][1]:.2f}]" for k in ("accuracy", "precision", "recall", "f1")]
-            n = f"{m['n']} ({m['missing']} rows lack it)" if m.get("missing") else str(m["n"])
-            table.add_row(task, system, n, *cells, lead_text(m))
-    console.print(table)
+    _print_metrics(metrics, f"{data.name if data else 'store'}: {note}")
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps(result, indent=2))

@@ -159,6 +159,31 @@ def load_jbb(path: Path) -> pd.DataFrame:
     return frame
 
 
+def judge_frame(labels: Sequence[Any]) -> pd.DataFrame:
+    """Judge-labelled exchanges from the store (`pipeline.store.labels.JudgeLabel`) as a labelled
+    frame: harmful compliance is the judge's verdict; prompt harm is known (1) for harmful probes."""
+    frame = pd.DataFrame(
+        {
+            "prompt": [x.prompt for x in labels],
+            "response": [x.response for x in labels],
+            "refusal": None,
+            "prompt_harm": [1.0 if x.harmful_request else np.nan for x in labels],
+            "harmful": [int(x.unsafe) for x in labels],
+            "model": [f"{x.target}/{x.model_version}" for x in labels],
+            "method": [x.origin for x in labels],
+            "prompt_id": [x.prompt for x in labels],
+            "family": [x.judge_role for x in labels],
+            "goal": [x.prompt for x in labels],
+            "day": [x.day for x in labels],
+            "judge_version": [x.judge_version for x in labels],
+            "source": ["probe_results" if x.origin == "probe" else "sample_scores" for x in labels],
+        }
+    )
+    frame["format"] = "judge"
+    frame["row_id"] = np.arange(len(frame))
+    return frame
+
+
 def load_qa(path: Path) -> pd.DataFrame:
     d = pd.read_csv(path, keep_default_na=False)
     return pd.DataFrame(
