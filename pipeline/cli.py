@@ -112,8 +112,11 @@ def probe_run(
         loaded = get_suite(suite)
     except (ValueError, LookupError) as exc:
         raise _fail(str(exc), 2) from None
-    with probe_progress(console, len(loaded.probes), f"{chosen.name} / {loaded.name}") as advance:
-        outcome = run_once(chosen, loaded, settings, run_id or str(uuid.uuid4()), on_done=advance)
+    try:
+        with probe_progress(console, len(loaded.probes), f"{chosen.name} / {loaded.name}") as advance:
+            outcome = run_once(chosen, loaded, settings, run_id or str(uuid.uuid4()), on_done=advance)
+    except ConfigError as exc:  # a judge that cannot be used: before any probe is sent
+        raise _fail(str(exc), 2) from None
     console.print(probe_summary(outcome))
 
 

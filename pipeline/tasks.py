@@ -123,7 +123,7 @@ def score_run(probe_run: str) -> str:
     """Task `score`: embed and detect each stored (redacted) attempt, ask the judge about the
     uncertain ones (when one is configured); write the results."""
     from pipeline.detectors import Scorer
-    from pipeline.probes.runner import judge, score
+    from pipeline.probes.runner import judge, judge_cascade, score
     from pipeline.probes.suites import get_suite
     from pipeline.store import probes as probe_store
     from pipeline.store.client import open_store
@@ -136,7 +136,7 @@ def score_run(probe_run: str) -> str:
         attempts = probe_store.read_attempts(client, probe_run, list(suite.probes))
     scorer = Scorer.from_settings(settings)
     # The store is free while the model and the judge run.
-    run, results = judge(run, score(run, attempts, scorer), suite, _target(run.target), settings, scorer)
+    run, results = judge(run, score(run, attempts, scorer), suite, judge_cascade(_target(run.target), settings, scorer))
     with open_store(settings) as client:
         probe_store.write_results(client, run, results)
         write_errors(client, scorer.version, scorer.errors)

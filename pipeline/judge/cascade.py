@@ -25,6 +25,7 @@ from pipeline.detectors.head import HeadSet
 from pipeline.detectors.shipped import CARD_FILE, shipped_path
 from pipeline.judge.client import Judge, JudgeConfig, Ruling
 from pipeline.records import DecidedBy, Judgement
+from pipeline.settings import ConfigError, Settings
 
 log = structlog.get_logger(__name__)
 
@@ -33,8 +34,8 @@ AUDIT = "audit"
 BUDGET_EXHAUSTED = "judge budget exhausted"
 
 
-class BandError(ValueError):
-    """No band can be chosen for these heads; the message names the setting to use."""
+class JudgeConfigError(ConfigError):
+    """The judge cannot be used as configured; the message names the setting to change."""
 
 
 def band_from_card(target_accuracy: float, heads: HeadSet | None) -> tuple[float, float]:
@@ -44,18 +45,38 @@ def band_from_card(target_accuracy: float, heads: HeadSet | None) -> tuple[float
     card = json.loads(path.read_text()) if path.exists() else {}
     table = card.get("cascade", {}).get("bands")
     if heads is None or not table or card.get("head") != (heads.provenance.get("calibration", {}).get("head") or heads.digest):
-        raise BandError("the heads in use have no cascade table in the shipped card; set SAFEMON_JUDGE_BAND (e.g. [0.35, 0.65])")
+        raise JudgeConfigError("the heads in use have no cascade table in the shipped card; set SAFEMON_JUDGE_BAND (e.g. [0.35, 0.65])")
     for row in sorted(table, key=lambda r: r["share"]):
         if row["accuracy_outside"] >= target_accuracy:
             return float(row["low"]), float(row["high"])
     widest = max(table, key=lambda r: r["share"])
-    raise BandError(
+    raise JudgeConfigError(
         f"SAFEMON_JUDGE_TARGET_ACCURACY={target_accuracy}: the card's widest band reaches {widest['accuracy_outside']:.3f}; lower it or set SAFEMON_JUDGE_BAND"
     )
 
 
-def resolve_band(config: JudgeConfig, heads: HeadSet | None) -> tuple[float, float]:
-    return config.band if config.band is not None else band_from_card(config.target_accuracy, heads)
+@dataclass(frozen=True)
+class Cascade:
+    """A judge and the band whose attack scores it decides."""
+
+    judge: Judge
+    band: tuple[float, float]
+
+    @classmethod
+    def configure(cls, settings: Settings, heads: HeadSet | None, override: dict | None = None) -> Cascade | None:
+        """The cascade the settings (under a targets-file `judge` override) ask for, or None without
+        a judge. Called before any work starts, so a judge that cannot be used fails at start-up."""
+        try:
+            config = JudgeConfig.resolve(settings, override)
+        except ValueError as exc:
+            raise JudgeConfigError(str(exc)) from None
+        if config is None:
+            return None
+        band = config.band if config.band is not None else band_from_card(config.target_accuracy, heads)
+        return cls(Judge(config, settings), band)
+
+    def run(self, cases: Sequence[Case], allowance: int) -> Outcome:
+        return run_cascade(cases, self.judge, self.band, allowance)
 
 
 def audited(key: str, share: float) -> bool:

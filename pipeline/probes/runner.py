@@ -15,8 +15,7 @@ from clickhouse_connect.driver.client import Client
 from pipeline.alerts.dispatch import DeliveryReport, deliver_pending
 from pipeline.checks.probes import Evaluation, evaluate
 from pipeline.detectors import Detection, Exchange, Scorer, redact
-from pipeline.judge.cascade import Case, resolve_band, run_cascade
-from pipeline.judge.client import Judge, JudgeConfig
+from pipeline.judge.cascade import Cascade, Case
 from pipeline.probes.client import run_probes_sync
 from pipeline.probes.targets import TargetConfig
 from pipeline.probes.verdict import verdict
@@ -86,18 +85,16 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[Pr
     return results
 
 
-def judge(
-    run: ProbeRun, results: Sequence[ProbeResult], suite: Suite, target: TargetConfig, settings: Settings, scorer: Scorer
-) -> tuple[ProbeRun, list[ProbeResult]]:
-    """The judge cascade over a run's scored results, when a judge is configured for the target.
+def judge(run: ProbeRun, results: Sequence[ProbeResult], suite: Suite, cascade: Cascade | None) -> tuple[ProbeRun, list[ProbeResult]]:
+    """The judge cascade over a run's scored results, when the target has a judge
+    (`judge_cascade`).
 
     Only harmful probes judged by the refusal detector are routed (attack success or not is what a
     guard model answers); canary probes are decided by their markers, and over-refusal is a
     refusal question that a safety judge does not answer. The run's budget caps the calls:
     uncertain results first, then audits. The run records the unscored, judged and dropped counts.
     """
-    config = JudgeConfig.resolve(settings, target.judge.model_dump(exclude_none=True) if target.judge else None)
-    if config is None:
+    if cascade is None:
         return run, list(results)
     marked = {p.id for p in suite.probes if p.markers}
     routed = [i for i, r in enumerate(results) if r.expect == Expect.REFUSE and r.verdict != Verdict.ERROR and r.probe_id not in marked]
@@ -105,7 +102,7 @@ def judge(
         Case(f"{run.run_id}:{results[i].probe_id}", results[i].prompt, results[i].response, results[i].detection.attack_score, results[i].verdict)
         for i in routed
     ]
-    outcome = run_cascade(cases, Judge(config, settings), resolve_band(config, scorer.head), config.budget_per_run)
+    outcome = cascade.run(cases, cascade.judge.config.budget_per_run)
     decided = list(results)
     for i, judgement in zip(routed, outcome.judgements, strict=True):
         decided[i] = replace(results[i], verdict=decided_verdict(results[i].verdict, judgement), judgement=judgement)
@@ -117,6 +114,11 @@ def judge(
     )
     log.info("probe.judged", run_id=run.run_id, routed=len(cases), calls=outcome.calls, judged=run.n_judged, unscored=run.n_unscored, dropped=outcome.dropped)
     return run, decided
+
+
+def judge_cascade(target: TargetConfig, settings: Settings, scorer: Scorer) -> Cascade | None:
+    """The target's judge cascade (its `judge` keys over SAFEMON_JUDGE_*), or None without a judge."""
+    return Cascade.configure(settings, scorer.head, target.judge.model_dump(exclude_none=True) if target.judge else None)
 
 
 def decided_verdict(head: Verdict, judgement: Judgement) -> Verdict:
@@ -165,9 +167,10 @@ def run_once(
     link: str | None = None,
 ) -> RunOutcome:
     """The whole chain in one process (the CLI and the demo; Airflow runs the steps as tasks)."""
-    run, attempts = execute(target, suite, settings, run_id, on_done)
     scorer = Scorer.from_settings(settings)
-    run, results = judge(run, score(run, attempts, scorer), suite, target, settings, scorer)
+    cascade = judge_cascade(target, settings, scorer)  # a judge that cannot be used fails before any probe is sent
+    run, attempts = execute(target, suite, settings, run_id, on_done)
+    run, results = judge(run, score(run, attempts, scorer), suite, cascade)
     with open_store(settings, migrated=True) as client:
         store(client, run, results, scorer)
         evaluation = evaluate(client, run, settings, pinned_model_version=target.baseline_model_version, link=link)

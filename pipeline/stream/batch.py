@@ -15,8 +15,7 @@ from typing import Any
 import structlog
 
 from pipeline.detectors import Exchange, Scorer, redact
-from pipeline.judge.cascade import Case, resolve_band, run_cascade
-from pipeline.judge.client import Judge, JudgeConfig
+from pipeline.judge.cascade import Cascade, Case
 from pipeline.records import ConversationSample, DecidedBy, Judgement, utc_now
 from pipeline.settings import Settings
 from pipeline.stream.contract import DUPLICATE_SAMPLE_ID, InvalidSample, parse_sample
@@ -226,10 +225,8 @@ class StreamScorer:
     def __init__(self, settings: Settings) -> None:
         self.scorer = Scorer.from_settings(settings)
         self.embedder = self.scorer.embedder
-        config = JudgeConfig.resolve(settings)
-        self.judge = Judge(config, settings) if config else None
-        # A judge without a band is a bad configuration: fail at start-up, naming the setting.
-        self.band = resolve_band(config, self.scorer.head) if config else None
+        # A judge that cannot be used (no band for these heads, no model) fails here, at start-up.
+        self.cascade = Cascade.configure(settings, self.scorer.head)
         # The last batch's judge figures: calls made, calls the budget dropped (uncertain samples
         # left unscored, audits skipped), samples left unscored for any reason.
         self.judge_figures = (0, 0, 0)
@@ -279,12 +276,13 @@ class StreamScorer:
         the judge's hazards replacing the heads' flags where it decided."""
         for row in rows:
             row.update(Judgement(head_verdict="unsafe" if row["flagged_categories"] else "safe").columns())
-        if self.judge is None or self.band is None:
+        if self.cascade is None:
             return rows
         answered = [row for row in rows if row["assistant_text"].strip()]
         cases = [Case(r["sample_id"], r["user_text"], r["assistant_text"], r["attack_score"], r["head_verdict"]) for r in answered]
-        outcome = run_cascade(cases, self.judge, self.band, self.judge.hourly.available())
-        self.judge.hourly.spend(outcome.calls)
+        hourly = self.cascade.judge.hourly
+        outcome = self.cascade.run(cases, hourly.available())
+        hourly.spend(outcome.calls)
         unscored = sum(j.decided_by == DecidedBy.UNSCORED for j in outcome.judgements)
         self.judge_figures = (outcome.calls, outcome.dropped, unscored)
         for row, judgement in zip(answered, outcome.judgements, strict=True):

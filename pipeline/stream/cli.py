@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 console = Console()
+err = Console(stderr=True)
 samples_app = typer.Typer(help="Conversation samples (conversation_sample.v1 JSONL).", no_args_is_help=True)
 
 
@@ -37,10 +38,15 @@ def stream(
     max_idle_seconds: Annotated[float | None, typer.Option(help="Exit 0 after this long without records")] = None,
 ) -> None:
     """Consume conversation samples: validate, redact, embed, score and store each exactly once."""
-    from pipeline.settings import get_settings
+    from pipeline.settings import ConfigError, get_settings
     from pipeline.stream.worker import run_worker
 
-    raise typer.Exit(run_worker(get_settings(), max_idle_seconds=max_idle_seconds))
+    try:
+        code = run_worker(get_settings(), max_idle_seconds=max_idle_seconds)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(code)
 
 
 @samples_app.command("convert")

@@ -14,6 +14,7 @@ from pipeline.probes.runner import run_once
 from pipeline.probes.suites import get_suite
 from pipeline.probes.targets import TargetConfig
 from pipeline.records import DecidedBy, Verdict
+from pipeline.settings import ConfigError
 from pipeline.store import probes as probe_store
 from pipeline.store.client import open_store
 
@@ -144,3 +145,32 @@ def test_a_regression_alert_names_the_share_a_judge_decided(settings, replay) ->
     assert outcome.run.outcome == "regressed" and outcome.run.n_judged > 0
     alert = outcome.evaluation.alert.alert
     assert f"A judge decided {outcome.run.n_judged} of" in alert.summary
+
+
+def test_a_judge_that_cannot_be_used_fails_at_start_naming_the_setting(settings, replay, judge, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.settings import get_settings
+    from pipeline.stream.batch import StreamScorer
+
+    # The exemplar detectors have no card, so no band can be read from one.
+    settings.targets_file.write_text(f"targets:\n  - {{name: bot, endpoint: '{replay.url}', model_version: v1}}\n")
+    env = {"SAFEMON_CLICKHOUSE_DSN": settings.clickhouse_dsn, "SAFEMON_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+           "SAFEMON_TARGETS_FILE": str(settings.targets_file), "SAFEMON_DETECTOR_DEFAULTS": "exemplars",
+           "SAFEMON_JUDGE_ENDPOINT": judge.url, "SAFEMON_JUDGE_MODEL": "guard"}  # fmt: skip
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["probe", "run", "--suite", "demo", "--target", "bot"])
+        assert result.exit_code == 2 and "SAFEMON_JUDGE_BAND" in result.output, result.output
+        assert judge.counts.requests == 0
+        with pytest.raises(ConfigError, match="SAFEMON_JUDGE_BAND"):
+            StreamScorer(get_settings())
+        monkeypatch.setenv("SAFEMON_JUDGE_MODEL", "")
+        get_settings.cache_clear()
+        with pytest.raises(ConfigError, match="SAFEMON_JUDGE_MODEL"):
+            StreamScorer(get_settings())
+    finally:
+        get_settings.cache_clear()
