@@ -46,6 +46,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from pipeline.judge.cascade import band_for_accuracy, band_for_share
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = tuple(round(0.84 + 0.02 * k, 2) for k in range(8))  # 0.84 .. 0.98
 SHARES = tuple(round(0.05 * k, 2) for k in range(1, 11))  # 0.05 .. 0.50
@@ -104,19 +106,7 @@ def guard_verdicts(scores: pd.DataFrame) -> np.ndarray:
     return np.nan_to_num(scores["guard"].to_numpy(dtype=float), nan=-1).astype(int)
 
 
-def by_target(table: list[dict[str, float]], target: float) -> dict[str, float] | None:
-    """The cascade's own rule (`SAFEMON_JUDGE_TARGET_ACCURACY`): the narrowest band whose heads' accuracy outside reaches `target`."""
-    from pipeline.lab.card import narrowest_band
-
-    return narrowest_band(table, target)
-
-
-def by_share(table: list[dict[str, float]], share: float) -> dict[str, float] | None:
-    """A judge budget instead: the narrowest band that holds at least `share` of the table's answers (labels unused)."""
-    return next((row for row in sorted(table, key=lambda r: r["share"]) if row["share"] >= share), None)
-
-
-RULES = {"target_accuracy": by_target, "judge_share": by_share}
+RULES = {"target_accuracy": band_for_accuracy, "judge_share": band_for_share}
 
 
 def nested_curve(outer: pd.DataFrame, inner: dict[str, pd.DataFrame], rule: str, knobs: tuple[float, ...], n_boot: int) -> list[dict[str, Any]]:

@@ -124,10 +124,11 @@ class Settings(BaseSettings):
     judge_budget_per_run: int = Field(500, ge=0, description="Most judge calls per probe run (uncertain verdicts first, then audits)")
     judge_budget_per_hour: int = Field(2000, ge=0, description="Most judge calls per hour per process (the stream worker's limit)")
     judge_band: tuple[float, float] | None = Field(
-        None, description='Attack scores in [low, high) go to the judge, e.g. "[0.35, 0.65]"; unset = the band the card gives for judge_target_accuracy'
+        None, description='Attack scores in [low, high) go to the judge, e.g. "[0.35, 0.65]"; unset = a band from the shipped heads\' card'
     )
-    judge_target_accuracy: float = Field(
-        0.9, gt=0.5, lt=1, description="Without judge_band: the narrowest band outside which the shipped heads' held-out accuracy reaches this"
+    judge_share: float = Field(0.3, gt=0, le=1, description="Without judge_band: the card's narrowest band holding this share of its held-out answers")
+    judge_target_accuracy: float | None = Field(
+        None, gt=0.5, lt=1, description="Without judge_band, instead of judge_share: the narrowest band outside which the card's accuracy reaches this"
     )
     judge_audit_share: float = Field(0.02, ge=0, le=1, description="Share of confident verdicts also sent to the judge to measure agreement")
     judge_max_unscored_rate: float = Field(

@@ -9,7 +9,8 @@ judge when the budget allows, as an audit: the head still decides, and the store
 how well the two agree.
 
 The band comes from `SAFEMON_JUDGE_BAND`, or from the shipped heads' card: the narrowest band
-outside which their held-out accuracy reaches `SAFEMON_JUDGE_TARGET_ACCURACY`.
+holding `SAFEMON_JUDGE_SHARE` of its held-out answers, or, when `SAFEMON_JUDGE_TARGET_ACCURACY`
+is set, the narrowest outside which their held-out accuracy reaches it.
 """
 
 from __future__ import annotations
@@ -38,21 +39,38 @@ class JudgeConfigError(ConfigError):
     """The judge cannot be used as configured; the message names the setting to change."""
 
 
-def band_from_card(target_accuracy: float, heads: HeadSet | None) -> tuple[float, float]:
-    """The narrowest band of the card's table whose outside accuracy reaches `target_accuracy`,
-    when `heads` are the shipped heads the card measured."""
+Row = dict[str, float]
+
+
+def band_for_accuracy(table: Sequence[Row], target: float) -> Row | None:
+    """The narrowest band of a card's table whose heads' accuracy outside it reaches `target`."""
+    return next((row for row in sorted(table, key=lambda r: r["share"]) if row["accuracy_outside"] >= target), None)
+
+
+def band_for_share(table: Sequence[Row], share: float) -> Row | None:
+    """The narrowest band of a card's table holding at least `share` of its answers (reads no labels)."""
+    return next((row for row in sorted(table, key=lambda r: r["share"]) if row["share"] >= share), None)
+
+
+def band_from_card(config: JudgeConfig, heads: HeadSet | None) -> tuple[float, float]:
+    """The band the card gives the shipped heads: for `target_accuracy` when it is set, else for
+    `share` (bench/judge.py: a share chosen on some attack methods carries over to others; an
+    accuracy target does not)."""
     path = shipped_path(CARD_FILE)
     card = json.loads(path.read_text()) if path.exists() else {}
     table = card.get("cascade", {}).get("bands")
     if heads is None or not table or card.get("head") != (heads.provenance.get("calibration", {}).get("head") or heads.digest):
         raise JudgeConfigError("the heads in use have no cascade table in the shipped card; set SAFEMON_JUDGE_BAND (e.g. [0.35, 0.65])")
-    for row in sorted(table, key=lambda r: r["share"]):
-        if row["accuracy_outside"] >= target_accuracy:
-            return float(row["low"]), float(row["high"])
-    widest = max(table, key=lambda r: r["share"])
-    raise JudgeConfigError(
-        f"SAFEMON_JUDGE_TARGET_ACCURACY={target_accuracy}: the card's widest band reaches {widest['accuracy_outside']:.3f}; lower it or set SAFEMON_JUDGE_BAND"
-    )
+    if config.target_accuracy is not None:
+        row = band_for_accuracy(table, config.target_accuracy)
+        if row is None:
+            best = max(r["accuracy_outside"] for r in table)
+            raise JudgeConfigError(
+                f"SAFEMON_JUDGE_TARGET_ACCURACY={config.target_accuracy}: no band of the card reaches it (best {best:.3f}); lower it or set SAFEMON_JUDGE_BAND"
+            )
+    else:
+        row = band_for_share(table, config.share) or max(table, key=lambda r: r["share"])
+    return float(row["low"]), float(row["high"])
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,7 @@ class Cascade:
             raise JudgeConfigError(str(exc)) from None
         if config is None:
             return None
-        band = config.band if config.band is not None else band_from_card(config.target_accuracy, heads)
+        band = config.band if config.band is not None else band_from_card(config, heads)
         return cls(Judge(config, settings), band)
 
     def run(self, cases: Sequence[Case], allowance: int) -> Outcome:

@@ -38,6 +38,7 @@ OVERRIDABLE = (
     "budget_per_run",
     "budget_per_hour",
     "band",
+    "share",
     "target_accuracy",
     "audit_share",
 )
@@ -59,7 +60,8 @@ class JudgeConfig:
     budget_per_run: int
     budget_per_hour: int
     band: tuple[float, float] | None
-    target_accuracy: float
+    share: float
+    target_accuracy: float | None
     audit_share: float
     max_tokens: int = 64
 

@@ -26,6 +26,7 @@ import pandas as pd
 from pipeline.detectors.head import HeadSet
 from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
+from pipeline.judge.cascade import band_for_accuracy, band_for_share
 from pipeline.lab.evaluation import binary_metrics, compared, deduplicate, lead_text, load_xstest, majority_baseline, truth_of
 from pipeline.lab.training import embed_frame, evaluate, fit_heads, predict_frame, take
 
@@ -152,12 +153,6 @@ def jbb_section(scores: pd.DataFrame, frame: pd.DataFrame, n_boot: int) -> tuple
     return {"pooled": pooled, "methods": per_method}, errors
 
 
-def narrowest_band(bands: list[dict[str, float]], target: float) -> dict[str, float] | None:
-    """The row of a band table the cascade takes for `target` (as `pipeline/judge/cascade.py` does):
-    the smallest share whose heads' accuracy outside reaches it; None when no band does."""
-    return next((row for row in sorted(bands, key=lambda r: r["share"]) if row["accuracy_outside"] >= target), None)
-
-
 def cascade_section(scores: pd.DataFrame) -> dict[str, Any]:
     """The judge cascade's band table on the held-out JailbreakBench scores."""
     truth, head = scores["truth"].to_numpy(), scores["head_verdict"].to_numpy()
@@ -243,29 +238,33 @@ def _use(source: dict[str, Any]) -> str:
 
 
 CARD_HALF_WIDTHS = (0.1, 0.2, 0.3, 0.4)  # the bands the Markdown card shows (card.json holds them all)
+CARD_SHARES = (0.1, 0.2, 0.3)
 CARD_TARGETS = (0.85, 0.9, 0.95)
 
 
 def _cascade_markdown(c: dict[str, Any]) -> list[str]:
     shown = [r for r in c["bands"] if round(0.5 - r["low"], 2) in CARD_HALF_WIDTHS]
+    by_share = [band_for_share(c["bands"], share) for share in CARD_SHARES]
+    shares = [f"{share:.1f}: [{r['low']:.2f}, {r['high']:.2f})" for share, r in zip(CARD_SHARES, by_share, strict=True) if r]
     picks = []
     for target in CARD_TARGETS:
-        row = narrowest_band(c["bands"], target)
+        row = band_for_accuracy(c["bands"], target)
         picks.append(f"{target:.2f}: " + (f"[{row['low']:.2f}, {row['high']:.2f}), {row['share']:.0%} of answers" if row else "no band reaches it"))
     return [
         f"## Judge cascade: uncertainty bands of the attack score (JailbreakBench, {c['rows']} answers, each attack method held out of all three heads)",
         "",
         f"The cascade sends an answer whose {c['score']} falls in [low, high) to the judge; outside, the heads decide "
         f"({c['head_verdict']}). Heads alone: accuracy {c['head_accuracy']:.3f}; Llama Guard 1 alone: {c['llama_guard1_accuracy']:.3f} "
-        "(labels: JailbreakBench's judge). Without `SAFEMON_JUDGE_BAND` the cascade takes the narrowest band whose heads' accuracy "
-        "outside reaches `SAFEMON_JUDGE_TARGET_ACCURACY`; `card.json` holds every band. The bands were measured on these rows: "
-        "`bench/judge.py` measures a band chosen on other attack methods.",
+        "(labels: JailbreakBench's judge). Without `SAFEMON_JUDGE_BAND` the cascade takes the narrowest band holding "
+        "`SAFEMON_JUDGE_SHARE` of these answers (default 0.3), or, when `SAFEMON_JUDGE_TARGET_ACCURACY` is set, the narrowest whose "
+        "heads' accuracy outside reaches it; `card.json` holds every band. The bands were measured on these rows: `bench/judge.py` "
+        "measures a band chosen on other attack methods, where a share carries over and an accuracy target does not.",
         "",
         "| band | share to the judge | heads' accuracy outside | cascade accuracy (Llama Guard 1 inside) |",
         "|---|---|---|---|",
         *[f"| [{r['low']:.2f}, {r['high']:.2f}) | {r['share']:.3f} | {r['accuracy_outside']:.3f} | {r['cascade_accuracy_llama_guard1']:.3f} |" for r in shown],
         "",
-        "Band per target accuracy: " + "; ".join(picks) + ".",
+        "Band per judge share: " + "; ".join(shares) + ". Band per target accuracy: " + "; ".join(picks) + ".",
     ]
 
 

@@ -55,6 +55,7 @@ class JudgeOverride(BaseModel):
     budget_per_run: int | None = Field(None, ge=0)
     budget_per_hour: int | None = Field(None, ge=0)
     band: tuple[float, float] | None = None
+    share: float | None = Field(None, gt=0, le=1)
     target_accuracy: float | None = Field(None, gt=0.5, lt=1)
     audit_share: float | None = Field(None, ge=0, le=1)
 
