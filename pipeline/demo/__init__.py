@@ -2,7 +2,9 @@
 
 The replay endpoint serves the shipped recording over real HTTP; the demo runs the
 built-in `demo` suite against version v1 (the baseline) and then v2, through the same
-steps a scheduled Airflow run takes, into its own database of the configured store.
+steps a scheduled Airflow run takes, into its own database of the configured store. A recorded
+judge (`judge.jsonl`: this project's verdicts on the recording's answers to harmful requests)
+decides the answers the heads are unsure of, over real HTTP too.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from importlib.resources import as_file, files
 from rich.console import Console
 from rich.syntax import Syntax
 
+from pipeline.judge.standin import JudgeStandin, load_judge_recording
 from pipeline.probes.replay import ReplayServer
 from pipeline.probes.runner import run_once
 from pipeline.probes.suites import get_suite
@@ -37,7 +40,14 @@ def run_demo(settings: Settings, console: Console) -> int:
     suite = get_suite(DEMO_SUITE)
     started = time.monotonic()
     outcomes = []
-    with as_file(files("pipeline.demo") / "recording.jsonl") as recording, ReplayServer(recording) as replay:
+    with (
+        as_file(files("pipeline.demo") / "recording.jsonl") as recording,
+        ReplayServer(recording) as replay,
+        as_file(files("pipeline.demo") / "judge.jsonl") as verdicts,
+        JudgeStandin(load_judge_recording(verdicts), model="demo-guard") as judge,
+    ):
+        if settings.judge_endpoint is None:  # the user's own judge, when one is configured, else the recorded one
+            settings = settings.model_copy(update={"judge_endpoint": judge.url, "judge_model": "demo-guard", "judge_format": "llama_guard"})
         for version in ("v1", "v2"):
             target = TargetConfig(name="demo-assistant", endpoint=replay.url, model_version=version, suites=[DEMO_SUITE])
             with probe_progress(console, len(suite.probes), f"demo-assistant {version} / {suite.name}") as advance:

@@ -51,6 +51,12 @@ def probe_summary(outcome: RunOutcome) -> Panel:
     for verdict, count in count_verdicts(outcome.results).items():
         verdicts.add_row(verdict, str(count))
     parts: list = [verdicts]
+    if run.n_judged or run.n_unscored or run.n_judge_dropped:
+        overruled = sum(r.judgement.decided_by == "judge" and str(r.verdict) != r.judgement.head_verdict for r in outcome.results)
+        parts.append(
+            f"judge: decided {run.n_judged} verdicts the heads were unsure of ({overruled} changed), "
+            f"{run.n_unscored} left unscored, {run.n_judge_dropped} calls over budget"
+        )
     if evaluation.comparisons:
         table = Table("category", "baseline", "current", "rise", "p adj", "regressed", title="against the baseline (95% Wilson)")
         for c in evaluation.comparisons:

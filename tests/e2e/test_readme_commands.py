@@ -26,3 +26,6 @@ def test_make_demo_catches_the_regression(tmp_path) -> None:
     assert caught, done.stdout[-3000:]
     assert "indiscriminate_weapons" in caught.group(1)
     assert 'safemon sql "SELECT' in done.stdout
+    # The recorded judge decided the v1 answers the heads were unsure of, and overruled some.
+    judged = re.search(r"judge: decided (\d+) verdicts the heads were unsure of \((\d+) changed\)", done.stdout)
+    assert judged and int(judged.group(1)) > 0, done.stdout[-3000:]
