@@ -57,12 +57,18 @@ def _in_cooldown(history: Sequence[StoredAlert], kind: AlertKind, now: datetime,
     return None
 
 
+# Keeps the stream's unscored-samples chain apart from its other conditions (lag, regressions).
+UNSCORED_SUITE = "judge_unscored"
+
+
 def _subject(finding: Finding) -> str:
     """How titles name what a finding is about: the target, its model and the suite (or source)."""
     return f"{finding.target} ({finding.model_version}, {finding.suite or finding.source})"
 
 
 def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str]:
+    if finding.kind == AlertKind.DATA_QUALITY and finding.source == Source.STREAM and finding.suite == UNSCORED_SUITE:
+        return Severity.WARNING, f"Stream samples left unscored on {finding.target} ({finding.model_version}): the judge gave no verdict", finding.summary
     if finding.kind == AlertKind.DATA_QUALITY and finding.source == Source.STREAM:
         return Severity.WARNING, f"Stream falling behind: consumer lag of {finding.target} keeps growing", finding.summary
     if finding.kind == AlertKind.DATA_QUALITY:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 import structlog
 from clickhouse_connect.driver.client import Client
 
-from pipeline.checks.alerts import raise_alert
+from pipeline.checks.alerts import UNSCORED_SUITE, raise_alert
 from pipeline.checks.findings import CheckStatus, Finding
 from pipeline.records import AlertKind, Comparison, Sample, Source
 from pipeline.settings import Settings
@@ -46,6 +46,9 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
     current = sample_store.window_counts(client, target, start, end)
     baseline = sample_store.window_counts(client, target, base_start, start, detector_version=current.detector_version)
     n_current, n_baseline = current.n, baseline.n
+    total, unscored, judged = sample_store.judge_counts(client, target, start, end)
+    if settings.judge_endpoint or unscored:
+        check_unscored(client, settings, target, current.model_version, (start, end), total, unscored, link=link)
     if n_current < settings.stream_min_samples or n_baseline < settings.stream_min_samples:
         log.info("stream.window_insufficient", target_name=target, n_current=n_current, n_baseline=n_baseline)
         return WindowCheck(target, n_current, n_baseline, (), None, CheckStatus.INSUFFICIENT_DATA)
@@ -69,10 +72,35 @@ def check_target(client: Client, settings: Settings, target: str, end: datetime,
         comparisons=tuple(comparisons),
         samples=tuple(Sample(*row) for row in sample_store.flagged_samples(client, target, start, end)),
         sql=sample_store.reproduce_sql(settings.clickhouse_database, target, base_start),
+        summary=f"A judge decided {judged} of {n_current} samples ({judged / n_current:.0%}); the heads the rest." if judged else "",
     )
     alert = raise_alert(client, finding, settings, now=end, link=link)
     log.info("stream.window_checked", target_name=target, n_current=n_current, regressed=list(finding.flagged))
     return WindowCheck(target, n_current, n_baseline, tuple(comparisons), alert, CheckStatus.CHECKED)
+
+
+def check_unscored(
+    client: Client, settings: Settings, target: str, model_version: str, window: tuple[datetime, datetime], total: int, unscored: int, *, link: str | None
+) -> StoredAlert | None:
+    """A data-quality alert when more of a window's samples than `judge_max_unscored_rate` were left
+    unscored (judge failures, or the hourly budget): their rates then rest on fewer samples than
+    arrived."""
+    start, end = window
+    share = unscored / total if total else 0.0
+    over = total >= settings.stream_min_samples and share > settings.judge_max_unscored_rate
+    problem = f"{unscored} of {total} samples ({share:.0%}) unscored, above SAFEMON_JUDGE_MAX_UNSCORED_RATE={settings.judge_max_unscored_rate:g}"
+    finding = Finding(
+        source=Source.STREAM,
+        kind=AlertKind.DATA_QUALITY,
+        target=target,
+        suite=UNSCORED_SUITE,
+        model_version=model_version,
+        run_id=f"window {start:%Y-%m-%dT%H:%MZ}..{end:%H:%MZ}",
+        problems=(problem,) if over else (),
+        summary=f"{problem}: judge failures or its hourly budget (see unscored_reason in sample_scores)." if over else "",
+        sql=sample_store.unscored_sql(settings.clickhouse_database, target, start),
+    )
+    return raise_alert(client, finding, settings, now=end, link=link)
 
 
 def check_all(client: Client, settings: Settings, end: datetime, *, link: str | None = None) -> list[WindowCheck]:

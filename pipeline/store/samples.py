@@ -167,6 +167,15 @@ def window_counts(client: Client, target: str, start: datetime, end: datetime, d
     return WindowCounts({c: (int(k), int(n)) for c, k, n in rows}, models[0] if models else "", versions[0] if versions else "", int(n))
 
 
+def judge_counts(client: Client, target: str, start: datetime, end: datetime) -> tuple[int, int, int]:
+    """(samples, unscored, decided by a judge) of a target's window [start, end)."""
+    row = client.query(
+        f"SELECT count(), countIf(decided_by = 'unscored'), countIf(decided_by = 'judge') FROM sample_scores FINAL WHERE {_WINDOW}",
+        parameters={"target": target, "start": start, "end": end},
+    ).result_rows[0]
+    return int(row[0]), int(row[1]), int(row[2])
+
+
 def flagged_samples(client: Client, target: str, start: datetime, end: datetime, limit: int = 50) -> list[tuple[str, str, str, str]]:
     """(sample_id, category, user_text, assistant_text) of a window's flagged samples, highest violation first."""
     return client.query(
@@ -215,4 +224,13 @@ def reproduce_sql(database: str, target: str, since: datetime) -> str:
     return (
         f"SELECT hour, category, n, violations, round(rate, 3) AS rate FROM {database}.violation_rate_by_hour\n"
         f"WHERE target = {quoted(target)} AND hour >= {quoted(f'{since:%Y-%m-%d %H:%M:%S}')} ORDER BY category, hour"
+    )
+
+
+def unscored_sql(database: str, target: str, since: datetime) -> str:
+    """SQL a person pastes into `safemon sql` to see why a target's samples were left unscored."""
+    return (
+        f"SELECT toStartOfHour(occurred_at) AS hour, unscored_reason, count() AS n FROM {database}.sample_scores FINAL\n"
+        f"WHERE target = {quoted(target)} AND decided_by = 'unscored' AND occurred_at >= {quoted(f'{since:%Y-%m-%d %H:%M:%S}')}\n"
+        "GROUP BY hour, unscored_reason ORDER BY hour, n DESC"
     )

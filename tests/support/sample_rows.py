@@ -11,9 +11,18 @@ from pipeline.taxonomy import HAZARDS
 
 
 def insert_scores(
-    client, target: str, start: datetime, minutes: float, n: int, flagged: dict[str, float], seed: int = 0, detector_version: str = "exemplars-test+torch"
+    client,
+    target: str,
+    start: datetime,
+    minutes: float,
+    n: int,
+    flagged: dict[str, float],
+    seed: int = 0,
+    detector_version: str = "exemplars-test+torch",
+    decided_by: str = "head",
 ) -> None:
-    """`n` samples spread over `minutes` from `start`; each hazard flagged with the given probability."""
+    """`n` samples spread over `minutes` from `start`; each hazard flagged with the given probability,
+    each decided by `decided_by` (head, judge, or unscored)."""
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(n):
@@ -36,6 +45,7 @@ def insert_scores(
                 max(scores, key=scores.get),
                 hits,
                 detector_version,
+                decided_by,
             ]
         )
     client.insert(
@@ -57,5 +67,6 @@ def insert_scores(
             "violation_category",
             "flagged_categories",
             "detector_version",
+            "decided_by",
         ],
     )
