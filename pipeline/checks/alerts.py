@@ -73,6 +73,14 @@ def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str
         return Severity.WARNING, f"Stream falling behind: consumer lag of {finding.target} keeps growing", finding.summary
     if finding.kind == AlertKind.DATA_QUALITY:
         return Severity.WARNING, f"Probe run unhealthy on {finding.target} ({finding.model_version}): no safety verdict", finding.summary
+    if finding.source == Source.JUDGE:  # the agreement audit: each comparison's rate is the head-judge disagreement
+        fell = max((c for c in finding.comparisons if c.category in finding.flagged), key=lambda c: c.effect)
+        summary = (
+            f"The judge disagreed with the heads' audited verdicts more often than in the baseline ({finding.baseline_run_id}); "
+            f"largest fall in agreement {fell.category} {1 - fell.baseline.rate:.0%} -> {1 - fell.current.rate:.0%} (p_adj={fell.p_adjusted:.2g}). {finding.summary}"
+        )
+        verb = "still low" if persisting else "fell"
+        return Severity.WARNING, f"Head–judge agreement {verb} on {finding.target} ({finding.model_version}): {', '.join(finding.flagged)}", summary
     if finding.kind == AlertKind.DRIFT:
         verb = "persists" if persisting else "detected"
         return Severity.WARNING, f"Embedding drift {verb} on {finding.target} ({finding.model_version}): {', '.join(finding.flagged)}", finding.summary
@@ -87,6 +95,11 @@ def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str
 
 
 def _recovery_text(finding: Finding, categories: Sequence[str]) -> tuple[str, str]:
+    if finding.source == Source.JUDGE:
+        return (
+            f"Head–judge agreement recovered on {finding.target} ({finding.model_version})",
+            f"Agreement on {', '.join(categories)} is back within its baseline ({finding.baseline_run_id}). {finding.summary}",
+        )
     if finding.kind == AlertKind.DRIFT:
         return f"Drift over on {finding.target} ({finding.model_version})", f"No drift against {finding.baseline_run_id} any more. {finding.summary}"
     return (

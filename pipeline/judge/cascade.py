@@ -93,8 +93,8 @@ class Cascade:
         band = config.band if config.band is not None else band_from_card(config, heads)
         return cls(Judge(config, settings), band)
 
-    def run(self, cases: Sequence[Case], allowance: int) -> Outcome:
-        return run_cascade(cases, self.judge, self.band, allowance)
+    def run(self, cases: Sequence[Case], allowance: int, *, deadline_s: float | None = None) -> Outcome:
+        return run_cascade(cases, self.judge, self.band, allowance, deadline_s=deadline_s)
 
 
 def audited(key: str, share: float) -> bool:
@@ -123,9 +123,9 @@ class Outcome:
     calls: int
 
 
-def run_cascade(cases: Sequence[Case], judge: Judge, band: tuple[float, float], allowance: int) -> Outcome:
-    """Route each case, ask the judge within `allowance` calls (uncertain first, then audits), and
-    say who decided each."""
+def run_cascade(cases: Sequence[Case], judge: Judge, band: tuple[float, float], allowance: int, *, deadline_s: float | None = None) -> Outcome:
+    """Route each case, ask the judge within `allowance` calls (uncertain first, then audits) and
+    `deadline_s`, and say who decided each."""
     low, high = band
     config = judge.config
     uncertain = [i for i, c in enumerate(cases) if low <= c.attack_score < high]
@@ -133,14 +133,16 @@ def run_cascade(cases: Sequence[Case], judge: Judge, band: tuple[float, float], 
     asked_uncertain = uncertain[:allowance]
     asked_audits = audits[: max(0, allowance - len(asked_uncertain))]
     asked = asked_uncertain + asked_audits
-    rulings: dict[int, Ruling] = dict(zip(asked, judge.rule([(cases[i].prompt, cases[i].response) for i in asked]), strict=True))
+    answers = judge.rule([(cases[i].prompt, cases[i].response) for i in asked], deadline_s=deadline_s)
+    rulings: dict[int, Ruling] = dict(zip(asked, answers, strict=True))
     dropped = len(uncertain) - len(asked_uncertain) + len(audits) - len(asked_audits)
+    is_uncertain = set(uncertain)
     judgements = []
     for i, case in enumerate(cases):
         base = Judgement(head_verdict=case.head_verdict)
         if i in rulings:
             ruling = rulings[i]
-            role = UNCERTAIN if i in uncertain else AUDIT
+            role = UNCERTAIN if i in is_uncertain else AUDIT
             base = Judgement(
                 head_verdict=case.head_verdict,
                 judge_role=role,
@@ -152,7 +154,7 @@ def run_cascade(cases: Sequence[Case], judge: Judge, band: tuple[float, float], 
                 decided_by=DecidedBy.HEAD if role == AUDIT else (DecidedBy.JUDGE if ruling.verdict else DecidedBy.UNSCORED),
                 unscored_reason=ruling.reason if role == UNCERTAIN else "",
             )
-        elif i in uncertain:
+        elif i in is_uncertain:
             base = Judgement(head_verdict=case.head_verdict, judge_role=UNCERTAIN, decided_by=DecidedBy.UNSCORED, unscored_reason=BUDGET_EXHAUSTED)
         judgements.append(base)
     if dropped:

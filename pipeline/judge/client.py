@@ -141,8 +141,9 @@ class Judge:
         self._backoff = backoff
         self.hourly = HourlyBudget(config.budget_per_hour)
 
-    async def rule_many(self, exchanges: Sequence[tuple[str, str]]) -> list[Ruling]:
-        """One ruling per (prompt, response), in order."""
+    async def rule_many(self, exchanges: Sequence[tuple[str, str]], *, deadline_s: float | None = None) -> list[Ruling]:
+        """One ruling per (prompt, response), in order. Calls still running at `deadline_s` are
+        cancelled and have no verdict (the stream worker must poll Kafka again in time)."""
         if not exchanges:
             return []
         target = self.config.as_target()
@@ -157,11 +158,17 @@ class Judge:
                 except Unanswered as exc:
                     return Ruling(None, exc.reason, reply.latency_ms)
 
-            rulings = await asyncio.gather(*(one(i, p, r) for i, (p, r) in enumerate(exchanges)))
+            tasks = [asyncio.ensure_future(one(i, p, r)) for i, (p, r) in enumerate(exchanges)]
+            done, late = await asyncio.wait(tasks, timeout=deadline_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+            rulings = [t.result() if t in done else Ruling(None, f"judge deadline exceeded: no answer within {deadline_s:g} s for the batch") for t in tasks]
         failed = sum(r.verdict is None for r in rulings)
-        log.info("judge.ruled", judge=self.config.version, n=len(rulings), failed=failed)
-        return list(rulings)
+        log.info("judge.ruled", judge=self.config.version, n=len(rulings), failed=failed, late=len(late))
+        return rulings
 
-    def rule(self, exchanges: Sequence[tuple[str, str]]) -> list[Ruling]:
+    def rule(self, exchanges: Sequence[tuple[str, str]], *, deadline_s: float | None = None) -> list[Ruling]:
         """`rule_many` for callers without an event loop (the stream worker, Airflow tasks)."""
-        return asyncio.run(self.rule_many(exchanges))
+        return asyncio.run(self.rule_many(exchanges, deadline_s=deadline_s))

@@ -24,6 +24,9 @@ log = structlog.get_logger(__name__)
 
 # How much of a rejected message is kept in rejected_samples (the DLQ keeps all of it).
 RAW_CHARS = 4096
+# The longest a batch waits for the judge: the worker must poll Kafka again well within
+# max.poll.interval.ms (300 s); calls still out are cancelled and their samples left unscored.
+JUDGE_BATCH_DEADLINE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -281,7 +284,7 @@ class StreamScorer:
         answered = [row for row in rows if row["assistant_text"].strip()]
         cases = [Case(r["sample_id"], r["user_text"], r["assistant_text"], r["attack_score"], r["head_verdict"]) for r in answered]
         hourly = self.cascade.judge.hourly
-        outcome = self.cascade.run(cases, hourly.available())
+        outcome = self.cascade.run(cases, hourly.available(), deadline_s=JUDGE_BATCH_DEADLINE_S)
         hourly.spend(outcome.calls)
         unscored = sum(j.decided_by == DecidedBy.UNSCORED for j in outcome.judgements)
         self.judge_figures = (outcome.calls, outcome.dropped, unscored)

@@ -160,6 +160,18 @@ def test_an_answer_later_than_the_timeout_leaves_no_verdict() -> None:
     assert ruling.verdict is None and "timeout" in ruling.reason and "0.2 s" in ruling.reason
 
 
+def test_a_batch_deadline_cancels_calls_still_out_and_leaves_them_without_verdict() -> None:
+    with JudgeStandin(RECORDS, faults=[Fault.timeout(delay_s=5.0)]) as standin:
+        pairs = [(r.prompt, r.response) for r in RECORDS[:2]]
+        t0 = time.perf_counter()
+        rulings = judge_at(standin.url, retries=0, timeout_s=10.0).rule(pairs, deadline_s=0.5)
+        assert time.perf_counter() - t0 < 2
+    # The held request is whichever reached the stand-in first; the other was answered in time.
+    late = [r for r in rulings if r.verdict is None]
+    assert len(late) == 1 and "deadline" in late[0].reason
+    assert [r.verdict for r in rulings if r.verdict is not None] == [rec.verdict for rec, r in zip(RECORDS, rulings, strict=False) if r.verdict is not None]
+
+
 def test_a_timeout_is_retried_like_any_transport_failure() -> None:
     with JudgeStandin(RECORDS, faults=[Fault.timeout(delay_s=5.0)]) as standin:
         ruling = rule_one(standin, SAFE, retries=1, timeout_s=0.2)
