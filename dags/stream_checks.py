@@ -1,5 +1,5 @@
 """Hourly: each target's violation rate per category in production traffic, last hour vs the day before,
-and whether the consumer lag kept growing."""
+whether the consumer lag kept growing, and whether the judge still agrees with the heads' audited verdicts."""
 
 import pendulum
 from airflow.sdk import dag, task
@@ -19,7 +19,8 @@ from pipeline import tasks
 def stream_checks():
     checked = task(tasks.check_stream_windows, task_id="check")()
     lagging = task(tasks.check_stream_lag, task_id="check_lag")()
-    lagging >> task(tasks.send_alerts, task_id="alert")(checked)
+    agreeing = task(tasks.check_judge_agreement, task_id="check_agreement")()
+    [lagging, agreeing] >> task(tasks.send_alerts, task_id="alert")(checked)
 
 
 stream_checks()

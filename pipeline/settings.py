@@ -134,6 +134,16 @@ class Settings(BaseSettings):
     judge_max_unscored_rate: float = Field(
         0.1, ge=0, le=1, description="Above this share of unscored results (judge failures, budget) a probe run is unhealthy"
     )
+    judge_agreement_window_hours: int = Field(
+        24, ge=1, description="Agreement alert: the audits of this many hours before the check are compared with their baseline"
+    )
+    judge_agreement_baseline_days: int = Field(7, ge=1, description="Agreement alert: the baseline is this many days of audits, just before the window")
+    judge_agreement_min_effect: float = Field(
+        0.1, ge=0, le=1, description="Agreement alert: minimum fall in head-judge agreement (absolute) before a significant one alerts"
+    )
+    judge_agreement_min_audited: int = Field(
+        30, ge=1, description="Agreement alert: a category with fewer audits in the window or in its baseline is not tested"
+    )
 
     # Run health and regression rules
     max_error_rate: float = Field(0.1, ge=0, le=1, description="Above this share of errored probes a run is unhealthy")

@@ -246,3 +246,27 @@ def check_drift() -> dict:
         f"{c.target}/{c.model_version}": {"status": c.status, "n": c.n_current, "drifted": list(c.comparison.drifted) if c.comparison else [], "error": c.error}
         for c in checks
     }
+
+
+@airflow_task
+def check_judge_agreement() -> dict:
+    """Task `check_agreement` of the stream DAG: does the judge agree with the heads' audited verdicts
+    as often as over the days before, per target and category?"""
+    from airflow.sdk import get_current_context
+
+    from pipeline.checks.agreement import check_all
+    from pipeline.store.client import open_store
+
+    context = get_current_context()
+    with open_store(get_settings(), migrated=True) as client:
+        checks = check_all(client, get_settings(), window_end(context), link=_link(context["dag"].dag_id, context["run_id"]))
+    # Counts and category names only: no prompt or response goes to XCom.
+    return {
+        c.target: {
+            "status": str(c.status),
+            "audited": c.n_current,
+            "baseline_audited": c.n_baseline,
+            "fell": [x.category for x in c.comparisons if x.regressed],
+        }
+        for c in checks
+    }

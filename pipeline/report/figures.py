@@ -147,6 +147,24 @@ def violation_figure(violations: pd.DataFrame, target: str) -> str:
     return svg[0]
 
 
+def agreement_figure(agreement: pd.DataFrame, target: str) -> str:
+    """One target's head-judge agreement on audited verdicts per day, a line per source (probes,
+    production samples) with its 95% Wilson band."""
+    frame = agreement[agreement.target == target]
+    with _figure(f"agreement-{target}", WIDTH, 2.2, left=0.7) as (figure, svg):
+        axes = figure.add_subplot()
+        for source in sorted(frame.source.unique()):
+            rows = frame[frame.source == source]
+            _band(axes, rows, "day", f"{source} ({rows.audited.sum():,} audits)")
+        axes.set_ylabel("judge agrees")
+        axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+        axes.set_ylim(max(0.0, float(frame.ci_low.min()) - 0.05), 1.02)
+        axes.legend(fontsize=7, ncols=MAX_LINES, loc="lower left", frameon=False)
+        axes.set_title(f"{target}: share of audited head verdicts the judge agreed with, per day (95% band)", fontsize=9, loc="left")
+        _dates(axes, frame["day"])
+    return svg[0]
+
+
 def drift_figure(drift: pd.DataFrame, target: str, alpha: float, min_effect: float) -> str:
     """One target's drift checks: each method's p-value (log scale) and effect size, with the alert thresholds."""
     frame = drift[drift.target == target]

@@ -173,8 +173,9 @@ def _grid_table(cells: pd.DataFrame, min_effect: float) -> str:
 def _target_sections(history: History, cells: pd.DataFrame, drift: pd.DataFrame, settings: Settings) -> tuple[str, int]:
     """One collapsible section per target, open where something changed; returns (html, charts)."""
     # Each table's targets, once (a column of strings is slow to walk per target).
-    probed, streamed, checked = (set(frame["target"].unique()) if not frame.empty else set() for frame in (history.asr, history.violations, history.drift))
-    targets = sorted(probed | streamed | checked)
+    frames = (history.asr, history.violations, history.drift, history.agreement)
+    probed, streamed, checked, audited = (set(frame["target"].unique()) if not frame.empty else set() for frame in frames)
+    targets = sorted(probed | streamed | checked | audited)
     regressed = cells[cells.regressed] if not cells.empty else cells
     alerted = set(history.open_alerts.target) if not history.open_alerts.empty else set()
     drifting = set(drift.loc[drift.drifting, "target"]) if not drift.empty else set()
@@ -203,6 +204,8 @@ def _target_sections(history: History, cells: pd.DataFrame, drift: pd.DataFrame,
         if target in checked:
             svg = figures.drift_figure(history.drift, target, settings.drift_alpha, settings.drift_min_effect)
             parts.append(_chart("drift", f"{target}: embedding drift", svg))
+        if target in audited:
+            parts.append(_chart("agreement", f"{target}: head–judge agreement", figures.agreement_figure(history.agreement, target)))
         charts += len(parts)
         summary = f"<b>{html.escape(target)}</b> · " + (" · ".join(notes) if notes else '<span class="calm">nothing changed</span>')
         is_open = " open" if changed(target) else ""
@@ -265,7 +268,7 @@ def render_page(history: History, settings: Settings) -> tuple[str, int]:
 <h3 id="drift">Drift, per target (latest check of each method)</h3>
 {drift_table}
 <h2 id="targets">Per target</h2>
-<p class="meta">Probe rates per category ({bucket}), the production samples flagged per hazard, and drift checks (each method's median per bucket when the checks cover days). Targets where something changed come first and are open.</p>
+<p class="meta">Probe rates per category ({bucket}), the production samples flagged per hazard, drift checks (each method's median per bucket when the checks cover days), and, where a judge audits the heads, how often it agreed with them per day. Targets where something changed come first and are open.</p>
 {no_probes}{no_stream}{targets}
 <h2 id="alerts">Alerts</h2>
 {alerts_section}

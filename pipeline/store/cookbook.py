@@ -393,6 +393,28 @@ ORDER BY consumer_group, bucket
     )
 )
 
+_add(
+    Recipe(
+        name="judge_agreement",
+        question="How often does the judge agree with the heads, per target, category and model_version?",
+        # The audits (confident head verdicts the judge also rated) of the last N days, counted per day
+        # in judge_agreement_by_day and summed here; probes and production samples apart (source),
+        # and each judge version apart: agreement with one judge says nothing about another.
+        sql=f"""
+SELECT target, source, category, model_version, judge_version, min(day) AS first_day, max(day) AS last_day,
+       sum(audited) AS audits, sum(agreed) AS agreements, round(agreements / audits, 4) AS rate,
+       round(safemon_wilson(agreements, audits, -1.959964), 4) AS ci_low,
+       round(safemon_wilson(agreements, audits, 1.959964), 4) AS ci_high
+FROM judge_agreement_by_day
+WHERE day >= today() - {{days:UInt32}} AND {_target()}
+GROUP BY target, source, category, model_version, judge_version
+ORDER BY target, source, category, first_day, judge_version
+""".strip(),
+        defaults={"target": "", "days": 30},
+        views=("judge_agreement_by_day",),
+    )
+)
+
 
 def render_cookbook() -> str:
     """The README's cookbook section body: every question, its SQL and how to run it."""

@@ -17,6 +17,7 @@ import structlog
 from clickhouse_connect.driver.client import Client
 from statsmodels.stats.proportion import proportion_confint
 
+from pipeline.store import agreement as agreement_store
 from pipeline.store.cookbook import run_recipe
 
 log = structlog.get_logger()
@@ -60,10 +61,11 @@ class History:
     open_alerts: pd.DataFrame  # the newest alert of each condition (fingerprint) up to `until`, where it is not a recovery
     latest_runs: pd.DataFrame  # the latest run per target and suite
     corrected: pd.DataFrame  # the cookbook's corrected_rates: each rate measured and corrected for detector error
+    agreement: pd.DataFrame  # per day, target and source: day, target, source, audited, agreed, rate, ci_low, ci_high
 
     @property
     def rows_read(self) -> int:
-        tables = (self.asr, self.grid, self.violations, self.drift, self.drift_latest, self.alerts, self.latest_runs, self.corrected)
+        tables = (self.asr, self.grid, self.violations, self.drift, self.drift_latest, self.alerts, self.latest_runs, self.corrected, self.agreement)
         return sum(len(t) for t in tables)
 
 
@@ -312,6 +314,15 @@ def load_corrected(client: Client, since: timedelta, until: datetime) -> pd.Data
     return frame.drop(columns=["corrected_triple"]) if not frame.empty else frame
 
 
+def load_agreement(client: Client, since: datetime, until: datetime) -> pd.DataFrame:
+    """Head-judge agreement on the audited verdicts per day, target and source, with Wilson intervals."""
+    frame = pd.DataFrame(agreement_store.daily(client, since, until), columns=list(agreement_store.DAILY_COLUMNS))
+    if frame.empty:
+        return frame
+    frame["day"] = pd.to_datetime(frame["day"])  # a date axis, as the other charts have
+    return with_wilson(frame, "agreed", "audited")
+
+
 def load_history(client: Client, since: timedelta, until: datetime) -> History:
     """Everything the report shows for the `since` before `until`."""
     start = until - since
@@ -339,4 +350,5 @@ def load_history(client: Client, since: timedelta, until: datetime) -> History:
         open_alerts=open_alerts,
         latest_runs=load_latest_runs(client),
         corrected=load_corrected(client, min(since, CORRECTED_STREAM), until),
+        agreement=load_agreement(client, start, until),
     )

@@ -32,7 +32,12 @@ def test_dagbag_has_no_import_errors_and_sets_retries(targets_env) -> None:
             assert [t.task_id for t in dag.topological_sort()] == ["run", "score", "store", "evaluate", "alert"]
             assert dag.timetable.expression == "0 0 * * *"  # @daily from the targets file
         elif dag_id == "safemon_stream_checks":
-            assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {"check": [], "check_lag": [], "alert": ["check", "check_lag"]}
+            assert {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks} == {
+                "check": [],
+                "check_lag": [],
+                "check_agreement": [],
+                "alert": ["check", "check_agreement", "check_lag"],
+            }
         else:
             assert [t.task_id for t in dag.topological_sort()] == ["check", "alert"], dag_id
 

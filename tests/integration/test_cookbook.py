@@ -31,9 +31,9 @@ def test_every_recipe_runs_read_only_and_answers(filled, name) -> None:
     assert all(len(r) == len(columns) for r in rows)
 
 
-def test_there_are_twelve_questions_with_their_parameters_bound_server_side() -> None:
+def test_there_are_thirteen_questions_with_their_parameters_bound_server_side() -> None:
     found = all_recipes()
-    assert len(found) == 12 and len({r.name for r in found}) == 12
+    assert len(found) == 13 and len({r.name for r in found}) == 13
     for recipe in found:
         assert set(recipe.bindings()) == set(recipe.defaults)
         assert "%s" not in recipe.sql and "{" + "}" not in recipe.sql

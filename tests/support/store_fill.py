@@ -14,6 +14,7 @@ from pipeline.settings import Settings, load_settings
 from pipeline.store.client import open_store
 from pipeline.store.lag import LagObservation, write_lag
 from pipeline.store.migrations import migrate
+from tests.support.audit_rows import insert_sample_audits
 from tests.support.sample_rows import insert_scores
 
 DEMO_DATABASE = "safemon_demo"
@@ -33,8 +34,8 @@ def _drift_columns(client) -> dict[str, str]:
 
 
 def fill_store(store_path: Path) -> Settings:
-    """The demo's two probe runs and alert, plus six hours of scored stream samples, a few
-    rejected messages and drift checks, in `safemon_demo` of the session's store. Filled once
+    """The demo's two probe runs and alert, plus six hours of scored stream samples (some audited by
+    a judge), a few rejected messages and drift checks, in `safemon_demo` of the session's store. Filled once
     per process."""
     from pipeline.demo import run_demo
 
@@ -48,6 +49,8 @@ def fill_store(store_path: Path) -> Settings:
     with open_store(settings) as client:
         migrate(client)
         insert_scores(client, "prod-chat", now - timedelta(hours=6), 6 * 60 - 1, 1800, {"cybercrime": 0.08, "hate": 0.03}, seed=1)
+        # Samples of the same six hours the judge also rated (the agreement audit): it agrees on 90%.
+        insert_sample_audits(client, "prod-chat", now - timedelta(hours=6), (6 * 60 - 1) / 60, 120, 0.9)
         client.insert(
             "rejected_samples",
             [["conversations.v1", 0, i, "schema", "missing sample_id", "", "{}", 2, 1, now - timedelta(minutes=i)] for i in range(5)],
