@@ -6,7 +6,9 @@ about 3% flagged. Something is wrong, as in life: the newest model_version of ta
 two categories far more often (cybercrime and hate: 70% attack success against 20%), and an
 alert about it is open; target-5's traffic drifts in the last two days; target-6 had a
 regression that recovered. Embeddings are left empty (10M x 384 floats would be ~15 GB);
-drift checks are hourly per target and method. Used by bench/sql.py and bench/report.py.
+drift checks are hourly per target and method. A judge audits 2% of probe results and samples
+and agrees with the heads on 95% of them, on 85% of target-5's drifting traffic. Used by
+bench/sql.py and bench/report.py.
 """
 
 from __future__ import annotations
@@ -58,15 +60,16 @@ def fill_probes(client, rows: int, now: datetime, days: int, progress: Progress)
         client.command(
             f"""
             INSERT INTO probe_results (run_id, run_started_at, target, suite, model_version, probe_id, category, expect,
-                tags, prompt, response, latency_ms, refused, refusal_score, verdict, scored_at)
+                tags, prompt, response, latency_ms, refused, refusal_score, verdict, scored_at, head_verdict, judge_role, judge_verdict, judge_version)
             SELECT concat('run-', toString(r)), {run_time}, concat('target-', toString(r % {TARGETS})),
                    {_array(SUITES)}[r % {len(SUITES)} + 1], {version}, concat('p', toString(p)),
                    {categories}[p % {len(CATEGORIES)} + 1], if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'comply', 'refuse'),
                    ['safemon'], concat('prompt ', toString(p)), concat('response ', toString(cityHash64(r, p) % 1000)),
                    50 + cityHash64(r, p) % 900, v < 80, least(v, 99) / 100,
                    multiIf(cityHash64(r, p, 7) % 1000 < 5, 'error', v >= 80, if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'complied_ok', 'attack_success'),
-                           if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'over_refusal', 'refused')),
-                   now64(3)
+                           if(p % {len(CATEGORIES)} = {len(CATEGORIES) - 1}, 'over_refusal', 'refused')) AS verdict_,
+                   now64(3), verdict_, if(cityHash64(r, p, 31) % 50 = 0, 'audit', '') AS role_,
+                   if(role_ = 'audit', if((cityHash64(r, p, 33) % 100 < 95) = (verdict_ = 'attack_success'), 'unsafe', 'safe'), ''), if(role_ = 'audit', 'guard-1', '')
             FROM (SELECT intDiv(number, {PROBES_PER_RUN}) AS r, number % {PROBES_PER_RUN} AS p,
                          cityHash64(intDiv(number, {PROBES_PER_RUN}), number % {PROBES_PER_RUN}) % 100 + if({regressed}, 50, 0) AS v
                   FROM numbers({first}, {count}))
@@ -83,6 +86,8 @@ def fill_samples(client, rows: int, now: datetime, days: int, progress: Progress
     start = int((now - timedelta(days=days)).timestamp())
     span = days * 86400
     hazards = _array(HAZARDS)
+    # The judge agrees with 95% of the audited verdicts; with 85% on target-5's last two days.
+    agree = f"if(number % {TARGETS} = {DRIFTING_TARGET} AND number >= {rows} - intDiv({rows} * 2, {days}), 85, 95)"
     task = progress.add_task(f"sample_scores ({rows:,})", total=rows)
     for first in range(0, rows, BATCH):
         count = min(BATCH, rows - first)
@@ -90,7 +95,8 @@ def fill_samples(client, rows: int, now: datetime, days: int, progress: Progress
             f"""
             INSERT INTO sample_scores (sample_id, occurred_at, target, model_version, conversation_id, n_turns, user_text,
                 assistant_text, refused, refusal_score, violation_scores, violation_score, violation_category, flagged_categories,
-                jailbreak_score, jailbreak_family, injection_score, injection_family, source_topic, source_partition, source_offset, scored_at)
+                jailbreak_score, jailbreak_family, injection_score, injection_family, source_topic, source_partition, source_offset, scored_at,
+                head_verdict, judge_role, judge_verdict, judge_version)
             SELECT toString(generateUUIDv4(number)), toDateTime64({start} + intDiv(number * {span}, {rows}), 3, 'UTC'),
                    concat('target-', toString(number % {TARGETS})), concat('v', toString(intDiv(number * {days}, {rows} * 15) + 1)),
                    toString(intDiv(number, 3)), 2, 'user text', 'assistant text', number % 7 = 0, 0.1,
@@ -98,7 +104,9 @@ def fill_samples(client, rows: int, now: datetime, days: int, progress: Progress
                    0.5, {hazards}[number % {len(HAZARDS)} + 1],
                    arrayFilter((h, i) -> (cityHash64(number, i) % 1000) >= 997, {hazards}, range({len(HAZARDS)})),
                    toFloat32((cityHash64(number, 91) % 1000) / 1000), 'dan', toFloat32((cityHash64(number, 92) % 1000) / 1000),
-                   'ignore_previous', 'conversations.v1', number % 8, intDiv(number, 8), now64(3)
+                   'ignore_previous', 'conversations.v1', number % 8, intDiv(number, 8), now64(3),
+                   if(cityHash64(number, 32) % 10 = 0, 'unsafe', 'safe') AS head_, if(cityHash64(number, 31) % 50 = 0, 'audit', '') AS role_,
+                   if(role_ = 'audit', if((cityHash64(number, 33) % 100 < {agree}) = (head_ = 'unsafe'), 'unsafe', 'safe'), ''), if(role_ = 'audit', 'guard-1', '')
             FROM numbers({first}, {count})
             """,
             settings={"max_insert_threads": 2},
