@@ -91,6 +91,8 @@ def _firing_text(finding: Finding, persisting: bool) -> tuple[Severity, str, str
         f"{n} categor{'y' if n == 1 else 'ies'} regressed against {finding.baseline_model_version} ({finding.baseline_run_id}); "
         f"largest rise {worst.category} {worst.baseline.rate:.0%} -> {worst.current.rate:.0%} (p_adj={worst.p_adjusted:.2g})."
     )
+    if finding.summary:  # e.g. the share of verdicts a judge decided
+        summary = f"{summary} {finding.summary}"
     return Severity.CRITICAL, f"Safety regression on {_subject(finding)}: {', '.join(finding.flagged)}", summary
 
 
