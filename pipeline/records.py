@@ -108,7 +108,8 @@ class AlertKind(StrEnum):
 
 
 class Source(StrEnum):
-    """Where a finding comes from: a probe run, a window of production traffic, or a drift check."""
+    """Where a finding comes from: a probe run, a window of production traffic, a drift check, or the
+    head-judge agreement audit."""
 
     PROBE = "probe"
     STREAM = "stream"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pipeline.records import Alert, AlertKind, CategoryStat, Comparison, Sample
+from pipeline.records import Alert, AlertKind, CategoryStat, Comparison, Sample, Source
 
 # Slack's documented Block Kit limits (https://api.slack.com/reference/block-kit/blocks).
 MAX_BLOCKS = 50
@@ -41,7 +41,7 @@ def build_message(alert: Alert) -> tuple[str, list[dict]]:
     # ones dropped (with a note) when a message would exceed Slack's 50-block limit.
     tail = _tail_blocks(alert)
     room = MAX_BLOCKS - len(blocks) - len(tail) - 1
-    comparison_blocks = [_section(_comparison_text(alert.kind, c)) for c in shown]
+    comparison_blocks = [_section(_comparison_text(alert, c)) for c in shown]
     if len(comparison_blocks) > room:
         omitted = len(comparison_blocks) - room
         comparison_blocks = comparison_blocks[:room] + [_context([f"…and {omitted} more categories (see the SQL below)"])]
@@ -59,11 +59,11 @@ def build_followup(alert: Alert) -> tuple[str, list[dict]]:
     verb = {
         AlertKind.REGRESSION: "Still regressed",
         AlertKind.RECOVERY: "Recovered",
-        AlertKind.DATA_QUALITY: "Run unhealthy",
-        AlertKind.DRIFT: "Drift persists",
+        AlertKind.DATA_QUALITY: "Run unhealthy" if alert.source == Source.PROBE else "Still unhealthy",
+        AlertKind.DRIFT: "Agreement still low" if alert.source == Source.JUDGE else "Drift persists",
     }[alert.kind]
     lines = [f"*{verb}* in run `{_escape(alert.run_id)}` ({_escape(alert.model_version)}): {_escape(alert.summary)}"]
-    lines += [f"• {_comparison_line(c)}" for c in shown]
+    lines += [f"• {_comparison_line(c, alert.source)}" for c in shown]
     blocks: list[dict] = [_section("\n".join(lines))]
     if alert.link:
         blocks.append(_context([f"<{_link_target(alert.link)}|Open the run>"]))
@@ -118,8 +118,13 @@ def _tail_blocks(alert: Alert) -> list[dict]:
     return blocks
 
 
-def _metric(category: str) -> str:
-    # The over-refusal category counts refused benign prompts, not successful attacks.
+def _metric(category: str, source: Source) -> str:
+    """What a comparison's rate is: head-judge disagreement (the agreement audit), the share of
+    samples flagged (the stream), over-refusal (refused benign prompts), or attack success."""
+    if source == Source.JUDGE:
+        return "Disagreement"
+    if source == Source.STREAM:
+        return "Violation rate"
     return "Over-refusal" if category == "over_refusal" else "ASR"
 
 
@@ -131,14 +136,14 @@ def _p(p: float) -> str:
     return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
 
 
-def _comparison_line(c: Comparison) -> str:
-    return f"*{_escape(c.category)}*: {_metric(c.category)} {_rate(c.baseline)} → {_rate(c.current)}, p={_p(c.p_value)}, p_adj={_p(c.p_adjusted)}"
+def _comparison_line(c: Comparison, source: Source) -> str:
+    return f"*{_escape(c.category)}*: {_metric(c.category, source)} {_rate(c.baseline)} → {_rate(c.current)}, p={_p(c.p_value)}, p_adj={_p(c.p_adjusted)}"
 
 
-def _comparison_text(kind: AlertKind, c: Comparison) -> str:
+def _comparison_text(alert: Alert, c: Comparison) -> str:
     change = f"{c.effect * 100:+.1f} pts"
-    label = "recovered" if kind is AlertKind.RECOVERY else change
-    return f"{_comparison_line(c)} ({label})"
+    label = "recovered" if alert.kind is AlertKind.RECOVERY else change
+    return f"{_comparison_line(c, alert.source)} ({label})"
 
 
 def _sample_section(sample: Sample) -> dict:
@@ -158,8 +163,9 @@ def _code_block(title: str, code: str) -> str:
 def _fallback(alert: Alert, shown: Iterable[Comparison]) -> str:
     parts = [f"{_KIND_PREFIX[alert.kind].split(' ', 1)[1]}: {alert.title}", f"{alert.target} / {alert.scope} / {alert.model_version}"]
     if alert.kind is AlertKind.DATA_QUALITY:
-        parts.append(f"run unhealthy: {alert.summary}")
-    parts += [f"{c.category} {c.baseline.rate * 100:.1f}% → {c.current.rate * 100:.1f}% (p_adj={_p(c.p_adjusted)})" for c in shown]
+        parts.append(f"run unhealthy: {alert.summary}" if alert.source == Source.PROBE else alert.summary)
+    metric = "disagreement " if alert.source == Source.JUDGE else ""
+    parts += [f"{c.category} {metric}{c.baseline.rate * 100:.1f}% → {c.current.rate * 100:.1f}% (p_adj={_p(c.p_adjusted)})" for c in shown]
     if alert.link:
         parts.append(alert.link)
     return _escape_within(" — ".join(parts), MAX_FALLBACK_TEXT)

@@ -259,3 +259,18 @@ def test_server_accepts_form_bodies_auth_test_and_file_uploads() -> None:
         file_id = done["file"]["id"]
         assert slack.uploads[file_id] == b"\x89PNG chart"
         assert slack.completed_uploads[-1]["channel_id"] == slack.channel_id
+
+
+@pytest.mark.parametrize(("source", "metric"), [("probe", "ASR"), ("stream", "Violation rate"), ("judge", "Disagreement")])
+def test_each_source_names_the_rate_its_comparisons_compare(source: str, metric: str) -> None:
+    from pipeline.records import Source
+    from tests.support.alerts import make_alert
+
+    (comparison,) = compare([category_stat("cybercrime", 2, 100)], [category_stat("cybercrime", 30, 100)], alpha=0.05, min_effect=0.1, correction="holm")
+    kind = AlertKind.DRIFT if source == "judge" else AlertKind.REGRESSION
+    alert = make_alert(source=Source(source), kind=kind, comparisons=(comparison,))
+    _, blocks = build_message(alert)
+    text = json.dumps(blocks)
+    assert f"{metric} 2.0%" in text
+    _, followup = build_followup(alert)
+    assert f"{metric} 2.0%" in json.dumps(followup)
