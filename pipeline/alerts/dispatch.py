@@ -17,6 +17,7 @@ from pipeline.alerts.slack import SlackDeliveryError, SlackSink, configured
 from pipeline.records import Alert, AlertKind, AlertStatus, Source
 from pipeline.settings import Settings
 from pipeline.stats.proportions import category_stat
+from pipeline.store import agreement as agreement_store
 from pipeline.store import alerts as alert_store
 from pipeline.store import probes as probe_store
 from pipeline.store import samples as sample_store
@@ -26,6 +27,7 @@ log = structlog.get_logger()
 
 TREND_RUNS = 12  # probe alerts: this many runs of the suite, ending with the alert's
 TREND_HOURS = 48  # stream alerts: this many hours, ending with the alert
+TREND_DAYS = 14  # agreement alerts: this many days of audits, ending with the alert
 
 
 @dataclass(frozen=True)
@@ -50,12 +52,15 @@ def _thread_of(client: Client, stored: StoredAlert) -> str | None:
 
 def load_trend(client: Client, alert: Alert, runs: int = TREND_RUNS, hours: int = TREND_HOURS) -> list[TrendPoint]:
     """The history an alert's chart shows: its categories' rates with 95% Wilson intervals,
-    per run for probe alerts and per hour for stream alerts. Empty when there is none."""
+    per run for probe alerts, per hour for stream alerts and per day for agreement alerts (the
+    disagreement rate). Empty when there is none."""
     if not alert.categories or alert.source == Source.DRIFT:
         return []
     at = alert.created_at if alert.created_at.tzinfo else alert.created_at.replace(tzinfo=UTC)
     if alert.source == Source.STREAM:
         rows = sample_store.hourly_rates(client, alert.target, alert.categories, at - timedelta(hours=hours), at)
+    elif alert.source == Source.JUDGE:
+        rows = agreement_store.daily_disagreement(client, alert.target, alert.categories, at - timedelta(days=TREND_DAYS), at)
     else:
         rows = probe_store.trend(client, alert.target, alert.suite, alert.categories, at, runs)
     points = []
@@ -73,7 +78,7 @@ def _chart(client: Client, alert: Alert) -> bytes | None:
         points = load_trend(client, alert)
         if not points:
             return None
-        metric = "violation rate" if alert.source == Source.STREAM else "ASR / over-refusal"
+        metric = {Source.STREAM: "violation rate", Source.JUDGE: "head-judge disagreement"}.get(alert.source, "ASR / over-refusal")
         return render_trend(points, title=f"{alert.target} / {alert.scope}: {', '.join(alert.categories)}", metric=metric)
     except Exception as exc:  # drawing is best effort; the alert itself matters
         log.warning("alert.chart_failed", alert_id=alert.alert_id, error=str(exc))

@@ -129,6 +129,21 @@ def daily(client: Client, since: datetime, until: datetime) -> list[tuple]:
     ).result_rows
 
 
+def daily_disagreement(client: Client, target: str, labels: Sequence[str], since: datetime, until: datetime) -> list[tuple[datetime, str, int, int, str]]:
+    """(day, `category (source)`, disagreed, audited, model_version) per day for an agreement
+    alert's categories: the trend its chart draws."""
+    return client.query(
+        f"""
+        SELECT toDateTime(toDate(at), 'UTC') AS day, concat(category, ' (', source, ')') AS label,
+               countIf(head_unsafe != (judge_verdict = 'unsafe')) AS disagreed, count() AS audited, topK(1)(model_version)[1]
+        FROM judge_audits FINAL
+        WHERE {_WINDOW} AND label IN {{labels:Array(String)}}
+        GROUP BY day, label ORDER BY day, label
+        """,
+        parameters={"target": target, "start": since, "end": until, "labels": list(labels)},
+    ).result_rows
+
+
 def reproduce_sql(database: str, target: str, since: datetime) -> str:
     """What a person pastes into `safemon sql` to see a target's agreement per day behind an agreement alert."""
     return (

@@ -62,6 +62,13 @@ def test_agreement_that_falls_on_one_category_raises_one_drift_alert_naming_it(c
     assert len(alert.samples) == 3 and {(s.category, s.prompt, s.response) for s in alert.samples} == {
         ("cybercrime (stream)", "user text [EMAIL]", "assistant text")
     }
+    # Its chart draws the category's daily disagreement: low for a week, then the fall.
+    from pipeline.alerts.dispatch import load_trend
+
+    trend = load_trend(client, alert)
+    assert {p.category for p in trend} == {"cybercrime (stream)"} and len(trend) >= 7
+    # (the alert's 24 h window spans the last two calendar days)
+    assert max(p.rate for p in trend[-2:]) >= 0.3 and max(p.rate for p in trend[:-2]) < 0.1
     # An hour later it still fires: a follow-up in the chain's thread, as drift does.
     later = check_target(client, settings, TARGET, END + timedelta(hours=1))
     assert _fell(later) == ["cybercrime (stream)"] and later.alert.alert.title.startswith("Head–judge agreement still low")
