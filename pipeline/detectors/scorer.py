@@ -68,8 +68,8 @@ class Detection:
     injection_score: float = 0.0
     injection_family: str = ""
     detector_version: str = ""  # which detectors scored it (Scorer.version)
-    # mean(harmful compliance, 1 - refusal): how likely the answer gave harmful help. The judge
-    # cascade sends answers whose score is near 0.5 to the judge (see pipeline.judge.cascade).
+    # How likely the answer gave harmful help (StackScore.attack_score). The judge cascade sends
+    # answers whose score is near 0.5 to the judge (see pipeline.judge.cascade).
     attack_score: float = 0.0
 
     def columns(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ log = structlog.get_logger(__name__)
 UNCERTAIN = "uncertain"
 AUDIT = "audit"
 BUDGET_EXHAUSTED = "judge budget exhausted"
+AUDIT_RESERVE = 0.1  # share of a budget kept for audits while uncertain answers would take it all
 
 
 class JudgeConfigError(ConfigError):
@@ -130,8 +132,11 @@ def run_cascade(cases: Sequence[Case], judge: Judge, band: tuple[float, float], 
     config = judge.config
     uncertain = [i for i, c in enumerate(cases) if low <= c.attack_score < high]
     audits = [i for i, c in enumerate(cases) if not low <= c.attack_score < high and audited(c.key, config.audit_share)]
-    asked_uncertain = uncertain[:allowance]
-    asked_audits = audits[: max(0, allowance - len(asked_uncertain))]
+    # Audits keep a small reserve: a budget that uncertain answers always exhaust would otherwise
+    # never measure agreement.
+    reserve = min(len(audits), math.ceil(allowance * AUDIT_RESERVE)) if allowance else 0
+    asked_uncertain = uncertain[: allowance - reserve]
+    asked_audits = audits[: allowance - len(asked_uncertain)]
     asked = asked_uncertain + asked_audits
     answers = judge.rule([(cases[i].prompt, cases[i].response) for i in asked], deadline_s=deadline_s)
     rulings: dict[int, Ruling] = dict(zip(asked, answers, strict=True))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -113,22 +112,27 @@ class Ruling:
 
 
 class HourlyBudget:
-    """Judge calls allowed in any trailing hour, for one process (the stream worker's limit)."""
+    """Judge calls allowed per hour for one process (the stream worker's limit), paced: a bucket
+    refilled at `per_hour` / 3600 calls a second that holds a minute's worth (at least one call). A busy
+    worker spreads its calls over the hour instead of spending them all in its first minutes and
+    then judging nothing until the hour has passed."""
 
     def __init__(self, per_hour: int, clock: Any = time.monotonic) -> None:
-        self.per_hour = per_hour
+        self.rate_per_s = per_hour / 3600.0
+        self.capacity = max(1.0, per_hour / 60.0)
         self._clock = clock
-        self._spent: deque[float] = deque()
+        self._tokens = self.capacity
+        self._at = clock()
 
     def available(self) -> int:
-        """Calls still allowed in the trailing hour."""
+        """Calls that may be made now."""
         now = self._clock()
-        while self._spent and now - self._spent[0] >= 3600.0:
-            self._spent.popleft()
-        return max(0, self.per_hour - len(self._spent))
+        self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate_per_s)
+        self._at = now
+        return int(self._tokens)
 
     def spend(self, n: int) -> None:
-        self._spent.extend([self._clock()] * n)
+        self._tokens -= n
 
 
 class Judge:

@@ -89,6 +89,7 @@ def predict_frame(stack: DetectorStack, frame: pd.DataFrame, parts: dict[str, np
             "refusal_kind": [s.refusal_kind for s in scored],
             "harmful_score": harmful,
             "over_score": over,
+            "attack_score": [s.attack_score for s in scored],
             "pred:refusal": (refusal >= stack.refusal.threshold).astype(int),
             "pred:harmful_compliance": (harmful >= stack.policy.threshold).astype(int),
             "pred:over_refusal": (over >= 0.5).astype(int),

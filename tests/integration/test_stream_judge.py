@@ -18,7 +18,9 @@ from tests.support.stream_worker import committed_offsets, make_sample, produce_
 pytestmark = pytest.mark.kafka
 
 BAND = (0.2, 0.8)
-BUDGET = 5
+# Per hour: paced at one call a minute, with a minute's worth (5) to start with.
+BUDGET_PER_HOUR = 300
+BUDGET = BUDGET_PER_HOUR // 60
 
 
 def _demo_samples() -> list:
@@ -50,13 +52,16 @@ def test_the_worker_judges_uncertain_answers_within_its_hourly_budget(settings, 
             judge_endpoint=judge.url,
             judge_model="llama-guard-3-8b",
             judge_band=json.dumps(BAND),
-            judge_budget_per_hour=BUDGET,
+            judge_budget_per_hour=BUDGET_PER_HOUR,
             judge_audit_share=0,
         )
         worker = start_worker(env, tmp_path / "w.log", max_idle_seconds=5)
+        started = time.monotonic()
         exposition = _scrape(worker, port, kafka_bootstrap, topic, len(samples))
         assert worker.wait(90) == 0, worker.tail()
         calls = judge.counts.requests
+        # What the bucket refilled while the worker ran (one call a minute).
+        refilled = int((time.monotonic() - started) / 60) + 1
 
     assert stored_counts(settings)[:2] == (len(samples), len(samples)), "every sample stored once"
     rows = query(
@@ -65,16 +70,16 @@ def test_the_worker_judges_uncertain_answers_within_its_hourly_budget(settings, 
         "FROM sample_scores FINAL",
     )
     uncertain = [r for r in rows if BAND[0] <= r[0] < BAND[1]]
-    assert len(uncertain) > BUDGET, "the demo answers must include more uncertain ones than the budget"
-    assert calls == BUDGET
+    assert len(uncertain) > BUDGET + refilled, "the demo answers must include more uncertain ones than the budget"
+    assert BUDGET <= calls <= BUDGET + refilled
     judged = [r for r in uncertain if r[1] == "judge"]
     dropped = [r for r in uncertain if r[1] == "unscored"]
-    assert len(judged) == BUDGET and len(dropped) == len(uncertain) - BUDGET
+    assert len(judged) == calls and len(dropped) == len(uncertain) - calls
     assert all(r[4] == "judge budget exhausted" and r[2] == "uncertain" for r in dropped)
     # The judge said unsafe without a category: the sample is flagged for the heads' top hazard.
     assert all(r[3] == "unsafe" and list(r[6]) == [r[7]] for r in judged)
     assert all(r[1] == "head" and r[2] == "" and r[5] == ("unsafe" if r[6] else "safe") for r in rows if not BAND[0] <= r[0] < BAND[1])
-    assert f"safemon_stream_judge_calls_total {BUDGET}" in exposition
+    assert f"safemon_stream_judge_calls_total {calls}" in exposition
     assert f"safemon_stream_judge_dropped_total {len(dropped)}" in exposition
     assert f"safemon_stream_unscored_total {len(dropped)}" in exposition
     rates = query(settings, "SELECT category, sum(n) FROM violation_rate_by_hour GROUP BY category")

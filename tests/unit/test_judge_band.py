@@ -53,3 +53,33 @@ def test_the_audit_draw_is_stable_per_key_and_near_its_share() -> None:
     assert drawn == [audited(k, 0.02) for k in keys], "a retried batch audits the same rows"
     assert 0.015 < sum(drawn) / len(keys) < 0.025
     assert not any(audited(k, 0.0) for k in keys) and all(audited(k, 1.0) for k in keys)
+
+
+def test_the_hourly_budget_is_paced_over_the_hour() -> None:
+    from pipeline.judge.client import HourlyBudget
+
+    now = [0.0]
+    budget = HourlyBudget(3600, clock=lambda: now[0])  # one call a second, a minute's worth at hand
+    assert budget.available() == 60
+    budget.spend(60)
+    assert budget.available() == 0
+    now[0] += 10
+    assert budget.available() == 10
+    now[0] += 3600
+    assert budget.available() == 60, "never more than a minute's worth at once"
+    assert HourlyBudget(5).available() == 1, "a tiny budget still allows a call"
+
+
+def test_audits_keep_a_reserve_when_uncertain_answers_would_take_the_whole_budget() -> None:
+    from pipeline.judge.cascade import Case, run_cascade
+    from pipeline.judge.client import Judge
+    from pipeline.judge.standin import JudgeStandin
+
+    cases = [Case(f"u{i}", "p", f"uncertain {i}", 0.5, "refused") for i in range(50)]
+    cases += [Case(f"c{i}", "p", f"confident {i}", 0.01, "refused") for i in range(50)]
+    with JudgeStandin([], unknown="safe") as standin:
+        settings = load_settings(judge_endpoint=standin.url, judge_model="guard", judge_audit_share=1.0)
+        outcome = run_cascade(cases, Judge(JudgeConfig.resolve(settings), settings), (0.3, 0.7), allowance=20)
+    roles = [j.judge_role for j in outcome.judgements if j.judge_verdict]
+    assert outcome.calls == 20 and roles.count("audit") == 2 and roles.count("uncertain") == 18
+    assert outcome.dropped == (50 - 18) + (50 - 2)
