@@ -165,6 +165,26 @@ def baselines(outer: pd.DataFrame, n_boot: int) -> dict[str, Any]:
     return {"pooled": both(outer), "methods": {m: both(rows) for m, rows in outer.groupby("method", sort=True)}}
 
 
+def agreement(outer: pd.DataFrame) -> dict[str, Any]:
+    """What the audit would measure on these answers: how often the heads' verdict agrees with
+    Llama Guard 1's outside the shipped default band (the confident verdicts the audit samples),
+    and inside it (the verdicts the judge decides), each with a Wilson 95% interval."""
+    from pipeline.detectors.shipped import CARD_FILE, shipped_path
+    from pipeline.stats.proportions import category_stat
+
+    row = band_for_share(json.loads(shipped_path(CARD_FILE).read_text())["cascade"]["bands"], 0.3)
+    inside = (outer["attack_score"] >= row["low"]) & (outer["attack_score"] < row["high"])
+    rated = outer["guard"].notna()
+    agrees = outer["head_verdict"].to_numpy() == np.nan_to_num(outer["guard"].to_numpy(dtype=float), nan=-1)
+
+    def stat(mask: pd.Series) -> dict[str, Any]:
+        s = category_stat("agreement", int(agrees[mask & rated].sum()), int((mask & rated).sum()))
+        return {"n": s.n, "agreed": s.successes, "rate": s.rate, "ci": [s.ci_low, s.ci_high]}
+
+    per_method = {m: stat(~inside & (outer["method"] == m)) for m in sorted(outer["method"].unique())}
+    return {"band": [row["low"], row["high"]], "outside": stat(~inside), "inside": stat(inside), "outside_by_method": per_method}
+
+
 def cheapest_match(curve: list[dict[str, Any]], guard_accuracy: float) -> dict[str, Any] | None:
     """The smallest pooled share at which a nested curve's accuracy reaches Llama Guard 1's own."""
     hits = [r for r in curve if r["complete"] and r["accuracy"]["value"] >= guard_accuracy]
@@ -292,6 +312,15 @@ def print_report(report: dict[str, Any]) -> None:
             f"{knob}: the cascade reaches Llama Guard 1's accuracy ({pooled['llama_guard1']['value']:.3f}) at {knob} {match['knob']:.2f}: "
             f"{match['share']:.1%} of answers to the judge, accuracy {ci_text(match['accuracy'])} ({verdict} the {COST_TARGET:.0%} goal)"
         )
+    a = report["agreement"]
+
+    def rate(x: dict[str, Any]) -> str:
+        return f"{x['rate']:.3f} [{x['ci'][0]:.3f}, {x['ci'][1]:.3f}] (n={x['n']})"
+
+    console.print(
+        f"head-Llama Guard 1 agreement outside the default band [{a['band'][0]:.2f}, {a['band'][1]:.2f}) (what the audit measures): {rate(a['outside'])}; "
+        f"inside it: {rate(a['inside'])}; outside, per method: " + ", ".join(f"{m} {rate(x)}" for m, x in a["outside_by_method"].items())
+    )
     seconds = report["seconds"]
     console.print(
         f"took {seconds['total']:.0f}s (rows and embeddings {seconds['rows']:.0f}s, refits {seconds['refits']:.0f}s, figures {seconds['figures']:.0f}s)"
@@ -335,6 +364,7 @@ def main() -> None:
         "curves": curves,
         "cheapest_match_of_llama_guard1": {rule: cheapest_match(curve, guard) for rule, curve in curves.items()},
         "fixed_bands": band_table(outer),
+        "agreement": agreement(outer),
         "seconds": {"rows": rows_s, "refits": refits_s, "figures": total - rows_s - refits_s, "total": total},
     }
     (args.out / "judge.json").write_text(json.dumps(report, indent=1))

@@ -20,8 +20,9 @@ raw rate the pipeline keeps. This machine's speed drifts by 10% or more over min
 The judge: after each run without one, the same samples go through a worker with the judge
 cascade on, once per `--judge-concurrency` (8 and 16), against the recorded judge
 (`pipeline/judge/standin.py`, Llama Guard 1's verdicts on the JailbreakBench answers, `safe` for
-any other) at `--judge-latency-ms` (200) per call, on a thread of this process. Its hourly budget
-is `--judge-budget-share` (1%) of the samples (the bench's samples all fall within one hour);
+any other) at `--judge-latency-ms` (200) per call, on a thread of this process. Its budget is
+`--judge-budget-share` (1%) of the samples: the worker paces an hourly budget and holds a
+minute's worth at once, so the bench sets an hourly budget of 60 times that share;
 the band is the default one (the shipped card's), audit share and rate limit (20/s: the calls'
 bound unless `--judge-rate-limit` lifts it, whatever the concurrency) the defaults. The
 budget is spent as soon as there are uncertain answers, so its calls all fall in the first batch
@@ -296,7 +297,7 @@ def report_judged(j: JudgedRun, baseline_rate: float, budget: int, args: argpars
     ratio = r.batches_rate / baseline_rate
     print(f"judge concurrency {j.concurrency}: samples stored {r.stored}, batches {len(r.commits)}")
     print(f"  uncertain (in band) / audited   {uncertain} / {audits} ({100 * uncertain / max(r.stored, 1):.1f}% of samples uncertain)")
-    print(f"  judge calls made / budget       {j.calls} / {budget}; dropped by the budget {j.dropped}")
+    print(f"  judge calls made / hourly budget {j.calls} / {budget}; dropped by the budget {j.dropped}")
     print(f"  decided by the judge / unscored {judged} / {unscored}")
     print(f"  pipeline samples/s (steady)     {r.steady_rate:.1f} (leaves out the first batch, where the calls fall)")
     print(f"  pipeline samples/s (batches)    {r.batches_rate:.1f} vs {baseline_rate:.1f} without the judge")
@@ -308,7 +309,9 @@ def report_judged(j: JudgedRun, baseline_rate: float, budget: int, args: argpars
 def judge_settings(args: argparse.Namespace, n: int, scorer: StreamScorer) -> tuple[dict, int, str]:
     """The judged workers' SAFEMON_JUDGE_* settings (less the endpoint and concurrency), their
     hourly budget, and where the band comes from."""
-    budget = max(1, round(args.judge_budget_share * n))
+    # The worker paces its hourly budget, holding a minute's worth at once: an hourly budget of 60x
+    # the share lets a run this short (well under a minute) ask about that share of its samples.
+    budget = max(1, round(args.judge_budget_share * n)) * 60
     base = load_settings()
     band, source = default_band(base.model_copy(update={"judge_endpoint": "http://127.0.0.1:9/v1", "judge_model": "llama-guard-1"}), scorer.scorer)
     extra: dict = {"judge_model": "llama-guard-1", "judge_budget_per_hour": budget, "judge_rate_limit_per_s": args.judge_rate_limit}
