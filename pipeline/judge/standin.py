@@ -40,9 +40,7 @@ from pipeline.lab.importers import jbb_category
 
 # The replay endpoint's handler already speaks the OpenAI wire details (body limits, keep-alive,
 # error bodies); the stand-in only replaces what a request means.
-from pipeline.probes.replay import RecordingError, normalise
-from pipeline.probes.replay import _Handler as _ChatHandler
-from pipeline.probes.replay import _parse as _check_exchange
+from pipeline.probes.replay import ChatHandler, RecordingError, normalise, parse_recorded
 from pipeline.signals import stop_on_signals
 from pipeline.taxonomy import CATEGORIES
 
@@ -239,7 +237,7 @@ def _record(item: Any, where: str) -> JudgeRecord:
     if unknown:
         raise RecordingError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}")
     # The exchange's own checks (strings, a prompt that is not blank) are the replay recording's.
-    exchange = _check_exchange({k: item[k] for k in ("prompt", "response") if k in item}, where)
+    exchange = parse_recorded({k: item[k] for k in ("prompt", "response") if k in item}, where)
     if not isinstance(item.get("unsafe"), bool):
         raise RecordingError(f"{where}: key 'unsafe' must be true or false" + ("" if "unsafe" in item else " (missing)"))
     categories = item.get("categories", [])
@@ -309,7 +307,7 @@ class _State:
         return self.stopping.wait(seconds) if seconds > 0 else self.stopping.is_set()
 
 
-class _Handler(_ChatHandler):
+class _Handler(ChatHandler):
     server: _Server  # type: ignore[assignment]
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib hook name

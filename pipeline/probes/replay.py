@@ -72,12 +72,13 @@ def load_recording(path: str | Path) -> dict[Key, list[Recorded]]:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
             raise RecordingError(f"{path}:{lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from None
-        rec = _parse(item, f"{path}:{lineno}")
+        rec = parse_recorded(item, f"{path}:{lineno}")
         index.setdefault((rec.model, normalise(rec.prompt)), []).append(rec)
     return index
 
 
-def _parse(item: Any, where: str) -> Recorded:
+def parse_recorded(item: Any, where: str) -> Recorded:
+    """One recording line as a `Recorded`, or a RecordingError naming `where` (file:line) and the problem."""
     if not isinstance(item, dict):
         raise RecordingError(f"{where}: expected a JSON object, got {type(item).__name__}")
     unknown = sorted(set(item) - {"model", "prompt", "system", "response"})
@@ -124,7 +125,10 @@ class Replay:
         return None
 
 
-class _Handler(BaseHTTPRequestHandler):
+class ChatHandler(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint on loopback: body reading, error bodies, keep-alive.
+    The replay endpoint serves recorded answers with it; the judge stand-in subclasses it."""
+
     server: _Server
     protocol_version = "HTTP/1.1"  # keep-alive, so clients reuse connections
     # Headers and body go out in separate writes; without this, Nagle plus delayed ACK adds ~40 ms.
@@ -243,7 +247,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address: tuple[str, int], replay: Replay, latency_s: float) -> None:
         self.replay = replay
         self.latency_s = latency_s
-        super().__init__(address, _Handler)
+        super().__init__(address, ChatHandler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client that gave up (timeout) leaves a broken pipe; log it instead of printing a traceback.
