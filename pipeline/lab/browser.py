@@ -10,10 +10,12 @@ started as root in containers and CI).
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -60,7 +62,7 @@ def find_chromium() -> str | None:
 
 
 def _run(binary: str, args: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    with tempfile.TemporaryDirectory(prefix="safemon-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="safemon-chromium-", ignore_cleanup_errors=True) as profile:
         command = [binary, *_FLAGS, f"--user-data-dir={profile}", *args]
         try:
             return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
@@ -106,9 +108,11 @@ def screenshot_url(
     import httpx
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory(prefix="safemon-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile after the browser exits: they
+    # are stopped with it (one process group), and a file they leave never fails the screenshot.
+    with tempfile.TemporaryDirectory(prefix="safemon-chromium-", ignore_cleanup_errors=True) as profile:
         command = [_chromium(), *_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", f"--window-size={width},{height}", "about:blank"]
-        browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        browser = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = _devtools_port(Path(profile) / "DevToolsActivePort", browser, timeout_s)
             page = next(t for t in httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json() if t["type"] == "page")
@@ -132,7 +136,8 @@ def screenshot_url(
                 time.sleep(settle_s)  # a single-page app renders after load; there is no event for "done"
                 data = call("Page.captureScreenshot", format="png")["data"]
         finally:
-            browser.terminate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(browser.pid, signal.SIGTERM)
             browser.wait(timeout=30)
     screenshot.parent.mkdir(parents=True, exist_ok=True)
     screenshot.write_bytes(base64.b64decode(data))

@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.checks.drift import check_all, check_target
 from pipeline.detectors import Detection
 from pipeline.drift.attacks import AttackProfile
-from pipeline.records import AlertKind, utc_now
+from pipeline.records import AlertKind, Judgement, utc_now
 from pipeline.store.samples import SCORE_COLUMNS
 
 DIM = 16
@@ -37,6 +37,7 @@ def insert_embeddings(client, target: str, start: datetime, vectors, *, model_ve
             user_text=f"redacted text {i}",
             assistant_text="ok",
             **detection.columns(),
+            **Judgement().columns(),
             pii_counts={},
             embedding=[float(x) for x in vec],
             metadata={},
