@@ -40,7 +40,7 @@ from pipeline.lab.importers import jbb_category
 
 # The replay endpoint's handler already speaks the OpenAI wire details (body limits, keep-alive,
 # error bodies); the stand-in only replaces what a request means.
-from pipeline.probes.replay import ChatHandler, RecordingError, normalise, parse_recorded
+from pipeline.probes.replay import ChatHandler, LoopbackServer, RecordingError, normalise, parse_recorded
 from pipeline.signals import stop_on_signals
 from pipeline.taxonomy import CATEGORIES
 
@@ -417,7 +417,7 @@ class _Server(ThreadingHTTPServer):
         log.debug("judge_standin.connection_error", client=str(client_address))
 
 
-class JudgeStandin:
+class JudgeStandin(LoopbackServer):
     """The recorded judge on a background thread; `start()` returns its base URL (…/v1).
 
     `unknown` says what a pair missing from the recording gets: HTTP 404 (`error`), or that verdict.
@@ -434,22 +434,11 @@ class JudgeStandin:
         faults: Iterable[Fault] = (),
         model: str = "judge-standin",
     ) -> None:
+        super().__init__(host, port)
         self._state = _State(recording, unknown, latency_ms, faults, model)
-        self.host = host
-        self.port = port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
     def __len__(self) -> int:
         return len(self._state.verdicts)
-
-    @property
-    def url(self) -> str:
-        """Base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8766/v1."""
-        if self._server is None:
-            raise RuntimeError("judge stand-in is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
 
     @property
     def latency_ms(self) -> float:
@@ -484,34 +473,15 @@ class JudgeStandin:
         with self._state.lock:
             self._state.requests = self._state.completions = 0
 
-    def start(self) -> str:
-        """Start serving on a background thread (port 0 picks a free one); returns the base URL."""
-        if self._server is not None:
-            return self.url
+    def _bind(self) -> _Server:
         self._state.stopping.clear()
-        self._server = _Server((self.host, self.port), self._state)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="judge-standin", daemon=True)
-        self._thread.start()
+        return _Server((self.host, self.port), self._state)
+
+    def _started(self) -> None:
         log.info("judge_standin.started", url=self.url, verdicts=len(self), latency_ms=self.latency_ms)
-        return self.url
 
-    def stop(self) -> None:
-        """Stop serving, wake requests held by a delay, and close the listening socket."""
-        if self._server is None:
-            return
-        self._state.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> JudgeStandin:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def _stopping(self) -> None:
+        self._state.stopping.set()  # wake requests held by a delay
 
 
 def serve(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
@@ -254,7 +254,64 @@ class _Server(ThreadingHTTPServer):
         log.debug("replay.connection_error", client=str(client_address), error=repr(sys.exc_info()[1]))
 
 
-class ReplayServer:
+class LoopbackServer:
+    """An HTTP server on a background thread: `start()` returns its base URL (…/v1), `stop()`
+    closes it; a context manager. Subclasses build the server (`_bind`) and may act when it
+    starts (`_started`) or before it stops (`_stopping`)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def _bind(self) -> ThreadingHTTPServer:
+        raise NotImplementedError
+
+    def _started(self) -> None:
+        """Called once the server listens (a log line)."""
+
+    def _stopping(self) -> None:
+        """Called before the server shuts down (wake requests it holds)."""
+
+    @property
+    def url(self) -> str:
+        """Base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8765/v1."""
+        if self._server is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def start(self) -> str:
+        """Start serving on a background thread (port 0 picks a free one); returns the base URL."""
+        if self._server is not None:
+            return self.url
+        self._server = self._bind()
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        self._started()
+        return self.url
+
+    def stop(self) -> None:
+        """Stop serving and close the listening socket."""
+        if self._server is None:
+            return
+        self._stopping()
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class ReplayServer(LoopbackServer):
     """A replay endpoint on a background thread; `start()` returns its base URL (…/v1)."""
 
     def __init__(
@@ -265,48 +322,16 @@ class ReplayServer:
         port: int = 0,
         latency_ms: float = 0.0,
     ) -> None:
+        super().__init__(host, port)
         index = recording if isinstance(recording, dict) else load_recording(recording)
         self.replay = Replay(index)
-        self.host = host
-        self.port = port
         self.latency_ms = latency_ms
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        """Base URL of the OpenAI-compatible API, e.g. http://127.0.0.1:8765/v1."""
-        if self._server is None:
-            raise RuntimeError("replay server is not started")
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/v1"
+    def _bind(self) -> ThreadingHTTPServer:
+        return _Server((self.host, self.port), self.replay, self.latency_ms / 1000.0)
 
-    def start(self) -> str:
-        """Start serving on a background thread (port 0 picks a free one); returns the base URL."""
-        if self._server is not None:
-            return self.url
-        self._server = _Server((self.host, self.port), self.replay, self.latency_ms / 1000.0)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.1}, name="replay-server", daemon=True)
-        self._thread.start()
+    def _started(self) -> None:
         log.info("replay.started", url=self.url, recordings=len(self.replay), latency_ms=self.latency_ms)
-        return self.url
-
-    def stop(self) -> None:
-        """Stop serving and close the listening socket."""
-        if self._server is None:
-            return
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> ReplayServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def serve(file: str | Path, port: int, host: str = "127.0.0.1", latency_ms: float = 0.0) -> None:
