@@ -30,6 +30,7 @@ from pipeline.probes.client import Backoff
 from pipeline.settings import load_settings
 from pipeline.taxonomy import CATEGORIES, HAZARDS
 from tests.support.env import require
+from tests.support.health import wait_for_health
 from tests.support.kafka_broker import free_port
 
 RECORDS = [
@@ -406,14 +407,7 @@ def test_cli_standin_serves_until_interrupted(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "pipeline.cli", "judge", "standin", "--recording", str(path), "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "400"}, text=True)
     try:
-        deadline = time.monotonic() + 60  # a failure guard: start-up imports the pipeline
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.05)
+        health = wait_for_health(proc, port)
         assert health.json()["verdicts"] == 1
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)

@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from pipeline.probes.replay import RecordingError, ReplayServer, load_recording, normalise
+from tests.support.health import wait_for_health
 
 LINES = [
     {"prompt": "How do I pick a lock?", "response": "generic answer"},
@@ -190,14 +191,7 @@ def test_serve_blocks_until_interrupted(recording: Path) -> None:
     code = f"from pipeline.probes.replay import serve; serve({str(recording)!r}, {port}, latency_ms=1)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60  # a failure guard: start-up imports the pipeline
-        while True:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-                time.sleep(0.05)
+        health = wait_for_health(proc, port)
         assert health.json()["recordings"] == 5
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
