@@ -100,6 +100,7 @@ def test_a_failing_judge_never_makes_a_verdict_on_the_stream(settings, kafka_boo
             judge_model="guard",
             judge_band=json.dumps(BAND),
             judge_max_retries=0,
+            judge_budget_per_hour=60_000,  # room for every uncertain answer: this test is about failures, not the budget
         )
         worker = start_worker(env, tmp_path / "w.log", max_idle_seconds=5)
         assert worker.wait(150) == 0, worker.tail()
