@@ -20,16 +20,17 @@ raw rate the pipeline keeps. This machine's speed drifts by 10% or more over min
 The judge: after each run without one, the same samples go through a worker with the judge
 cascade on, once per `--judge-concurrency` (8 and 16), against the recorded judge
 (`pipeline/judge/standin.py`, Llama Guard 1's verdicts on the JailbreakBench answers, `safe` for
-any other) at `--judge-latency-ms` (200) per call, on a thread of this process. Its budget is
-`--judge-budget-share` (1%) of the samples: the worker paces an hourly budget and holds a
-minute's worth at once, so the bench sets an hourly budget of 60 times that share;
-the band is the default one (the shipped card's), audit share and rate limit (20/s: the calls'
-bound unless `--judge-rate-limit` lifts it, whatever the concurrency) the defaults. The
-budget is spent as soon as there are uncertain answers, so its calls all fall in the first batch
-or two, which the steady rate leaves out: the judge's throughput is counted over every batch,
-from the first one's start (its wait for partitions left out) to the last commit (less the last
-batch's wait when it is partial), and the ratio to the same count of the run without a judge is
-given per run, with its median over the runs. The judge calls are synchronous inside a batch.
+any other) at `--judge-latency-ms` (200) per call, on a thread of this process. Its hourly budget
+is `--judge-budget-share` (1%) of what the run without a judge stored per hour (its rate over
+every batch, times 3600); the band is the default one (the shipped card's), audit share and
+rate limit (20/s unless `--judge-rate-limit` lifts it) the defaults. The worker paces the budget
+and starts with 10 seconds' worth, so its first batch asks about more than 1% of its samples:
+the ratio to the run without a judge is given over the steady batches (the first left out, as
+for the run without a judge: the budget's pace) and over every batch (from the first one's start,
+its wait for partitions left out, to the last commit, less the last batch's wait when it is
+partial: the start-up burst included), with their medians over the runs. A batch is scored in
+chunks with the judge's calls on a thread, overlapping the embedding of the next chunks
+(`pipeline/stream/batch.py`).
 """
 
 from __future__ import annotations
@@ -209,9 +210,9 @@ def rates(worker: WorkerProcess, settings: Settings, batch_size: int) -> Rates:
 
 def run_once(
     args: argparse.Namespace, work: Path, bootstrap: str, samples: list, texts: list[str], raw_encode_s: Callable[[], float], backend: str
-) -> tuple[float, float]:
+) -> tuple[float, Rates]:
     """One worker over a fresh topic, group and store, between two raw encodes: its pipeline / raw
-    ratio, and its rate over every batch."""
+    ratio, and its rates."""
     settings, env = prepare(args, work, bootstrap, samples)
     raw_s = [raw_encode_s()]
     wrap = None
@@ -254,7 +255,7 @@ def run_once(
         report = top_entries(args.profile / "stacks.txt")
         (args.profile / "top.txt").write_text(report)
         print(report)
-    return r.steady_rate / raw_rate, r.batches_rate
+    return r.steady_rate / raw_rate, r
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,10 @@ def run_judged(args: argparse.Namespace, work: Path, bootstrap: str, samples: li
     return JudgedRun(concurrency, r, calls, dropped, decided)
 
 
-def report_judged(j: JudgedRun, baseline_rate: float, budget: int, args: argparse.Namespace) -> float:
-    """Print a judged run's figures; its rate over every batch as a ratio to the run without a judge."""
+def report_judged(j: JudgedRun, baseline: Rates, budget: int, args: argparse.Namespace) -> tuple[float, float]:
+    """Print a judged run's figures; its steady rate and its rate over every batch, as ratios to the
+    run without a judge."""
+    baseline_rate = baseline.batches_rate
     r = j.rates
     # What the calls must cost at least, one after another in the batch: the judge's rate limit,
     # or its concurrency at the injected latency, whichever is slower.
@@ -295,29 +298,28 @@ def report_judged(j: JudgedRun, baseline_rate: float, budget: int, args: argpars
     unscored = sum(n for (_, by), n in j.decided.items() if by == "unscored")
     totals = r.stage_totals(r.commits)
     ratio = r.batches_rate / baseline_rate
+    steady = r.steady_rate / baseline.steady_rate
     print(f"judge concurrency {j.concurrency}: samples stored {r.stored}, batches {len(r.commits)}")
     print(f"  uncertain (in band) / audited   {uncertain} / {audits} ({100 * uncertain / max(r.stored, 1):.1f}% of samples uncertain)")
     print(f"  judge calls made / hourly budget {j.calls} / {budget}; dropped by the budget {j.dropped}")
     print(f"  decided by the judge / unscored {judged} / {unscored}")
-    print(f"  pipeline samples/s (steady)     {r.steady_rate:.1f} (leaves out the first batch, where the calls fall)")
+    print(f"  pipeline samples/s (steady)     {r.steady_rate:.1f} vs {baseline.steady_rate:.1f} without the judge")
     print(f"  pipeline samples/s (batches)    {r.batches_rate:.1f} vs {baseline_rate:.1f} without the judge")
     print("  all batches, seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in totals.items()))
-    print(f"  with / without the judge        {ratio:.3f} (the calls alone, at {per_s:g}/s: {floor_s:.2f} s, {expected:.3f})")
-    return ratio
+    print(f"  with / without the judge, steady {steady:.3f}")
+    print(f"  with / without, every batch     {ratio:.3f} (the calls one after another, at {per_s:g}/s: {floor_s:.2f} s, {expected:.3f})")
+    return steady, ratio
 
 
-def judge_settings(args: argparse.Namespace, n: int, scorer: StreamScorer) -> tuple[dict, int, str]:
-    """The judged workers' SAFEMON_JUDGE_* settings (less the endpoint and concurrency), their
-    hourly budget, and where the band comes from."""
-    # The worker paces its hourly budget, holding a minute's worth at once: an hourly budget of 60x
-    # the share lets a run this short (well under a minute) ask about that share of its samples.
-    budget = max(1, round(args.judge_budget_share * n)) * 60
+def judge_settings(args: argparse.Namespace, scorer: StreamScorer) -> tuple[dict, str]:
+    """The judged workers' SAFEMON_JUDGE_* settings (less the endpoint, concurrency and budget),
+    and where the band comes from."""
     base = load_settings()
     band, source = default_band(base.model_copy(update={"judge_endpoint": "http://127.0.0.1:9/v1", "judge_model": "llama-guard-1"}), scorer.scorer)
-    extra: dict = {"judge_model": "llama-guard-1", "judge_budget_per_hour": budget, "judge_rate_limit_per_s": args.judge_rate_limit}
+    extra: dict = {"judge_model": "llama-guard-1", "judge_rate_limit_per_s": args.judge_rate_limit}
     if source.startswith("fallback"):
         extra["judge_band"] = json.dumps(list(band))
-    return extra, budget, f"[{band[0]:g}, {band[1]:g}) ({source})"
+    return extra, f"[{band[0]:g}, {band[1]:g}) ({source})"
 
 
 def main() -> None:
@@ -364,29 +366,32 @@ def main() -> None:
             return time.perf_counter() - started
 
         if args.judge_concurrency:
-            judge_extra, budget, band = judge_settings(args, len(samples), scorer)
+            judge_extra, band = judge_settings(args, scorer)
             judge = jbb_recording(JBB)
             print(
-                f"judge: recorded, {args.judge_latency_ms:g} ms per call, budget {budget} calls per hour "
-                f"({100 * args.judge_budget_share:g}% of {len(samples)} samples), band {band}, concurrency {args.judge_concurrency}, "
-                f"rate limit {args.judge_rate_limit:g}/s"
+                f"judge: recorded, {args.judge_latency_ms:g} ms per call, budget {100 * args.judge_budget_share:g}% of the samples an hour, "
+                f"band {band}, concurrency {args.judge_concurrency}, rate limit {args.judge_rate_limit:g}/s"
             )
         ratios = []
-        judged: dict[int, list[float]] = {c: [] for c in args.judge_concurrency}
+        judged: dict[int, list[tuple[float, float]]] = {c: [] for c in args.judge_concurrency}
         for run in range(1, args.repeats + 1):
             print(f"--- run {run} of {args.repeats}")
-            ratio, baseline_rate = run_once(args, work / f"run{run}", bootstrap, samples, texts, raw_encode_s, embedder.backend)
+            ratio, baseline = run_once(args, work / f"run{run}", bootstrap, samples, texts, raw_encode_s, embedder.backend)
             ratios.append(ratio)
+            if args.judge_concurrency:
+                budget = max(1, round(args.judge_budget_share * baseline.batches_rate * 3600))
+                print(f"judge budget: {budget} calls an hour ({100 * args.judge_budget_share:g}% of {baseline.batches_rate:.1f} samples/s)")
             for c in args.judge_concurrency:
-                j = run_judged(args, work / f"run{run}-judge{c}", bootstrap, samples, judge, c, judge_extra)
-                judged[c].append(report_judged(j, baseline_rate, budget, args))
+                j = run_judged(args, work / f"run{run}-judge{c}", bootstrap, samples, judge, c, {**judge_extra, "judge_budget_per_hour": budget})
+                judged[c].append(report_judged(j, baseline, budget, args))
         if len(ratios) > 1:
             print(f"pipeline / raw encode over {len(ratios)} runs: median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
-        for c, rs in judged.items():
-            print(
-                f"with / without the judge at {100 * args.judge_budget_share:g}% budget, concurrency {c}, rate limit {args.judge_rate_limit:g}/s, over {len(rs)} runs: "
-                f"median {statistics.median(rs):.3f} (min {min(rs):.3f}, max {max(rs):.3f})"
-            )
+        for c, pairs in judged.items():
+            for name, rs in zip(("steady", "every batch"), zip(*pairs, strict=True), strict=True):
+                print(
+                    f"with / without the judge at {100 * args.judge_budget_share:g}% budget, concurrency {c}, rate limit {args.judge_rate_limit:g}/s, "
+                    f"{name}, over {len(rs)} runs: median {statistics.median(rs):.3f} (min {min(rs):.3f}, max {max(rs):.3f})"
+                )
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ class Settings(BaseSettings):
     judge_rate_limit_per_s: float = Field(20.0, gt=0, description="Judge request starts per second")
     judge_max_retries: int = Field(2, ge=0, le=20, description="Judge retries on 429, 5xx and transport errors")
     judge_budget_per_run: int = Field(500, ge=0, description="Most judge calls per probe run (uncertain verdicts first, then audits)")
-    judge_budget_per_hour: int = Field(2000, ge=0, description="Most judge calls per hour per stream worker, paced (at most a minute's worth at once)")
+    judge_budget_per_hour: int = Field(2000, ge=0, description="Most judge calls per hour per stream worker, paced (at most 10 seconds' worth at once)")
     judge_band: tuple[float, float] | None = Field(
         None, description='Attack scores in [low, high) go to the judge, e.g. "[0.35, 0.65]"; unset = a band from the shipped heads\' card'
     )

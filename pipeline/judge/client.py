@@ -113,13 +113,16 @@ class Ruling:
 
 class HourlyBudget:
     """Judge calls allowed per hour for one process (the stream worker's limit), paced: a bucket
-    refilled at `per_hour` / 3600 calls a second that holds a minute's worth (at least one call). A busy
-    worker spreads its calls over the hour instead of spending them all in its first minutes and
-    then judging nothing until the hour has passed."""
+    refilled at `per_hour` / 3600 calls a second that holds `BURST_S` seconds' worth (at least one
+    call). A busy worker spreads its calls over the hour instead of spending them all in its first
+    minutes and then judging nothing until the hour has passed; and the calls one batch makes stay
+    few enough to overlap the embedding of the rest of the batch."""
+
+    BURST_S = 10.0
 
     def __init__(self, per_hour: int, clock: Any = time.monotonic) -> None:
         self.rate_per_s = per_hour / 3600.0
-        self.capacity = max(1.0, per_hour / 60.0)
+        self.capacity = max(1.0, per_hour * self.BURST_S / 3600.0)
         self._clock = clock
         self._tokens = self.capacity
         self._at = clock()

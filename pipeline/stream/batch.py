@@ -7,7 +7,10 @@ every turn and metadata value before any text is embedded or put in a row.
 
 from __future__ import annotations
 
+import contextvars
+import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,6 +30,10 @@ RAW_CHARS = 4096
 # The longest a batch waits for the judge: the worker must poll Kafka again well within
 # max.poll.interval.ms (300 s); calls still out are cancelled and their samples left unscored.
 JUDGE_BATCH_DEADLINE_S = 60.0
+# With a judge, a batch is scored in chunks of this many samples, each judged on a thread while the
+# next is embedded. The batch's allowance is taken once, at its start, so its calls fall in the
+# first chunks and overlap the embedding of the rest (smaller chunks embed less efficiently).
+JUDGE_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -232,7 +239,13 @@ class StreamScorer:
         self.cascade = Cascade.configure(settings, self.scorer.head)
         # The last batch's judge figures: calls made, calls the budget dropped (uncertain samples
         # left unscored, audits skipped), samples left unscored for any reason.
-        self.judge_figures = (0, 0, 0)
+        self.judge_figures: tuple[int, ...] = (0, 0, 0)
+        self._judging = ThreadPoolExecutor(1, thread_name_prefix="judge")
+        self._allowance = 0  # judge calls the current batch may still make
+
+    def close(self) -> None:
+        """Wait for the judging thread (a batch always collects its chunks, so none is left running)."""
+        self._judging.shutdown(wait=True)
 
     def texts(self, samples: Sequence[ConversationSample]) -> list[str]:
         """Every distinct text scoring `samples` embeds: the detectors' and the user text kept for drift."""
@@ -244,6 +257,21 @@ class StreamScorer:
         if not accepted:
             return []
         scored_at = scored_at or utc_now()
+        if self.cascade is None:
+            rows, self.judge_figures = self._judged(self._rows(accepted, scored_at), None)
+            return rows
+        deadline = time.monotonic() + JUDGE_BATCH_DEADLINE_S
+        self._allowance = self.cascade.judge.hourly.available()
+        chunks = [accepted[i : i + JUDGE_CHUNK] for i in range(0, len(accepted), JUDGE_CHUNK)]
+        # One judging thread: chunks are judged in order, each within the judge's own concurrency,
+        # and the allowance is spent on the first uncertain answers.
+        # (The thread logs with the batch's bound context.)
+        pending = [self._judging.submit(contextvars.copy_context().run, self._judged, self._rows(chunk, scored_at), deadline) for chunk in chunks]
+        judged = [f.result() for f in pending]
+        self.judge_figures = tuple(sum(figures) for figures in zip(*(f for _, f in judged), strict=True))
+        return [row for rows, _ in judged for row in rows]
+
+    def _rows(self, accepted: Sequence[Accepted], scored_at: datetime) -> list[dict[str, Any]]:
         redacted = [redact_sample(a.sample) for a in accepted]
         prompts = [r.user_text for r in redacted]
         detections = self.scorer.score([exchange_of(r) for r in redacted], also_embed=prompts)
@@ -272,27 +300,28 @@ class StreamScorer:
                     "_source": a.source,
                 }
             )
-        return self._judged(rows)
+        return rows
 
-    def _judged(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Every row with its judgement: the heads' alone without a judge; with one, the cascade's,
-        the judge's hazards replacing the heads' flags where it decided."""
+    def _judged(self, rows: list[dict[str, Any]], deadline: float | None) -> tuple[list[dict[str, Any]], tuple[int, int, int]]:
+        """Every row with its judgement, and the judge's figures for them (calls, dropped, unscored):
+        the heads' alone without a judge; with one, the cascade's within what is left of the batch's
+        allowance and before its `deadline` (monotonic), the judge's hazards replacing the heads'
+        flags where it decided."""
         for row in rows:
             row.update(Judgement(head_verdict="unsafe" if row["flagged_categories"] else "safe").columns())
-        if self.cascade is None:
-            return rows
+        if self.cascade is None or deadline is None:
+            return rows, (0, 0, 0)
         answered = [row for row in rows if row["assistant_text"].strip()]
         cases = [Case(r["sample_id"], r["user_text"], r["assistant_text"], r["attack_score"], r["head_verdict"]) for r in answered]
-        hourly = self.cascade.judge.hourly
-        outcome = self.cascade.run(cases, hourly.available(), deadline_s=JUDGE_BATCH_DEADLINE_S)
-        hourly.spend(outcome.calls)
-        unscored = sum(j.decided_by == DecidedBy.UNSCORED for j in outcome.judgements)
-        self.judge_figures = (outcome.calls, outcome.dropped, unscored)
+        outcome = self.cascade.run(cases, self._allowance, deadline_s=max(0.0, deadline - time.monotonic()))
+        self._allowance -= outcome.calls
+        self.cascade.judge.hourly.spend(outcome.calls)
         for row, judgement in zip(answered, outcome.judgements, strict=True):
             row.update(judgement.columns())
             if judgement.decided_by == DecidedBy.JUDGE:
                 row["flagged_categories"] = judged_hazards(judgement, row["violation_scores"], row["violation_category"])
-        return rows
+        unscored = sum(j.decided_by == DecidedBy.UNSCORED for j in outcome.judgements)
+        return rows, (outcome.calls, outcome.dropped, unscored)
 
     def warm_up(self) -> None:
         """Load the model now, so the first batch (and a restart's first commit) does not wait for it."""

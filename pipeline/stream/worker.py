@@ -226,6 +226,8 @@ class StreamWorker:
             with suppress(Exception):
                 self.consumer.close(autocommit=False)
             self.dead_letters.close()
+            if self.scorer is not None:
+                self.scorer.close()
             self.store.release()
             self.metrics.close()
         return code

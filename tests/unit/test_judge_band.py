@@ -59,14 +59,14 @@ def test_the_hourly_budget_is_paced_over_the_hour() -> None:
     from pipeline.judge.client import HourlyBudget
 
     now = [0.0]
-    budget = HourlyBudget(3600, clock=lambda: now[0])  # one call a second, a minute's worth at hand
-    assert budget.available() == 60
-    budget.spend(60)
-    assert budget.available() == 0
-    now[0] += 10
+    budget = HourlyBudget(3600, clock=lambda: now[0])  # one call a second, 10 seconds' worth at hand
     assert budget.available() == 10
+    budget.spend(10)
+    assert budget.available() == 0
+    now[0] += 4
+    assert budget.available() == 4
     now[0] += 3600
-    assert budget.available() == 60, "never more than a minute's worth at once"
+    assert budget.available() == 10, "never more than 10 seconds' worth at once"
     assert HourlyBudget(5).available() == 1, "a tiny budget still allows a call"
 
 
