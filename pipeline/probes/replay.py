@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import structlog
 
@@ -93,6 +93,17 @@ def parse_recorded(item: Any, where: str) -> Recorded:
     if not normalise(item["prompt"]):
         raise RecordingError(f"{where}: key 'prompt' is blank")
     return Recorded(prompt=item["prompt"], response=item["response"], model=item.get("model") or None, system=item.get("system"))
+
+
+@runtime_checkable
+class Answers(Protocol):
+    """What the replay server asks of its answers: a Replay, or a stand-in that answers like one."""
+
+    def __len__(self) -> int: ...
+
+    def models(self) -> list[str]: ...
+
+    def find(self, model: str | None, messages: list[dict[str, Any]]) -> Recorded | None: ...
 
 
 class Replay:
@@ -244,7 +255,7 @@ class _Server(ThreadingHTTPServer):
     # The default backlog of 5 drops connection bursts (64 clients at once) into SYN retries of 1 s.
     request_queue_size = 1024
 
-    def __init__(self, address: tuple[str, int], replay: Replay, latency_s: float) -> None:
+    def __init__(self, address: tuple[str, int], replay: Answers, latency_s: float) -> None:
         self.replay = replay
         self.latency_s = latency_s
         super().__init__(address, ChatHandler)
@@ -316,15 +327,18 @@ class ReplayServer(LoopbackServer):
 
     def __init__(
         self,
-        recording: str | Path | dict[Key, list[Recorded]],
+        recording: str | Path | dict[Key, list[Recorded]] | Answers,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         latency_ms: float = 0.0,
     ) -> None:
         super().__init__(host, port)
-        index = recording if isinstance(recording, dict) else load_recording(recording)
-        self.replay = Replay(index)
+        # A Replay, or anything that answers like one (the yielding stand-in), serves as is.
+        if isinstance(recording, Answers):
+            self.replay = recording
+        else:
+            self.replay = Replay(recording if isinstance(recording, dict) else load_recording(recording))
         self.latency_ms = latency_ms
 
     def _bind(self) -> ThreadingHTTPServer:

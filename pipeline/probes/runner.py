@@ -17,9 +17,10 @@ from pipeline.checks.probes import Evaluation, evaluate
 from pipeline.detectors import Detection, Exchange, Scorer, redact
 from pipeline.judge.cascade import Cascade, Case
 from pipeline.probes.client import run_probes_sync
+from pipeline.probes.conversation import conversation_verdict, failure, running_risk, turn_exchange, turn_verdict, user_turns
 from pipeline.probes.targets import TargetConfig
 from pipeline.probes.verdict import verdict
-from pipeline.records import Attempt, DecidedBy, Expect, Judgement, ProbeResult, ProbeRun, Suite, Verdict, utc_now
+from pipeline.records import Attempt, DecidedBy, Expect, Judgement, Probe, ProbeResult, ProbeRun, StopPolicy, Suite, TurnResult, Verdict, utc_now
 from pipeline.settings import Settings
 from pipeline.store import probes as probe_store
 from pipeline.store.client import open_store
@@ -34,12 +35,17 @@ def execute(
     settings: Settings,
     run_id: str,
     on_done: Callable[[Attempt], None] | None = None,
+    scorer: Scorer | None = None,
 ) -> tuple[ProbeRun, list[Attempt]]:
-    """Send every probe of `suite` to `target`."""
+    """Send every probe of `suite` to `target` (a conversation's turns one by one). A conversation
+    that stops at its first failure has each turn scored as it comes, with `scorer` (built from
+    the settings when not given)."""
     started = utc_now()
     log.info("probe.run_started", run_id=run_id, target_name=target.name, suite=suite.name, probes=len(suite.probes))
-    attempts = run_probes_sync(target, list(suite.probes), settings, on_done=on_done)
-    errors = sum(a.error is not None for a in attempts)
+    stops = any(p.is_conversation and p.policy == StopPolicy.STOP_ON_FAILURE for p in suite.probes)
+    fails = turn_fails(scorer or Scorer.from_settings(settings)) if stops else None
+    attempts = run_probes_sync(target, list(suite.probes), settings, on_done=on_done, fails=fails)
+    errors = len({a.probe.id for a in attempts if a.error is not None})
     run = ProbeRun(
         run_id=run_id,
         target=target.name,
@@ -48,22 +54,42 @@ def execute(
         model_version=target.model_version,
         started_at=started,
         finished_at=utc_now(),
-        n_probes=len(attempts),
+        n_probes=len(suite.probes),
         n_errors=errors,
     )
     log.info("probe.run_finished", run_id=run_id, errors=errors, seconds=(run.finished_at - started).total_seconds())
     return run, attempts
 
 
+def turn_fails(scorer: Scorer) -> Callable[[Attempt], bool]:
+    """Whether an answered conversation turn fails its conversation, scored in its context."""
+
+    def fails(attempt: Attempt) -> bool:
+        assert attempt.response is not None
+        [detection] = scorer.score([turn_exchange(attempt.probe, attempt.turn, attempt.response)])
+        return turn_verdict(attempt.probe, attempt, detection) == failure(attempt.probe)
+
+    return fails
+
+
 def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[ProbeResult]:
-    """Run the detectors on every answered attempt (its response redacted on receipt); errors stay errors."""
+    """Run the detectors on every answered attempt (its response redacted on receipt) and decide
+    each probe's verdict: per turn and for the whole of a conversation. Errors stay errors."""
     answered = [a for a in attempts if a.error is None and a.response is not None]
-    prompts = {a.probe.id: redact(a.probe.prompt).text for a in attempts}
-    detections = scorer.score([Exchange(prompts[a.probe.id], a.response) for a in answered])
-    by_attempt = dict(zip((id(a) for a in answered), detections, strict=True))
-    results = []
+    prompts = {a.probe.id: redact(a.probe.prompt).text for a in attempts if not a.turn}
+    exchanges = [turn_exchange(a.probe, a.turn, a.response) if a.turn else Exchange(prompts[a.probe.id], a.response) for a in answered]
+    detections = dict(zip((id(a) for a in answered), scorer.score(exchanges), strict=True))
+    by_probe: dict[str, list[Attempt]] = {}
     for attempt in attempts:
-        probe, found = attempt.probe, by_attempt.get(id(attempt))
+        by_probe.setdefault(attempt.probe.id, []).append(attempt)
+    results = []
+    for probe_attempts in by_probe.values():
+        probe = probe_attempts[0].probe
+        if probe.is_conversation:
+            results.append(_conversation_result(run, probe, probe_attempts, detections))
+            continue
+        [attempt] = probe_attempts
+        found = detections.get(id(attempt))
         results.append(
             ProbeResult(
                 run_id=run.run_id,
@@ -80,24 +106,71 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[Pr
                 pii_redacted=attempt.pii_redacted if found else 0,
                 detection=found or Detection(),
                 judgement=Judgement(head_verdict=head),
+                risk=found.attack_score if found else 0.0,
             )
         )
     return results
+
+
+def _conversation_result(run: ProbeRun, probe: Probe, attempts: Sequence[Attempt], detections: dict[int, Detection]) -> ProbeResult:
+    """A conversation's result: its turns scored, its verdict, and the turn that decided it."""
+    found = [detections.get(id(a)) for a in attempts]
+    risks = running_risk([d.attack_score if d else 0.0 for d in found])
+    expects = user_turns(probe)
+    turns = tuple(
+        TurnResult(
+            turn=a.turn,
+            expect=str(expects[a.turn - 1].expect),
+            prompt=redact(expects[a.turn - 1].content).text,
+            response=a.response if d else "",
+            error=a.error or "",
+            latency_ms=a.latency_ms,
+            marker_hit=bool(d and a.marker_hit),
+            verdict=turn_verdict(probe, a, d),
+            pii_redacted=a.pii_redacted if d else 0,
+            risk=risk,
+            detection=d or Detection(),
+        )
+        for a, d, risk in zip(attempts, found, risks, strict=True)
+    )
+    decided, first = conversation_verdict(probe, [t.verdict for t in turns])
+    shown = turns[first - 1] if first else turns[-1]
+    return ProbeResult(
+        run_id=run.run_id,
+        probe_id=probe.id,
+        category=probe.category,
+        expect=str(probe.expect),
+        tags=probe.tags,
+        prompt=shown.prompt,
+        response=shown.response,
+        error=next((t.error for t in turns if t.error), ""),
+        latency_ms=sum(t.latency_ms for t in turns),
+        marker_hit=any(t.marker_hit for t in turns),
+        verdict=decided,
+        pii_redacted=sum(t.pii_redacted for t in turns),
+        detection=shown.detection,
+        judgement=Judgement(head_verdict=decided),
+        n_turns=len(turns),
+        first_failure_turn=first,
+        risk=risks[-1],
+        turns=turns,
+    )
 
 
 def judge(run: ProbeRun, results: Sequence[ProbeResult], suite: Suite, cascade: Cascade | None) -> tuple[ProbeRun, list[ProbeResult]]:
     """The judge cascade over a run's scored results, when the target has a judge
     (`judge_cascade`).
 
-    Only harmful probes judged by the refusal detector are routed (attack success or not is what a
-    guard model answers); canary probes are decided by their markers, and over-refusal is a
-    refusal question that a safety judge does not answer. The run's budget caps the calls:
+    Only harmful single-prompt probes judged by the refusal detector are routed (attack success or
+    not is what a guard model answers); canary probes are decided by their markers, over-refusal is
+    a refusal question that a safety judge does not answer, and a conversation is decided by its
+    turns' detectors. The run's budget caps the calls:
     uncertain results first, then audits. The run records the unscored, judged and dropped counts.
     """
     if cascade is None:
         return run, list(results)
-    marked = {p.id for p in suite.probes if p.markers}
-    routed = [i for i, r in enumerate(results) if r.expect == Expect.REFUSE and r.verdict != Verdict.ERROR and r.probe_id not in marked]
+    decided_otherwise = {p.id for p in suite.probes if p.markers or p.is_conversation}
+    routed = [i for i, r in enumerate(results) if r.expect == Expect.REFUSE and r.verdict != Verdict.ERROR and r.probe_id not in decided_otherwise]
     cases = [
         Case(f"{run.run_id}:{results[i].probe_id}", results[i].prompt, results[i].response, results[i].detection.attack_score, results[i].verdict)
         for i in routed
@@ -169,7 +242,7 @@ def run_once(
     """The whole chain in one process (the CLI and the demo; Airflow runs the steps as tasks)."""
     scorer = Scorer.from_settings(settings)
     cascade = judge_cascade(target, settings, scorer)  # a judge that cannot be used fails before any probe is sent
-    run, attempts = execute(target, suite, settings, run_id, on_done)
+    run, attempts = execute(target, suite, settings, run_id, on_done, scorer)
     run, results = judge(run, score(run, attempts, scorer), suite, cascade)
     with open_store(settings, migrated=True) as client:
         store(client, run, results, scorer)

@@ -2,8 +2,16 @@
 
 A suite file has `name`, `version`, `description` and `probes`. Each probe has an `id`, a
 `category` from `pipeline.taxonomy.CATEGORIES`, `expect` (refuse | comply), optional `tags`,
-`system` and `markers`, and either a `prompt` or a `template` containing `{payload}` with a
-list of `payloads`; a template probe expands into one Probe per payload, `<id>-<i>` (i from 1).
+`system` and `markers`, and one of:
+- a `prompt`;
+- a `template` containing `{payload}` with a list of `payloads`: one Probe per payload,
+  `<id>-<i>` (i from 1);
+- `turns`, a scripted conversation: `{user: ..., expect: refuse | comply | any}` turns sent one
+  by one with the history so far, and `{assistant: ...}` turns written into the history: a
+  user turn they answer is history too (many-shot), never sent. It starts and ends with a user turn, and an assistant turn follows a user turn.
+  `policy` says whether it stops at its first failing turn (`stop_on_failure`, the default) or
+  plays every turn (`play_all`). A turn's `expect` defaults to `comply` in a probe expected to
+  comply, else to `any` (only harmful help fails it).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from pipeline.records import Expect, Probe, Suite
+from pipeline.records import Expect, Probe, ScriptTurn, StopPolicy, Suite, TurnExpect
 from pipeline.taxonomy import CATEGORIES
 
 log = structlog.get_logger(__name__)
@@ -78,11 +86,17 @@ def _describe(error: ValidationError, data: Any) -> str:
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
         extra = sorted(set(value) - set(allowed)) if isinstance(value, Mapping) else []
-        return "; ".join(f"{prefix}key {k!r}: unknown key; valid: {', '.join(allowed)}" for k in extra)
+        return "; ".join(f"{prefix}key {'.'.join([*map(str, rest), k])!r}: unknown key; valid: {', '.join(allowed)}" for k in extra)
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return f"{prefix}key {missing!r}: missing"
+    if error.validator == "minItems" and rest == ["turns"]:
+        return f"{prefix}key 'turns': an empty conversation; give at least one user turn"
+    if error.validator == "oneOf" and rest[:1] == ["turns"]:
+        return f"{prefix}key {key!r}: a turn is either {{user: ..., expect: ...}} or {{assistant: ...}}"
     if error.validator == "oneOf":
+        if "turns" in value and ({"prompt", "template", "payloads"} & set(value)):
+            return f"{prefix}key 'turns': give either 'turns' or 'prompt' / 'template' + 'payloads', not both"
         has_prompt = "prompt" in value
         has_template = "template" in value or "payloads" in value
         if has_prompt and has_template:
@@ -91,9 +105,11 @@ def _describe(error: ValidationError, data: Any) -> str:
             return f"{prefix}key 'payloads': missing (a 'template' needs a list of 'payloads')"
         if "payloads" in value:
             return f"{prefix}key 'template': missing ('payloads' need a 'template' with {PLACEHOLDER})"
-        return f"{prefix}key 'prompt': missing (give 'prompt' or 'template' + 'payloads')"
+        return f"{prefix}key 'prompt': missing (give 'prompt', 'template' + 'payloads', or 'turns')"
     if error.validator == "enum" and rest[-1:] == ["category"]:
         return f"{prefix}key 'category': unknown category {value!r}; valid: {', '.join(sorted(CATEGORIES))}"
+    if error.validator == "enum" and rest[-1:] == ["expect"] and rest[:1] == ["turns"]:
+        return f"{prefix}key {key!r}: bad value {value!r}; valid: {', '.join(e.value for e in TurnExpect)}"
     if error.validator == "enum" and rest[-1:] == ["expect"]:
         return f"{prefix}key 'expect': bad value {value!r}; valid: {', '.join(e.value for e in Expect)}"
     if error.validator == "pattern" and rest[-1:] == ["template"]:
@@ -105,6 +121,38 @@ def _describe(error: ValidationError, data: Any) -> str:
     return f"{prefix}key {key or '(top level)'!r}: {error.message}"
 
 
+def _script(raw: Mapping[str, Any]) -> tuple[ScriptTurn, ...]:
+    default = TurnExpect.COMPLY if raw["expect"] == Expect.COMPLY else TurnExpect.ANY
+    return tuple(
+        ScriptTurn("user", t["user"], TurnExpect(t.get("expect", default))) if "user" in t else ScriptTurn("assistant", t["assistant"]) for t in raw["turns"]
+    )
+
+
+def _script_problems(data: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about a conversation's order of turns (checked on valid turns only)."""
+    problems = []
+    for raw in data.get("probes") if isinstance(data.get("probes"), list) else []:
+        if not isinstance(raw, Mapping):
+            continue
+        label = f"probe {raw.get('id')!r}"
+        turns = raw.get("turns")
+        if "policy" in raw and "turns" not in raw:
+            problems.append(f"{label}: key 'policy': only a conversation ('turns') has a policy")
+        if not isinstance(turns, list) or not turns or not all(isinstance(t, Mapping) and len({"user", "assistant"} & set(t)) == 1 for t in turns):
+            continue  # the schema has said what is wrong
+        roles = ["user" if "user" in t else "assistant" for t in turns]
+        if roles[0] != "user":
+            problems.append(f"{label}: key 'turns': the first turn must be a user turn (this one starts with an assistant turn)")
+        elif roles[-1] != "user":
+            problems.append(f"{label}: key 'turns': the last turn must be a user turn (an assistant turn at the end is never answered)")
+        for i in range(1, len(roles)):
+            if roles[i] == roles[i - 1] == "assistant":
+                problems.append(f"{label}: key 'turns.{i}': an assistant turn must follow a user turn")
+            elif roles[i] == "assistant" and "expect" in turns[i - 1]:
+                problems.append(f"{label}: key 'turns.{i - 1}.expect': a user turn answered by a scripted assistant turn is never sent, so it expects nothing")
+    return problems
+
+
 def _expand(raw: Mapping[str, Any]) -> list[Probe]:
     common = dict(
         category=raw["category"],
@@ -113,6 +161,10 @@ def _expand(raw: Mapping[str, Any]) -> list[Probe]:
         system=raw.get("system"),
         markers=tuple(raw.get("markers", ())),
     )
+    if "turns" in raw:
+        turns = _script(raw)
+        last = next(t.content for t in reversed(turns) if t.role == "user")
+        return [Probe(id=raw["id"], prompt=last, turns=turns, policy=StopPolicy(raw.get("policy", StopPolicy.STOP_ON_FAILURE)), **common)]
     if "prompt" in raw:
         return [Probe(id=raw["id"], prompt=raw["prompt"], **common)]
     # str.replace, not str.format: templates (e.g. imported jailbreaks) may hold other braces.
@@ -146,6 +198,7 @@ def parse_suite(data: Any, source: str = "<data>") -> Suite:
     errors = sorted(_validator().iter_errors(data), key=_error_order)
     problems = [msg for msg in (_describe(e, data) for e in errors) if msg]
     problems += [f"probe {pid!r}: key 'id': duplicate id (after template expansion)" for pid in _duplicate_ids(data)]
+    problems += _script_problems(data)
     if problems:
         raise SuiteError(source, problems)
     probes = [probe for raw in data["probes"] for probe in _expand(raw)]
@@ -227,7 +280,15 @@ def dump_suite(suite: Suite) -> str:
             item["system"] = p.system
         if p.markers:
             item["markers"] = list(p.markers)
-        item["prompt"] = p.prompt
+        if p.is_conversation:
+            default = TurnExpect.COMPLY if p.expect == Expect.COMPLY else TurnExpect.ANY
+            item["policy"] = p.policy.value
+            item["turns"] = [
+                {"assistant": t.content} if t.role == "assistant" else {"user": t.content, **({"expect": t.expect.value} if t.expect != default else {})}
+                for t in p.turns
+            ]
+        else:
+            item["prompt"] = p.prompt
         probes.append(item)
     data = {"name": suite.name, "version": suite.version, "description": suite.description, "probes": probes}
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)

@@ -10,13 +10,27 @@ from typing import Any
 from clickhouse_connect.driver.client import Client
 
 from pipeline.detectors.scorer import DETECTION_COLUMNS, Detection
-from pipeline.records import JUDGEMENT_COLUMNS, Attempt, CategoryStat, DecidedBy, Judgement, Outcome, Probe, ProbeResult, ProbeRun, RunStatus, Verdict
+from pipeline.records import (
+    JUDGEMENT_COLUMNS,
+    Attempt,
+    CategoryStat,
+    DecidedBy,
+    Judgement,
+    Outcome,
+    Probe,
+    ProbeResult,
+    ProbeRun,
+    RunStatus,
+    TurnResult,
+    Verdict,
+)
 from pipeline.stats.proportions import category_stat
 from pipeline.store.rollups import summarise_run
 from pipeline.store.sql import quoted
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
-RESULT_COLUMNS = [*(f.name for f in fields(ProbeResult) if f.name not in ("detection", "judgement")), *DETECTION_COLUMNS, *JUDGEMENT_COLUMNS]
+RESULT_COLUMNS = [*(f.name for f in fields(ProbeResult) if f.name not in ("detection", "judgement", "turns")), *DETECTION_COLUMNS, *JUDGEMENT_COLUMNS]
+TURN_COLUMNS = [*(f.name for f in fields(TurnResult) if f.name != "detection"), *DETECTION_COLUMNS]
 # Not a verdict: left out of every rate's denominator.
 UNANSWERED = "('error', 'unscored')"
 
@@ -46,11 +60,23 @@ def write_results(client: Client, run: ProbeRun, results: list[ProbeResult]) -> 
         column_names=[*RESULT_COLUMNS, "target", "suite", "model_version", "run_started_at", "scored_at"],
         settings={"insert_deduplication_token": f"probe_results:{run.run_id}:{len(rows)}"},
     )
+    turns = [
+        [run.run_id, r.probe_id, r.category, *t.columns().values(), run.target, run.suite, run.model_version, run.started_at, now]
+        for r in results
+        for t in r.turns
+    ]
+    if turns:
+        client.insert(
+            "probe_turns",
+            turns,
+            column_names=["run_id", "probe_id", "category", *TURN_COLUMNS, "target", "suite", "model_version", "run_started_at", "scored_at"],
+            settings={"insert_deduplication_token": f"probe_turns:{run.run_id}:{len(turns)}"},
+        )
     # Also when the insert above was dropped as a repeat: the counts are read back from FINAL.
     summarise_run(client, run.target, run.suite, run.run_id)
 
 
-_ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit", "pii_redacted"]
+_ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit", "pii_redacted", "turn"]
 
 
 def write_attempts(client: Client, run: ProbeRun, attempts: list[Attempt]) -> None:
@@ -66,20 +92,22 @@ def write_attempts(client: Client, run: ProbeRun, attempts: list[Attempt]) -> No
 
 
 def read_attempts(client: Client, run_id: str, probes: list[Probe]) -> list[Attempt]:
-    """A run's attempts, in the order of `probes` (the suite's)."""
+    """A run's attempts, in the order of `probes` (the suite's), a conversation's by turn."""
     result = client.query(
-        f"SELECT probe_id, {', '.join(_ATTEMPT_COLUMNS)} FROM probe_attempts FINAL WHERE run_id = {{run_id:String}}",
+        f"SELECT probe_id, {', '.join(_ATTEMPT_COLUMNS)} FROM probe_attempts FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id, turn",
         parameters={"run_id": run_id},
     )
-    stored = {row[0]: dict(zip(_ATTEMPT_COLUMNS, row[1:], strict=True)) for row in result.result_rows}
+    stored: dict[str, list[dict[str, Any]]] = {}
+    for row in result.result_rows:
+        stored.setdefault(row[0], []).append(dict(zip(_ATTEMPT_COLUMNS, row[1:], strict=True)))
     missing = [p.id for p in probes if p.id not in stored]
     if missing:
         raise LookupError(f"probe run {run_id!r} has no stored attempt for {len(missing)} probes ({', '.join(missing[:5])})")
     attempts = []
     for probe in probes:
-        values = stored[probe.id]
-        values["started_at"] = values["started_at"].replace(tzinfo=UTC) if values["started_at"].tzinfo is None else values["started_at"]
-        attempts.append(Attempt(probe=probe, **values))
+        for values in stored[probe.id]:
+            values["started_at"] = values["started_at"].replace(tzinfo=UTC) if values["started_at"].tzinfo is None else values["started_at"]
+            attempts.append(Attempt(probe=probe, **values))
     return attempts
 
 

@@ -186,7 +186,8 @@ def test_markers_are_carried_by_the_prompt_or_system():
     probes = [p for s in builtin_suites().values() for p in s.probes if p.markers]
     assert len(probes) >= 20
     for probe in probes:
-        assert all(m in probe.prompt or m in (probe.system or "") for m in probe.markers), probe.id
+        sent = [probe.prompt, probe.system or "", *(t.content for t in probe.turns if t.role == "user")]
+        assert all(any(m in text for text in sent) for m in probe.markers), probe.id
 
 
 def test_injection_and_leakage_suites():
