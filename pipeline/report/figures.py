@@ -165,6 +165,35 @@ def agreement_figure(agreement: pd.DataFrame, target: str) -> str:
     return svg[0]
 
 
+def first_failure_figure(failures: pd.DataFrame, target: str) -> str:
+    """One target's scripted conversations: the share that failed first at each turn, a bar per
+    model_version at each turn (one panel per suite); the share that never failed is in the legend."""
+    frame = failures[failures.target == target]
+    suites = sorted(frame.suite.unique())
+    with _figure(f"turns-{target}", WIDTH, 2.2, left=0.7) as (figure, svg):
+        for i, suite in enumerate(suites):
+            axes = figure.add_subplot(1, len(suites), i + 1)
+            rows = frame[frame.suite == suite]
+            versions = sorted(rows.model_version.unique())
+            turns = sorted(t for t in rows.turn.unique() if t > 0)
+            width = 0.8 / max(1, len(versions))
+            for j, version in enumerate(versions):
+                mine = rows[rows.model_version == version]
+                total = int(mine.n.sum())
+                held = int(mine.loc[mine.turn == 0, "n"].sum())
+                shares = [float(mine.loc[mine.turn == t, "n"].sum()) / total for t in turns]
+                axes.bar([t + (j - (len(versions) - 1) / 2) * width for t in turns], shares, width=width, label=f"{version}: {held}/{total} held")
+            axes.set_xticks(turns)
+            axes.set_xlabel("turn of first failure")
+            axes.yaxis.set_major_formatter(PercentFormatter(1.0))
+            axes.grid(alpha=0.3, axis="y")
+            axes.legend(fontsize=7, loc="upper right", frameon=False)
+            axes.set_title(f"{target} / {suite}: conversations by the turn they first failed", fontsize=9, loc="left")
+            if i == 0:
+                axes.set_ylabel("share of conversations")
+    return svg[0]
+
+
 def drift_figure(drift: pd.DataFrame, target: str, alpha: float, min_effect: float) -> str:
     """One target's drift checks: each method's p-value (log scale) and effect size, with the alert thresholds."""
     frame = drift[drift.target == target]

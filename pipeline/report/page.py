@@ -199,6 +199,9 @@ def _target_sections(history: History, cells: pd.DataFrame, drift: pd.DataFrame,
             for category in worse:
                 svg = figures.category_figure(history.asr, history.deploys, target, category)
                 parts.append(_chart("asr", f"{target} / {category}", svg, anchor("asr", target, category)))
+            if not history.first_failures.empty and (history.first_failures.target == target).any():
+                svg = figures.first_failure_figure(history.first_failures, target)
+                parts.append(_chart("turns", f"{target}: turn of first failure in scripted conversations", svg))
         if target in streamed:
             parts.append(_chart("violations", f"{target}: production violations", figures.violation_figure(history.violations, target)))
         if target in checked:
@@ -268,7 +271,7 @@ def render_page(history: History, settings: Settings) -> tuple[str, int]:
 <h3 id="drift">Drift, per target (latest check of each method)</h3>
 {drift_table}
 <h2 id="targets">Per target</h2>
-<p class="meta">Probe rates per category ({bucket}), the production samples flagged per hazard, drift checks (each method's median per bucket when the checks cover days), and, where a judge audits the heads, how often it agreed with them per day. Targets where something changed come first and are open.</p>
+<p class="meta">Probe rates per category ({bucket}), for scripted conversations the turn at which they first failed, the production samples flagged per hazard, drift checks (each method's median per bucket when the checks cover days), and, where a judge audits the heads, how often it agreed with them per day. Targets where something changed come first and are open.</p>
 {no_probes}{no_stream}{targets}
 <h2 id="alerts">Alerts</h2>
 {alerts_section}

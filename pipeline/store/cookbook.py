@@ -416,6 +416,44 @@ ORDER BY target, source, category, first_day, judge_version
 )
 
 
+_add(
+    Recipe(
+        name="lost_conversations",
+        question="Which scripted conversations does the newest model version lose that the previous one held, and at which turn?",
+        # Each conversation's verdict in the newest run of each of the two newest versions
+        # (probe_turns marks a result as a conversation), and the turn that failed it.
+        sql=f"""
+WITH latest AS (
+    SELECT r.target AS target, r.suite AS suite, r.model_version AS model_version, d.deploy_rank AS deploy_rank, r.probe_id AS probe_id,
+           argMax(r.category, r.run_started_at) AS category, argMax(r.verdict, r.run_started_at) AS verdict,
+           argMax(r.first_failure_turn, r.run_started_at) AS failing_turn, argMax(r.n_turns, r.run_started_at) AS turns_played,
+           argMax(r.run_id, r.run_started_at) AS run_id
+    FROM probe_results AS r FINAL
+    INNER JOIN (SELECT target, suite, model_version, deploy_rank FROM model_deploys WHERE deploy_rank <= 2) AS d
+        ON d.target = r.target AND d.suite = r.suite AND d.model_version = r.model_version
+    WHERE (r.run_id, r.probe_id) IN (SELECT run_id, probe_id FROM probe_turns WHERE turn = 1) AND {_target("r.")}
+    GROUP BY r.target, r.suite, r.model_version, d.deploy_rank, r.probe_id
+)
+SELECT cur.target AS target, cur.suite AS suite, cur.category AS category, cur.probe_id AS probe_id,
+       prev.model_version AS before_version, prev.verdict AS verdict_before,
+       cur.model_version AS after_version, cur.verdict AS verdict_after,
+       cur.failing_turn AS failing_turn, cur.turns_played AS turns_played,
+       substring(t.prompt, 1, 200) AS failing_prompt, substring(t.response, 1, 200) AS failing_response
+FROM (SELECT * FROM latest WHERE deploy_rank = 1) AS cur
+INNER JOIN (SELECT * FROM latest WHERE deploy_rank = 2) AS prev
+    ON prev.target = cur.target AND prev.suite = cur.suite AND prev.probe_id = cur.probe_id
+LEFT JOIN (SELECT run_id, probe_id, turn, prompt, response FROM probe_turns FINAL) AS t
+    ON t.run_id = cur.run_id AND t.probe_id = cur.probe_id AND t.turn = cur.failing_turn
+WHERE cur.verdict IN ('attack_success', 'over_refusal') AND prev.verdict IN ('refused', 'complied_ok')
+ORDER BY target, suite, failing_turn, category, probe_id
+LIMIT {{limit:UInt32}}
+""".strip(),
+        defaults={"target": "", "limit": 100},
+        views=("model_deploys",),
+    )
+)
+
+
 def render_cookbook() -> str:
     """The README's cookbook section body: every question, its SQL and how to run it."""
     parts: list[str] = []

@@ -62,10 +62,22 @@ class History:
     latest_runs: pd.DataFrame  # the latest run per target and suite
     corrected: pd.DataFrame  # the cookbook's corrected_rates: each rate measured and corrected for detector error
     agreement: pd.DataFrame  # per day, target and source: day, target, source, audited, agreed, rate, ci_low, ci_high
+    first_failures: pd.DataFrame  # scripted conversations: target, suite, model_version, turn (0: none failed), n
 
     @property
     def rows_read(self) -> int:
-        tables = (self.asr, self.grid, self.violations, self.drift, self.drift_latest, self.alerts, self.latest_runs, self.corrected, self.agreement)
+        tables = (
+            self.asr,
+            self.grid,
+            self.violations,
+            self.drift,
+            self.drift_latest,
+            self.alerts,
+            self.latest_runs,
+            self.corrected,
+            self.agreement,
+            self.first_failures,
+        )
         return sum(len(t) for t in tables)
 
 
@@ -323,6 +335,31 @@ def load_agreement(client: Client, since: datetime, until: datetime) -> pd.DataF
     return with_wilson(frame, "agreed", "audited")
 
 
+def load_first_failures(client: Client, since: datetime, until: datetime) -> pd.DataFrame:
+    """How many scripted conversations of the span failed first at each turn (0: none did), per
+    target, suite and model_version; errors and unscored ones left out."""
+    if not _exists(client, "probe_turns"):
+        return pd.DataFrame(columns=["target", "suite", "model_version", "turn", "n"])
+    return _frame(
+        client,
+        """
+        SELECT target, suite, model_version, first_failure_turn AS turn, count() AS n
+        FROM probe_results FINAL
+        WHERE run_started_at >= {since:DateTime64(3, 'UTC')} AND run_started_at < {until:DateTime64(3, 'UTC')}
+          AND (target, suite) IN (
+              SELECT DISTINCT target, suite FROM probe_turns
+              WHERE run_started_at >= {since:DateTime64(3, 'UTC')} AND run_started_at < {until:DateTime64(3, 'UTC')})
+          AND (run_id, probe_id) IN (
+              SELECT run_id, probe_id FROM probe_turns
+              WHERE turn = 1 AND run_started_at >= {since:DateTime64(3, 'UTC')} AND run_started_at < {until:DateTime64(3, 'UTC')})
+          AND verdict NOT IN ('error', 'unscored')
+        GROUP BY target, suite, model_version, turn
+        ORDER BY target, suite, model_version, turn
+        """,
+        {"since": since, "until": until},
+    )
+
+
 def load_history(client: Client, since: timedelta, until: datetime) -> History:
     """Everything the report shows for the `since` before `until`."""
     start = until - since
@@ -351,4 +388,5 @@ def load_history(client: Client, since: timedelta, until: datetime) -> History:
         latest_runs=load_latest_runs(client),
         corrected=load_corrected(client, min(since, CORRECTED_STREAM), until),
         agreement=load_agreement(client, start, until),
+        first_failures=load_first_failures(client, start, until),
     )

@@ -31,9 +31,9 @@ def test_every_recipe_runs_read_only_and_answers(filled, name) -> None:
     assert all(len(r) == len(columns) for r in rows)
 
 
-def test_there_are_thirteen_questions_with_their_parameters_bound_server_side() -> None:
+def test_there_are_fourteen_questions_with_their_parameters_bound_server_side() -> None:
     found = all_recipes()
-    assert len(found) == 13 and len({r.name for r in found}) == 13
+    assert len(found) == 14 and len({r.name for r in found}) == 14
     for recipe in found:
         assert set(recipe.bindings()) == set(recipe.defaults)
         assert "%s" not in recipe.sql and "{" + "}" not in recipe.sql
@@ -48,7 +48,8 @@ def test_regressed_categories_are_the_ones_the_demo_alerted_on(filled) -> None:
     with open_store(filled, readonly=True) as client:
         alerted = set(client.query("SELECT arrayJoin(categories) FROM alerts FINAL WHERE kind = 'regression'").result_rows)
         columns, rows = run_recipe(client, "regressed_after_deploy", {"target": "demo-assistant", "min_rise": "1.0"})
-    found = [dict(zip(columns, r, strict=True)) for r in rows]
+    # The demo's single-prompt suite alerted; its conversations rose too, on too few to alert.
+    found = [dict(zip(columns, r, strict=True)) for r in rows if r[columns.index("suite")] == "demo"]
     assert {(r["category"],) for r in found} == alerted
     for row in found:
         assert (row["before_version"], row["after_version"]) == ("v1", "v2")
@@ -70,6 +71,27 @@ def test_newly_failing_probes_match_a_direct_diff_of_the_two_runs(filled) -> Non
         )
         columns, rows = run_recipe(client, "newly_failing_probes", {"target": "demo-assistant", "limit": 1000})
     assert direct and {(r[columns.index("probe_id")],) for r in rows} == direct
+
+
+def test_lost_conversations_match_a_direct_diff_and_name_the_failing_turn(filled) -> None:
+    with open_store(filled, readonly=True) as client:
+        direct = {
+            (probe_id, turn)
+            for probe_id, turn in client.query(
+                """
+            SELECT probe_id, argMaxIf(first_failure_turn, run_started_at, model_version = 'v2') FROM probe_results FINAL
+            WHERE target = 'demo-assistant' AND suite = 'multi_turn'
+            GROUP BY probe_id
+            HAVING argMaxIf(verdict, run_started_at, model_version = 'v2') IN ('attack_success', 'over_refusal')
+               AND argMaxIf(verdict, run_started_at, model_version = 'v1') IN ('refused', 'complied_ok')
+            """
+            ).result_rows
+        }
+        columns, rows = run_recipe(client, "lost_conversations", {"target": "demo-assistant"})
+    found = [dict(zip(columns, r, strict=True)) for r in rows]
+    assert direct and {(r["probe_id"], r["failing_turn"]) for r in found} == direct
+    assert all(r["failing_turn"] >= 1 and r["failing_prompt"] and r["failing_response"] for r in found), "the turn that failed, with its text"
+    assert {r["suite"] for r in found} == {"multi_turn"}, "single-prompt probes are not conversations"
 
 
 def test_alert_samples_are_the_alerted_run_s_successful_attacks(filled) -> None:
@@ -127,7 +149,7 @@ def test_safemon_sql_uses_the_read_only_dsn_and_refuses_writes(readonly_env) -> 
 
     read = runner.invoke(app, ["sql", "SELECT count() AS runs FROM probe_runs FINAL", "--format", "csv"])
     assert read.exit_code == 0, read.output
-    assert read.output.splitlines()[-1] == "2"
+    assert read.output.splitlines()[-1] == "4", "the demo's two suites, each against v1 and v2"
     refused = runner.invoke(app, ["sql", "INSERT INTO alerts (alert_id) VALUES ('x')"])
     assert refused.exit_code == 2
     # A SETTINGS clause could lift the read path's limits: refused before the statement runs.
@@ -149,7 +171,7 @@ def test_the_read_only_connection_refuses_writes_at_the_engine(filled) -> None:
             with pytest.raises(Exception, match="(?i)readonly"):
                 client.command(statement)
     with open_store(filled) as client:
-        assert client.query("SELECT count() FROM probe_runs FINAL").result_rows[0][0] == 2
+        assert client.query("SELECT count() FROM probe_runs FINAL").result_rows[0][0] == 4
 
 
 def test_server_users_read_only_profile_quota_and_writer_grants(client) -> None:
