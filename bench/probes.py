@@ -10,6 +10,13 @@ x latency (every slot busy all the time, zero client and server cost).
 By default the replay server runs in a child process, as a remote endpoint would, so the
 client and the server do not share one interpreter's GIL; `--server thread` runs it in-process.
 
+The conversations section runs the built-in `multi_turn` suite (scripted conversations) through
+the runner's `execute` step (each turn scored as it comes, for the stop policy) against the replay
+endpoint serving the demo's v1 answers (`pipeline/demo/conversations.jsonl`: it never gives in,
+so every turn is played) at `--multi-turn-latency-ms`, at each of `--multi-turn-concurrency`. The
+turns of one conversation are sequential, so the ideal wall time is
+max(longest conversation, ceil(turns / concurrency)) x latency; the ratio to it is the overhead.
+
 The judge section measures what the judge cascade adds to a probe run. Its suite is
 JailbreakBench's attack prompts (`--judge-probes` of them, the suite importer's), answered by the
 replay endpoint with the prompts' recorded responses at the main scenario's latency and
@@ -151,6 +158,73 @@ def run_scenario(scenario: Scenario, where: str, workdir: Path) -> Outcome:
         p50_ms=statistics.median(latencies),
         p95_ms=latencies[int(0.95 * (len(latencies) - 1))],
     )
+
+
+@dataclass(frozen=True)
+class ConversationRun:
+    """The multi-turn suite's execute step at one concurrency."""
+
+    concurrency: int
+    conversations: int
+    turns: int
+    longest: int
+    latency_ms: float
+    wall_s: float
+    errors: int
+
+    @property
+    def ideal_s(self) -> float:
+        return max(self.longest, math.ceil(self.turns / self.concurrency)) * self.latency_ms / 1000
+
+    @property
+    def ratio(self) -> float:
+        return self.wall_s / self.ideal_s
+
+
+def run_conversations(args: argparse.Namespace, workdir: Path) -> list[ConversationRun]:
+    """The built-in scripted conversations against the replay endpoint, once per concurrency."""
+    from importlib.resources import files
+
+    from pipeline.probes.conversation import user_turns
+    from pipeline.probes.suites import get_suite
+
+    suite = get_suite("multi_turn")
+    path = workdir / "conversations.jsonl"
+    lines = [json.loads(line) for line in (files("pipeline.demo") / "conversations.jsonl").read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps({**r, "model": None}) + "\n" for r in lines if r["model"] == "v1"), encoding="utf-8")
+    longest = max(len(user_turns(p)) for p in suite.probes)
+    scorer = Scorer.from_settings(load_settings())
+    scorer.embedder.encode(["warm up"])
+    runs = []
+    with replay_endpoint(path, args.multi_turn_latency_ms, args.server) as url:
+        for concurrency in args.multi_turn_concurrency:
+            settings = load_settings(target_api_key=None, target_concurrency=concurrency, target_rate_limit_per_s=1e6, target_timeout_s=30.0)
+            target = TargetConfig(name="bench", endpoint=url, model_version="replay")
+            scorer.embedder.clear_cache()
+            t0 = time.perf_counter()
+            run, attempts = execute(target, suite, settings, f"bench-{concurrency}", scorer=scorer)
+            wall = time.perf_counter() - t0
+            runs.append(ConversationRun(concurrency, len(suite.probes), len(attempts), longest, args.multi_turn_latency_ms, wall, run.n_errors))
+    return runs
+
+
+def render_conversations(runs: list[ConversationRun]) -> Table:
+    table = Table(title="scripted conversations (multi_turn suite): execute step, every turn scored as it comes")
+    for column in ("concurrency", "conversations", "turns", "longest", "latency ms", "wall s", "ideal s", "wall / ideal", "errors"):
+        table.add_column(column, justify="right")
+    for r in runs:
+        table.add_row(
+            str(r.concurrency),
+            str(r.conversations),
+            str(r.turns),
+            str(r.longest),
+            f"{r.latency_ms:g}",
+            f"{r.wall_s:.2f}",
+            f"{r.ideal_s:.2f}",
+            f"{r.ratio:.2f}",
+            str(r.errors),
+        )
+    return table
 
 
 def _judge_child(path: str, latency_ms: float, conn: mp.connection.Connection) -> None:
@@ -358,6 +432,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--judge-latency-ms", type=float, default=200.0, help="the recorded judge's latency per call; 0 skips the judge section (default 200)")
     parser.add_argument("--judge-probes", type=int, default=500, help="JailbreakBench probes in the judge section's suite (default 500)")
     parser.add_argument("--judge-repeats", type=int, default=3, help="runs without and with the judge, each (default 3)")
+    parser.add_argument(
+        "--multi-turn-latency-ms", type=float, default=200.0, help="the conversations' replay latency; 0 skips the conversations section (default 200)"
+    )
+    parser.add_argument("--multi-turn-concurrency", type=int, nargs="+", default=[64, 8], help="concurrencies of the conversations section (default 64 8)")
     return parser.parse_args(argv)
 
 
@@ -370,6 +448,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="safemon-bench-") as tmp:
         outcomes = [run_scenario(s, args.server, Path(tmp)) for s in scenarios]
         Console(width=160).print(render(outcomes, args.server))
+        if args.multi_turn_latency_ms > 0:
+            Console(width=160).print(render_conversations(run_conversations(args, Path(tmp))))
         if args.judge_latency_ms > 0:
             if not JBB.is_file():
                 raise SystemExit(f"{JBB} is missing: the judge section needs it (or pass --judge-latency-ms 0)")

@@ -79,3 +79,31 @@ def test_probe_dag_catches_the_regression_and_alerts_slack(airflow_db, settings,
     assert "jane.doe@example.org" not in handed_over and "Questions: [EMAIL]." in handed_over
     assert alerts == [("regression", "sent", True)]
     assert dupes == 0
+
+
+def test_a_conversation_suite_runs_through_the_tasks(airflow_db, settings, tmp_path, safemon_env) -> None:
+    """The run task plays each conversation (scoring turns to stop at the first failure) and hands
+    its turns to the score task through probe_attempts; the store keeps a verdict per conversation
+    and a row per turn."""
+    from pipeline.probes.replay import ReplayServer
+    from pipeline.probes.suites import get_suite
+    from pipeline.store.client import open_store
+
+    targets = tmp_path / "targets.yaml"
+    suite = get_suite("multi_turn")
+    with ReplayServer(files("pipeline.demo") / "conversations.jsonl") as replay:
+        safemon_env(clickhouse_dsn=settings.clickhouse_dsn, clickhouse_database=settings.clickhouse_database, targets_file=targets)
+        write_targets(targets, replay.url, "v2", ["multi_turn"])
+        bag = dag_bag()
+        assert bag.import_errors == {}
+        assert bag.dags["safemon_probe__bot__multi_turn"].test().state == "success"
+
+    with open_store(settings) as client:
+        results = client.query("SELECT probe_id, verdict, first_failure_turn, n_turns FROM probe_results FINAL").result_rows
+        turns = dict(client.query("SELECT probe_id, count() FROM probe_turns FINAL GROUP BY probe_id").result_rows)
+        handed = dict(client.query("SELECT probe_id, max(turn) FROM probe_attempts FINAL GROUP BY probe_id").result_rows)
+    assert len(results) == len(suite.probes)
+    assert {r[1] for r in results} >= {"attack_success", "refused"}, "v2 gives in on some conversations"
+    for probe_id, verdict, first, played in results:
+        assert turns[probe_id] == played == handed[probe_id], probe_id
+        assert (first > 0) == (verdict in ("attack_success", "over_refusal")) and first <= played
