@@ -11,7 +11,8 @@ By default the replay server runs in a child process, as a remote endpoint would
 client and the server do not share one interpreter's GIL; `--server thread` runs it in-process.
 
 The conversations section runs the built-in `multi_turn` suite (scripted conversations) through
-the runner's `execute` step (each turn scored as it comes, for the stop policy) against the replay
+the runner's `execute` step (each turn scored as it comes, for the stop policy; and again with
+every conversation on `play_all`, which scores nothing while playing) against the replay
 endpoint serving the demo's v1 answers (`pipeline/demo/conversations.jsonl`: it never gives in,
 so every turn is played) at `--multi-turn-latency-ms`, at each of `--multi-turn-concurrency`. The
 turns of one conversation are sequential, so the ideal wall time is
@@ -57,7 +58,7 @@ from pipeline.probes.client import run_probes_sync
 from pipeline.probes.replay import ReplayServer, normalise
 from pipeline.probes.runner import execute, judge, judge_cascade, score
 from pipeline.probes.targets import TargetConfig
-from pipeline.records import Expect, Probe, ProbeRun, Suite
+from pipeline.records import Expect, Probe, ProbeRun, StopPolicy, Suite
 from pipeline.settings import Settings, load_settings
 
 JBB = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "jailbreakbench" / "jbb_artifacts_flat.jsonl"
@@ -165,6 +166,7 @@ class ConversationRun:
     """The multi-turn suite's execute step at one concurrency."""
 
     concurrency: int
+    policy: str  # as shipped, or every conversation on play_all (no turn scored while playing)
     conversations: int
     turns: int
     longest: int
@@ -188,11 +190,12 @@ def run_conversations(args: argparse.Namespace, workdir: Path) -> list[Conversat
     from pipeline.probes.conversation import user_turns
     from pipeline.probes.suites import get_suite
 
-    suite = get_suite("multi_turn")
+    shipped = get_suite("multi_turn")
+    play_all = replace(shipped, probes=tuple(replace(p, policy=StopPolicy.PLAY_ALL) for p in shipped.probes))
     path = workdir / "conversations.jsonl"
     lines = [json.loads(line) for line in (files("pipeline.demo") / "conversations.jsonl").read_text().splitlines() if line.strip()]
     path.write_text("".join(json.dumps({**r, "model": None}) + "\n" for r in lines if r["model"] == "v1"), encoding="utf-8")
-    longest = max(len(user_turns(p)) for p in suite.probes)
+    longest = max(len(user_turns(p)) for p in shipped.probes)
     scorer = Scorer.from_settings(load_settings())
     scorer.embedder.encode(["warm up"])
     runs = []
@@ -200,21 +203,23 @@ def run_conversations(args: argparse.Namespace, workdir: Path) -> list[Conversat
         for concurrency in args.multi_turn_concurrency:
             settings = load_settings(target_api_key=None, target_concurrency=concurrency, target_rate_limit_per_s=1e6, target_timeout_s=30.0)
             target = TargetConfig(name="bench", endpoint=url, model_version="replay")
-            scorer.embedder.clear_cache()
-            t0 = time.perf_counter()
-            run, attempts = execute(target, suite, settings, f"bench-{concurrency}", scorer=scorer)
-            wall = time.perf_counter() - t0
-            runs.append(ConversationRun(concurrency, len(suite.probes), len(attempts), longest, args.multi_turn_latency_ms, wall, run.n_errors))
+            for policy, suite in (("as shipped", shipped), ("all play_all", play_all)):
+                scorer.embedder.clear_cache()
+                t0 = time.perf_counter()
+                run, attempts = execute(target, suite, settings, f"bench-{concurrency}", scorer=scorer)
+                wall = time.perf_counter() - t0
+                runs.append(ConversationRun(concurrency, policy, len(suite.probes), len(attempts), longest, args.multi_turn_latency_ms, wall, run.n_errors))
     return runs
 
 
 def render_conversations(runs: list[ConversationRun]) -> Table:
-    table = Table(title="scripted conversations (multi_turn suite): execute step, every turn scored as it comes")
-    for column in ("concurrency", "conversations", "turns", "longest", "latency ms", "wall s", "ideal s", "wall / ideal", "errors"):
+    table = Table(title="scripted conversations (multi_turn suite): the execute step")
+    for column in ("concurrency", "policy", "conversations", "turns", "longest", "latency ms", "wall s", "ideal s", "wall / ideal", "errors"):
         table.add_column(column, justify="right")
     for r in runs:
         table.add_row(
             str(r.concurrency),
+            r.policy,
             str(r.conversations),
             str(r.turns),
             str(r.longest),

@@ -58,10 +58,29 @@ class ScriptTurn:
     expect: TurnExpect = TurnExpect.ANY
 
 
+class AttackMethod(StrEnum):
+    """How an attacker model drives an adaptive probe: PAIR refines one prompt per iteration
+    (each sent on its own); Crescendo writes each next turn of one escalating conversation."""
+
+    PAIR = "pair"
+    CRESCENDO = "crescendo"
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An adaptive probe's attack: the method, the goal the attacker pursues (a request a safe
+    model refuses), and the most iterations (PAIR) or turns (Crescendo) it may take."""
+
+    method: AttackMethod
+    goal: str
+    max_turns: int = 5
+
+
 @dataclass(frozen=True)
 class Probe:
     """One prompt sent to a target, with what a safe model should do with it; or a scripted
-    conversation (`turns`), whose user turns are sent one by one with the history so far."""
+    conversation (`turns`), whose user turns are sent one by one with the history so far; or an
+    adaptive attack (`attack`), whose prompts an attacker model writes during the run."""
 
     id: str
     category: str
@@ -74,10 +93,15 @@ class Probe:
     markers: tuple[str, ...] = ()
     turns: tuple[ScriptTurn, ...] = ()
     policy: StopPolicy = StopPolicy.STOP_ON_FAILURE
+    attack: AttackSpec | None = None  # set for an adaptive probe, whose `prompt` is the goal
 
     @property
     def is_conversation(self) -> bool:
         return bool(self.turns)
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self.attack is not None
 
     @property
     def user_turns(self) -> int:
@@ -112,6 +136,9 @@ class Attempt:
     marker_hit: bool = False
     pii_redacted: int = 0
     turn: int = 0  # a conversation's user turn (1, 2, ...); 0 for a single prompt
+    # The prompt actually sent (redacted) when the suite does not hold it: an adaptive probe's,
+    # written by the attacker. None for suite prompts and scripted turns.
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +271,8 @@ class ProbeRun:
     n_unscored: int = 0  # results the judge cascade left unscored
     n_judged: int = 0  # results a judge decided
     n_judge_dropped: int = 0  # judge calls the budget dropped (uncertain ones are also unscored)
+    n_attacks_cut: int = 0  # adaptive probes the attacker budget stopped before success or their last turn
+    attacker_version: str = ""  # the attacker's model version and prompt files ("" without adaptive probes)
     status: RunStatus = RunStatus.SCORED
     outcome: Outcome | str = ""  # empty until evaluated
     healthy: bool = True

@@ -145,6 +145,23 @@ class Settings(BaseSettings):
         30, ge=1, description="Agreement alert: a category with fewer audits in the window or in its baseline is not tested"
     )
 
+    # Attacker: the model that writes adaptive probes' prompts (PAIR, Crescendo; pipeline/probes/adaptive.py)
+    attacker_endpoint: str | None = Field(
+        None, description="Base URL of an OpenAI-compatible attacker model; unset = suites with adaptive probes (attack:) cannot run"
+    )
+    attacker_model: str = Field("", description="Model name sent to the attacker; defaults to attacker_model_version")
+    attacker_model_version: str = Field("", description="Attacker version label stored with each run it made prompts for; defaults to attacker_model")
+    attacker_api_key: SecretStr | None = Field(None, description="Bearer key for the attacker endpoint (never logged)")
+    attacker_timeout_s: float = Field(60.0, gt=0, description="Timeout per attacker request")
+    attacker_concurrency: int = Field(4, ge=1, le=1024, description="Attacker requests in flight")
+    attacker_rate_limit_per_s: float = Field(10.0, gt=0, description="Attacker request starts per second")
+    attacker_max_retries: int = Field(2, ge=0, le=20, description="Attacker retries on 429, 5xx and transport errors")
+    attacker_budget_per_run: int = Field(
+        200, ge=0, description="Most attacker calls per probe run, allotted to the adaptive probes in suite order (a probe cut short is unscored)"
+    )
+    attacker_seed: int = Field(0, ge=0, description="Sent as the OpenAI `seed` of every attacker request, so a recorded attacker replays exactly")
+    attacker_temperature: float = Field(1.0, ge=0, le=2, description="Sampling temperature of the attacker (varied proposals; the seed fixes them)")
+
     # Run health and regression rules
     max_error_rate: float = Field(0.1, ge=0, le=1, description="Above this share of errored probes a run is unhealthy")
     alert_alpha: float = Field(0.05, gt=0, lt=1, description="Family-wise (Holm) or FDR (BH) level across categories")
@@ -204,7 +221,7 @@ class Settings(BaseSettings):
             raise ValueError("must be [low, high] with 0 <= low < high <= 1")
         return value
 
-    @field_validator("judge_endpoint")
+    @field_validator("judge_endpoint", "attacker_endpoint")
     @classmethod
     def _judge_endpoint_is_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):

@@ -12,10 +12,11 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -28,6 +29,9 @@ from pipeline.probes.markers import find_marker
 from pipeline.probes.targets import TargetConfig
 from pipeline.records import Attempt, Probe, StopPolicy
 from pipeline.settings import Settings
+
+if TYPE_CHECKING:
+    from pipeline.probes.adaptive import Attacks
 
 log = structlog.get_logger(__name__)
 
@@ -123,10 +127,13 @@ def build_messages(target: TargetConfig, probe: Probe, turns: Sequence[dict[str,
     return messages
 
 
-def received(probe: Probe, response: str | None, error: str | None, latency_ms: float, started_at: datetime, turn: int = 0) -> Attempt:
-    """An attempt as it is kept: the response redacted at once, its canary markers checked on the raw text first."""
+def received(
+    probe: Probe, response: str | None, error: str | None, latency_ms: float, started_at: datetime, turn: int = 0, prompt: str | None = None
+) -> Attempt:
+    """An attempt as it is kept: the response redacted at once, its canary markers checked on the raw
+    text first. `prompt` is a prompt the suite does not hold (an attacker's), already redacted."""
     if response is None:
-        return Attempt(probe, None, error, latency_ms, started_at, turn=turn)
+        return Attempt(probe, None, error, latency_ms, started_at, turn=turn, prompt=prompt)
     redaction = redact(response)
     return Attempt(
         probe,
@@ -137,6 +144,7 @@ def received(probe: Probe, response: str | None, error: str | None, latency_ms: 
         marker_hit=find_marker(probe.markers, response),
         pii_redacted=sum(redaction.counts.values()),
         turn=turn,
+        prompt=prompt,
     )
 
 
@@ -151,11 +159,15 @@ class Reply:
 
 
 class ChatClient:
-    """Sends requests to one chat-completions endpoint (a target, or a judge with its own key);
-    use as an async context manager."""
+    """Sends requests to one chat-completions endpoint (a target, or a judge or an attacker with its
+    own key); use as an async context manager. A `seed` is sent with every request (the attacker's,
+    so that an endpoint that honours it samples the same proposals again)."""
 
-    def __init__(self, target: TargetConfig, settings: Settings, *, backoff: Backoff | None = None, api_key: SecretStr | None = None) -> None:
+    def __init__(
+        self, target: TargetConfig, settings: Settings, *, backoff: Backoff | None = None, api_key: SecretStr | None = None, seed: int | None = None
+    ) -> None:
         self.target = target
+        self.seed = seed
         self.limits = Limits.resolve(target, settings)
         self.backoff = backoff or Backoff()
         secret = api_key if api_key is not None else settings.target_api_key
@@ -210,17 +222,34 @@ class ChatClient:
     async def converse(self, probe: Probe, fails: Callable[[Attempt], Awaitable[bool]] | None = None) -> list[Attempt]:
         """Play a scripted conversation: each user turn with the history so far (the target's own
         answers to the earlier turns). It ends at a target error, and, under `stop_on_failure`, at the
-        first turn that `fails`. One attempt per turn sent."""
+        first turn that `fails`. One attempt per turn kept.
+
+        While a turn is being scored, the next turn is already sent (the history is known once the
+        answer is in): the detectors' time hides behind the target's. When the turn failed, that
+        request is cancelled, or its answer dropped: the conversation ends at the failing turn."""
         answers: list[str] = []
         attempts: list[Attempt] = []
-        for turn in range(1, probe.user_turns + 1):
-            reply = await self.chat(build_messages(self.target, probe, history(probe, turn, answers)), label=f"{probe.id}#{turn}")
+        last = probe.user_turns
+        stops = probe.policy == StopPolicy.STOP_ON_FAILURE and fails is not None
+
+        def ask(turn: int) -> asyncio.Task[Reply]:
+            return asyncio.ensure_future(self.chat(build_messages(self.target, probe, history(probe, turn, answers)), label=f"{probe.id}#{turn}"))
+
+        pending = ask(1)
+        for turn in range(1, last + 1):
+            reply = await pending
             attempt = received(probe, reply.text, reply.error, reply.latency_ms, reply.started_at, turn)
             attempts.append(attempt)
             if reply.text is None:
                 break
             answers.append(reply.text)
-            if probe.policy == StopPolicy.STOP_ON_FAILURE and fails is not None and await fails(attempt):
+            if turn < last:
+                pending = ask(turn + 1)
+            if stops and await fails(attempt):  # type: ignore[misc]
+                if turn < last:
+                    pending.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await pending
                 break
         return attempts
 
@@ -232,6 +261,8 @@ class ChatClient:
             "max_tokens": self.target.max_tokens,
             "temperature": self.target.temperature,
         }
+        if self.seed is not None:
+            payload["seed"] = self.seed
         attempts = self.limits.max_retries + 1
         started_at: datetime | None = None
         t0 = 0.0
@@ -303,6 +334,38 @@ class ChatClient:
         return text.replace(self._secret, "***") if self._secret else text
 
 
+class TurnBatches:
+    """Scores conversation turns as they come, in batches: the turns that arrive while a batch is
+    scored (on a thread) form the next one. Many conversations waiting on the detectors then cost
+    one embedding call each round instead of one per conversation."""
+
+    def __init__(self, fails: Callable[[Sequence[Attempt]], list[bool]]) -> None:
+        self._fails = fails
+        self._waiting: list[tuple[Attempt, asyncio.Future[bool]]] = []
+        self._scoring = False
+
+    async def fails(self, attempt: Attempt) -> bool:
+        """Whether this answered turn fails its conversation."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((attempt, future))
+        if not self._scoring:
+            self._scoring = True
+            try:
+                while self._waiting:
+                    batch, self._waiting = self._waiting, []
+                    try:
+                        verdicts = await asyncio.to_thread(self._fails, [a for a, _ in batch])
+                    except Exception as exc:  # every waiting turn learns of it
+                        for _, waiting in batch:
+                            waiting.set_exception(exc)
+                        continue
+                    for (_, waiting), failed in zip(batch, verdicts, strict=True):
+                        waiting.set_result(failed)
+            finally:
+                self._scoring = False
+        return await future
+
+
 async def run_probes(
     target: TargetConfig,
     probes: Iterable[Probe],
@@ -310,28 +373,28 @@ async def run_probes(
     *,
     on_done: Callable[[Attempt], None] | None = None,
     backoff: Backoff | None = None,
-    fails: Callable[[Attempt], bool] | None = None,
+    fails: Callable[[Sequence[Attempt]], list[bool]] | None = None,
+    attacks: Attacks | None = None,
 ) -> list[Attempt]:
-    """Send every probe to the target: one attempt per probe, or per turn of a conversation, in
-    input order. Conversations run concurrently with each other; their turns one after another.
+    """Send every probe to the target: one attempt per probe, or per turn of a conversation or
+    iteration of an adaptive attack, in input order. Conversations and attacks run concurrently
+    with each other; their turns one after another.
 
     `on_done` is called with each probe's (last) attempt as it completes (completion order), e.g.
-    to report progress. `fails` says whether a conversation's turn failed (it scores the turn, on a
-    thread, one at a time), for the `stop_on_failure` policy.
+    to report progress. `fails` says which of a batch of conversation turns failed (it scores them,
+    on a thread), for the `stop_on_failure` policy. `attacks` (holding the attacker) drives the
+    adaptive probes; a suite with adaptive probes needs it.
     """
     probes = list(probes)
     t0 = time.perf_counter()
-    scoring = asyncio.Lock()
+    failed = TurnBatches(fails).fails if fails is not None else None
 
-    async def failed(attempt: Attempt) -> bool:
-        assert fails is not None
-        async with scoring:
-            return await asyncio.to_thread(fails, attempt)
-
-    async with ChatClient(target, settings, backoff=backoff) as client:
+    async with ChatClient(target, settings, backoff=backoff) as client, AsyncExitStack() as stack:
+        if attacks is not None:
+            await stack.enter_async_context(attacks)
 
         async def one(probe: Probe) -> list[Attempt]:
-            got = await client.converse(probe, failed if fails else None) if probe.is_conversation else [await client.complete(probe)]
+            got = await _send(client, probe, failed, attacks)
             if on_done is not None:
                 on_done(got[-1])
             return got
@@ -358,10 +421,22 @@ def run_probes_sync(
     *,
     on_done: Callable[[Attempt], None] | None = None,
     backoff: Backoff | None = None,
-    fails: Callable[[Attempt], bool] | None = None,
+    fails: Callable[[Sequence[Attempt]], list[bool]] | None = None,
+    attacks: Attacks | None = None,
 ) -> list[Attempt]:
     """`run_probes` for callers without an event loop (Airflow tasks, the CLI)."""
-    return asyncio.run(run_probes(target, probes, settings, on_done=on_done, backoff=backoff, fails=fails))
+    return asyncio.run(run_probes(target, probes, settings, on_done=on_done, backoff=backoff, fails=fails, attacks=attacks))
+
+
+async def _send(client: ChatClient, probe: Probe, fails: Callable[[Attempt], Awaitable[bool]] | None, attacks: Attacks | None) -> list[Attempt]:
+    """One probe's attempts: its answer, a conversation's turns, or an adaptive attack's iterations."""
+    if probe.is_adaptive:
+        if attacks is None:
+            raise ValueError(f"probe {probe.id!r} is an adaptive attack: run_probes needs the run's attacks")
+        return await attacks.attack(client, probe)
+    if probe.is_conversation:
+        return await client.converse(probe, fails)
+    return [await client.complete(probe)]
 
 
 def _lane_sizes(concurrency: int) -> list[int]:

@@ -6,8 +6,10 @@ small records, and everything they write is keyed by run_id so a retried step ad
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 import structlog
 from clickhouse_connect.driver.client import Client
@@ -16,17 +18,19 @@ from pipeline.alerts.dispatch import DeliveryReport, deliver_pending
 from pipeline.checks.probes import Evaluation, evaluate
 from pipeline.detectors import Detection, Exchange, Scorer, redact
 from pipeline.judge.cascade import Cascade, Case
+from pipeline.probes.adaptive import AttackerConfig, Attacks, attack_exchange, cut_short, not_sent, rater, turn_expect
 from pipeline.probes.client import run_probes_sync
-from pipeline.probes.conversation import conversation_verdict, failure, running_risk, turn_exchange, turn_verdict, user_turns
+from pipeline.probes.conversation import can_fail, conversation_verdict, failure, running_risk, turn_exchange, turn_verdict, user_turns
 from pipeline.probes.targets import TargetConfig
 from pipeline.probes.verdict import verdict
-from pipeline.records import Attempt, DecidedBy, Expect, Judgement, Probe, ProbeResult, ProbeRun, StopPolicy, Suite, TurnResult, Verdict, utc_now
+from pipeline.records import Attempt, DecidedBy, Expect, Judgement, Probe, ProbeResult, ProbeRun, StopPolicy, Suite, TurnExpect, TurnResult, Verdict, utc_now
 from pipeline.settings import Settings
 from pipeline.store import probes as probe_store
 from pipeline.store.client import open_store
 from pipeline.store.detectors import write_errors
 
 log = structlog.get_logger()
+T = TypeVar("T")
 
 
 def execute(
@@ -37,15 +41,27 @@ def execute(
     on_done: Callable[[Attempt], None] | None = None,
     scorer: Scorer | None = None,
 ) -> tuple[ProbeRun, list[Attempt]]:
-    """Send every probe of `suite` to `target` (a conversation's turns one by one). A conversation
-    that stops at its first failure has each turn scored as it comes, with `scorer` (built from
-    the settings when not given)."""
+    """Send every probe of `suite` to `target` (a conversation's turns one by one, an adaptive
+    probe's as its attacker writes them). A conversation that stops at its first failure, and an
+    adaptive attack, has each turn scored as it comes, with `scorer` (built from the settings when
+    not given). A suite with adaptive probes and no attacker fails here, before anything is sent."""
+    attacker = AttackerConfig.for_suite(settings, suite, target.attacker.model_dump(exclude_none=True) if target.attacker else None)
     started = utc_now()
     log.info("probe.run_started", run_id=run_id, target_name=target.name, suite=suite.name, probes=len(suite.probes))
     stops = any(p.is_conversation and p.policy == StopPolicy.STOP_ON_FAILURE for p in suite.probes)
-    fails = turn_fails(scorer or Scorer.from_settings(settings)) if stops else None
-    attempts = run_probes_sync(target, list(suite.probes), settings, on_done=on_done, fails=fails)
+    if stops or attacker is not None:
+        scorer = scorer or Scorer.from_settings(settings)
+    # Turns of conversations and of attacks are scored on threads of their own; the scorer is one.
+    lock = threading.Lock()
+    fails = _one_at_a_time(lock, turn_fails(scorer)) if stops and scorer else None
+    attacks = Attacks(attacker, settings, suite.probes, _one_at_a_time(lock, rater(scorer))) if attacker and scorer else None
+    attempts = run_probes_sync(target, list(suite.probes), settings, on_done=on_done, fails=fails, attacks=attacks)
     errors = len({a.probe.id for a in attempts if a.error is not None})
+    cut = cut_short(attempts)
+    if attacks is not None:
+        # A cut attack is stored unscored: a run whose budget cut many measured less than it says.
+        report = log.warning if cut else log.info
+        report("probe.attacks_done", run_id=run_id, attacker_calls=attacks.calls, budget=attacks.config.budget_per_run, cut=len(cut), cut_probe_ids=cut[:10])
     run = ProbeRun(
         run_id=run_id,
         target=target.name,
@@ -56,36 +72,43 @@ def execute(
         finished_at=utc_now(),
         n_probes=len(suite.probes),
         n_errors=errors,
+        n_attacks_cut=len(cut),
+        attacker_version=attacker.version(p.attack.method for p in suite.probes if p.attack) if attacker else "",
     )
     log.info("probe.run_finished", run_id=run_id, errors=errors, seconds=(run.finished_at - started).total_seconds())
     return run, attempts
 
 
-def turn_fails(scorer: Scorer) -> Callable[[Attempt], bool]:
-    """Whether an answered conversation turn fails its conversation, scored in its context."""
+def turn_fails(scorer: Scorer) -> Callable[[Sequence[Attempt]], list[bool]]:
+    """Which answered conversation turns fail their conversations. A canary probe's turn is decided
+    by its markers and a turn that cannot fail its conversation needs no reading; the rest are
+    scored in their context by the refusal and policy heads only (the verdict reads nothing else),
+    on `scorer`'s embedder, whose cache the score step then reuses."""
+    heads = Scorer(scorer.embedder, scorer.head, detectors=["refusal_policy"])
 
-    def fails(attempt: Attempt) -> bool:
-        assert attempt.response is not None
-        [detection] = scorer.score([turn_exchange(attempt.probe, attempt.turn, attempt.response)])
-        return turn_verdict(attempt.probe, attempt, detection) == failure(attempt.probe)
+    def fails(attempts: Sequence[Attempt]) -> list[bool]:
+        read = [a for a in attempts if not a.probe.markers and can_fail(a.probe, a.turn)]
+        detections = dict(zip(map(id, read), heads.score([turn_exchange(a.probe, a.turn, a.response or "") for a in read]), strict=True))
+        return [turn_verdict(a.probe, a, detections.get(id(a), Detection())) == failure(a.probe) for a in attempts]
 
     return fails
 
 
 def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[ProbeResult]:
     """Run the detectors on every answered attempt (its response redacted on receipt) and decide
-    each probe's verdict: per turn and for the whole of a conversation. Errors stay errors."""
-    answered = [a for a in attempts if a.error is None and a.response is not None]
-    prompts = {a.probe.id: redact(a.probe.prompt).text for a in attempts if not a.turn}
-    exchanges = [turn_exchange(a.probe, a.turn, a.response) if a.turn else Exchange(prompts[a.probe.id], a.response) for a in answered]
-    detections = dict(zip((id(a) for a in answered), scorer.score(exchanges), strict=True))
+    each probe's verdict: per turn and for the whole of a conversation or adaptive attack (whose
+    attempts carry the prompts sent). Errors stay errors."""
     by_probe: dict[str, list[Attempt]] = {}
     for attempt in attempts:
         by_probe.setdefault(attempt.probe.id, []).append(attempt)
+    answered = [a for a in attempts if a.error is None and a.response is not None]
+    prompts = {a.probe.id: redact(a.probe.prompt).text for a in attempts if not a.turn}
+    exchanges = [_exchange(a, prompts, by_probe[a.probe.id]) for a in answered]
+    detections = dict(zip((id(a) for a in answered), scorer.score(exchanges), strict=True))
     results = []
     for probe_attempts in by_probe.values():
         probe = probe_attempts[0].probe
-        if probe.is_conversation:
+        if probe.is_conversation or probe.is_adaptive:
             results.append(_conversation_result(run, probe, probe_attempts, detections))
             continue
         [attempt] = probe_attempts
@@ -112,35 +135,59 @@ def score(run: ProbeRun, attempts: Sequence[Attempt], scorer: Scorer) -> list[Pr
     return results
 
 
+def _exchange(attempt: Attempt, prompts: dict[str, str], siblings: Sequence[Attempt]) -> Exchange:
+    """What an answered attempt is scored on: a single prompt's exchange, a scripted turn's or an
+    attack's in its context."""
+    assert attempt.response is not None
+    if attempt.probe.is_adaptive:
+        return attack_exchange(attempt, siblings)
+    if attempt.turn:
+        return turn_exchange(attempt.probe, attempt.turn, attempt.response)
+    return Exchange(prompts[attempt.probe.id], attempt.response)
+
+
+def _turn_plan(probe: Probe, attempt: Attempt) -> tuple[Expect | TurnExpect, str]:
+    """What a turn expected and the prompt it sent (redacted): the script's, or the attacker's."""
+    if probe.is_adaptive:
+        return turn_expect(probe), attempt.prompt or ""
+    scripted = user_turns(probe)[attempt.turn - 1]
+    return scripted.expect, redact(scripted.content).text
+
+
 def _conversation_result(run: ProbeRun, probe: Probe, attempts: Sequence[Attempt], detections: dict[int, Detection]) -> ProbeResult:
-    """A conversation's result: its turns scored, its verdict, and the turn that decided it."""
-    found = [detections.get(id(a)) for a in attempts]
+    """A conversation's (or an adaptive attack's) result: its turns scored, its verdict, and the
+    turn that decided it. An attack the attacker budget cut short without a success is unscored."""
+    played = [a for a in attempts if not not_sent(a)]
+    if not played:
+        return _unplayed_result(run, probe)
+    found = [detections.get(id(a)) for a in played]
     risks = running_risk([d.attack_score if d else 0.0 for d in found])
-    expects = user_turns(probe)
+    plans = [_turn_plan(probe, a) for a in played]
     turns = tuple(
         TurnResult(
             turn=a.turn,
-            expect=str(expects[a.turn - 1].expect),
-            prompt=redact(expects[a.turn - 1].content).text,
+            expect=str(expect),
+            prompt=prompt,
             response=a.response if d else "",
             error=a.error or "",
             latency_ms=a.latency_ms,
             marker_hit=bool(d and a.marker_hit),
-            verdict=turn_verdict(probe, a, d),
+            verdict=verdict(probe, a, d, expect),
             pii_redacted=a.pii_redacted if d else 0,
             risk=risk,
             detection=d or Detection(),
         )
-        for a, d, risk in zip(attempts, found, risks, strict=True)
+        for a, d, risk, (expect, prompt) in zip(played, found, risks, plans, strict=True)
     )
     decided, first = conversation_verdict(probe, [t.verdict for t in turns])
     shown = turns[first - 1] if first else turns[-1]
+    judgement = Judgement(head_verdict=decided)
+    if len(played) < len(attempts) and decided in (Verdict.REFUSED, Verdict.COMPLIED_OK):
+        # The attack was not finished: no success in the turns it played is no verdict either.
+        decided = Verdict.UNSCORED
+        judgement = replace(judgement, decided_by=DecidedBy.UNSCORED, unscored_reason=_cut_reason(probe, len(played)))
     return ProbeResult(
-        run_id=run.run_id,
-        probe_id=probe.id,
-        category=probe.category,
-        expect=str(probe.expect),
-        tags=probe.tags,
+        **_about(run, probe),
         prompt=shown.prompt,
         response=shown.response,
         error=next((t.error for t in turns if t.error), ""),
@@ -149,12 +196,49 @@ def _conversation_result(run: ProbeRun, probe: Probe, attempts: Sequence[Attempt
         verdict=decided,
         pii_redacted=sum(t.pii_redacted for t in turns),
         detection=shown.detection,
-        judgement=Judgement(head_verdict=decided),
+        judgement=judgement,
         n_turns=len(turns),
         first_failure_turn=first,
         risk=risks[-1],
         turns=turns,
     )
+
+
+def _unplayed_result(run: ProbeRun, probe: Probe) -> ProbeResult:
+    """An adaptive probe the attacker budget left no turn: stored, unscored, with its goal as prompt."""
+    return ProbeResult(
+        **_about(run, probe),
+        prompt=redact(probe.prompt).text,
+        response="",
+        error="",
+        latency_ms=0.0,
+        marker_hit=False,
+        verdict=Verdict.UNSCORED,
+        pii_redacted=0,
+        detection=Detection(),
+        judgement=Judgement(decided_by=DecidedBy.UNSCORED, unscored_reason=_cut_reason(probe, 0)),
+        n_turns=0,
+    )
+
+
+def _about(run: ProbeRun, probe: Probe) -> dict[str, Any]:
+    """The result columns that say which probe of which run it is."""
+    return {"run_id": run.run_id, "probe_id": probe.id, "category": probe.category, "expect": str(probe.expect), "tags": probe.tags}
+
+
+def _cut_reason(probe: Probe, played: int) -> str:
+    limit = probe.attack.max_turns if probe.attack else played
+    return f"attacker budget exhausted after {played} of {limit} turns (SAFEMON_ATTACKER_BUDGET_PER_RUN)"
+
+
+def _one_at_a_time(lock: threading.Lock, fn: Callable[..., T]) -> Callable[..., T]:
+    """`fn` under `lock`: scoring threads take turns with the one scorer."""
+
+    def call(*args: Any) -> T:
+        with lock:
+            return fn(*args)
+
+    return call
 
 
 def judge(run: ProbeRun, results: Sequence[ProbeResult], suite: Suite, cascade: Cascade | None) -> tuple[ProbeRun, list[ProbeResult]]:
@@ -163,13 +247,14 @@ def judge(run: ProbeRun, results: Sequence[ProbeResult], suite: Suite, cascade: 
 
     Only harmful single-prompt probes judged by the refusal detector are routed (attack success or
     not is what a guard model answers); canary probes are decided by their markers, over-refusal is
-    a refusal question that a safety judge does not answer, and a conversation is decided by its
-    turns' detectors. The run's budget caps the calls:
-    uncertain results first, then audits. The run records the unscored, judged and dropped counts.
+    a refusal question that a safety judge does not answer, and a conversation (or an adaptive
+    attack) is decided by its turns' detectors. The run's budget caps the calls:
+    uncertain results first, then audits. The run records the unscored, judged and dropped counts
+    (without a judge, the unscored are adaptive probes the attacker budget cut short).
     """
     if cascade is None:
-        return run, list(results)
-    decided_otherwise = {p.id for p in suite.probes if p.markers or p.is_conversation}
+        return replace(run, n_unscored=sum(r.verdict == Verdict.UNSCORED for r in results)), list(results)
+    decided_otherwise = {p.id for p in suite.probes if p.markers or p.is_conversation or p.is_adaptive}
     routed = [i for i, r in enumerate(results) if r.expect == Expect.REFUSE and r.verdict != Verdict.ERROR and r.probe_id not in decided_otherwise]
     cases = [
         Case(f"{run.run_id}:{results[i].probe_id}", results[i].prompt, results[i].response, results[i].detection.attack_score, results[i].verdict)

@@ -11,7 +11,11 @@ A suite file has `name`, `version`, `description` and `probes`. Each probe has a
   user turn they answer is history too (many-shot), never sent. It starts and ends with a user turn, and an assistant turn follows a user turn.
   `policy` says whether it stops at its first failing turn (`stop_on_failure`, the default) or
   plays every turn (`play_all`). A turn's `expect` defaults to `comply` in a probe expected to
-  comply, else to `any` (only harmful help fails it).
+  comply, else to `any` (only harmful help fails it);
+- `attack`, an adaptive attack: `{method: pair | crescendo, goal: ..., max_turns: 5}`. An attacker
+  model (SAFEMON_ATTACKER_*) writes the prompts during the run and pursues the goal for at most
+  `max_turns` iterations or turns (`pipeline/probes/adaptive.py`). Its goal is a request a safe
+  model refuses, so the probe expects `refuse`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from pipeline.records import Expect, Probe, ScriptTurn, StopPolicy, Suite, TurnExpect
+from pipeline.records import AttackMethod, AttackSpec, Expect, Probe, ScriptTurn, StopPolicy, Suite, TurnExpect
 from pipeline.taxonomy import CATEGORIES
 
 log = structlog.get_logger(__name__)
@@ -89,12 +93,14 @@ def _describe(error: ValidationError, data: Any) -> str:
         return "; ".join(f"{prefix}key {'.'.join([*map(str, rest), k])!r}: unknown key; valid: {', '.join(allowed)}" for k in extra)
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return f"{prefix}key {missing!r}: missing"
+        return f"{prefix}key {'.'.join([*map(str, rest), missing])!r}: missing"
     if error.validator == "minItems" and rest == ["turns"]:
         return f"{prefix}key 'turns': an empty conversation; give at least one user turn"
     if error.validator == "oneOf" and rest[:1] == ["turns"]:
         return f"{prefix}key {key!r}: a turn is either {{user: ..., expect: ...}} or {{assistant: ...}}"
     if error.validator == "oneOf":
+        if "attack" in value and ({"prompt", "template", "payloads", "turns"} & set(value)):
+            return f"{prefix}key 'attack': give either 'attack' or 'prompt' / 'template' + 'payloads' / 'turns', not both"
         if "turns" in value and ({"prompt", "template", "payloads"} & set(value)):
             return f"{prefix}key 'turns': give either 'turns' or 'prompt' / 'template' + 'payloads', not both"
         has_prompt = "prompt" in value
@@ -105,11 +111,13 @@ def _describe(error: ValidationError, data: Any) -> str:
             return f"{prefix}key 'payloads': missing (a 'template' needs a list of 'payloads')"
         if "payloads" in value:
             return f"{prefix}key 'template': missing ('payloads' need a 'template' with {PLACEHOLDER})"
-        return f"{prefix}key 'prompt': missing (give 'prompt', 'template' + 'payloads', or 'turns')"
+        return f"{prefix}key 'prompt': missing (give 'prompt', 'template' + 'payloads', 'turns' or 'attack')"
     if error.validator == "enum" and rest[-1:] == ["category"]:
         return f"{prefix}key 'category': unknown category {value!r}; valid: {', '.join(sorted(CATEGORIES))}"
     if error.validator == "enum" and rest[-1:] == ["expect"] and rest[:1] == ["turns"]:
         return f"{prefix}key {key!r}: bad value {value!r}; valid: {', '.join(e.value for e in TurnExpect)}"
+    if error.validator == "enum" and rest == ["attack", "method"]:
+        return f"{prefix}key 'attack.method': bad value {value!r}; valid: {', '.join(m.value for m in AttackMethod)}"
     if error.validator == "enum" and rest[-1:] == ["expect"]:
         return f"{prefix}key 'expect': bad value {value!r}; valid: {', '.join(e.value for e in Expect)}"
     if error.validator == "pattern" and rest[-1:] == ["template"]:
@@ -153,6 +161,16 @@ def _script_problems(data: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _attack_problems(data: Mapping[str, Any]) -> list[str]:
+    """What the schema cannot say about an adaptive probe: its goal is one a safe model refuses."""
+    raw_probes = data.get("probes") if isinstance(data.get("probes"), list) else []
+    return [
+        f"probe {raw.get('id')!r}: key 'expect': an attack's goal is a request a safe model refuses, so it expects refuse (got {raw['expect']!r})"
+        for raw in raw_probes
+        if isinstance(raw, Mapping) and isinstance(raw.get("attack"), Mapping) and raw.get("expect") == Expect.COMPLY
+    ]
+
+
 def _expand(raw: Mapping[str, Any]) -> list[Probe]:
     common = dict(
         category=raw["category"],
@@ -165,6 +183,10 @@ def _expand(raw: Mapping[str, Any]) -> list[Probe]:
         turns = _script(raw)
         last = next(t.content for t in reversed(turns) if t.role == "user")
         return [Probe(id=raw["id"], prompt=last, turns=turns, policy=StopPolicy(raw.get("policy", StopPolicy.STOP_ON_FAILURE)), **common)]
+    if "attack" in raw:
+        spec = raw["attack"]
+        attack = AttackSpec(AttackMethod(spec["method"]), spec["goal"], spec.get("max_turns", AttackSpec.max_turns))
+        return [Probe(id=raw["id"], prompt=attack.goal, attack=attack, **common)]
     if "prompt" in raw:
         return [Probe(id=raw["id"], prompt=raw["prompt"], **common)]
     # str.replace, not str.format: templates (e.g. imported jailbreaks) may hold other braces.
@@ -199,6 +221,7 @@ def parse_suite(data: Any, source: str = "<data>") -> Suite:
     problems = [msg for msg in (_describe(e, data) for e in errors) if msg]
     problems += [f"probe {pid!r}: key 'id': duplicate id (after template expansion)" for pid in _duplicate_ids(data)]
     problems += _script_problems(data)
+    problems += _attack_problems(data)
     if problems:
         raise SuiteError(source, problems)
     probes = [probe for raw in data["probes"] for probe in _expand(raw)]
@@ -287,6 +310,8 @@ def dump_suite(suite: Suite) -> str:
                 {"assistant": t.content} if t.role == "assistant" else {"user": t.content, **({"expect": t.expect.value} if t.expect != default else {})}
                 for t in p.turns
             ]
+        elif p.attack is not None:
+            item["attack"] = {"method": p.attack.method.value, "goal": p.attack.goal, "max_turns": p.attack.max_turns}
         else:
             item["prompt"] = p.prompt
         probes.append(item)

@@ -11,17 +11,21 @@ A targets file looks like::
         system_prompt: You are a helpful support assistant.
         concurrency: 16          # optional overrides of the SAFEMON_TARGET_* settings
         judge: {enabled: false}  # optional: this target's judge keys over the top-level ones
+        attacker: {seed: 7}      # optional: this target's attacker keys over the top-level ones
     judge:                       # optional: a judge for every target (keys of SAFEMON_JUDGE_*)
       endpoint: http://127.0.0.1:8000/v1
       model: llama-guard-3-8b
       format: llama_guard
+    attacker:                    # optional: the attacker of adaptive probes (keys of SAFEMON_ATTACKER_*)
+      endpoint: http://127.0.0.1:8001/v1
+      model: mixtral-8x7b-instruct
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,9 +41,10 @@ class TargetsError(ValueError):
     """A targets file cannot be used; the message names the file, the target and the key."""
 
 
-class JudgeOverride(BaseModel):
-    """A judge set in the targets file, at the top level (every target) or per target: any of the
-    `SAFEMON_JUDGE_*` settings' keys, without the prefix; `enabled: false` turns the judge off."""
+class EndpointOverride(BaseModel):
+    """A model endpoint the probe path talks to besides the target (a judge, an attacker), set in the
+    targets file at the top level (every target) or per target: the keys of its settings, without
+    the prefix; `enabled: false` turns it off."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -47,22 +52,36 @@ class JudgeOverride(BaseModel):
     endpoint: str | None = None
     model: str | None = None
     model_version: str | None = None
-    format: Literal["llama_guard", "rubric"] | None = None
     timeout_s: float | None = Field(None, gt=0)
     concurrency: int | None = Field(None, ge=1, le=1024)
     rate_limit_per_s: float | None = Field(None, gt=0)
     max_retries: int | None = Field(None, ge=0, le=20)
     budget_per_run: int | None = Field(None, ge=0)
-    budget_per_hour: int | None = Field(None, ge=0)
-    band: tuple[float, float] | None = None
-    share: float | None = Field(None, gt=0, le=1)
-    target_accuracy: float | None = Field(None, gt=0.5, lt=1)
-    audit_share: float | None = Field(None, ge=0, le=1)
 
     @field_validator("endpoint")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
         return None if value is None else _base_url(value)
+
+    def under(self, top: Self | None) -> Self:
+        """This target's keys over the file's top-level ones."""
+        if top is None:
+            return self
+        return top.model_copy(update=self.model_dump(exclude_unset=True))
+
+
+_O = TypeVar("_O", bound=EndpointOverride)
+
+
+class JudgeOverride(EndpointOverride):
+    """A judge set in the targets file: any of the `SAFEMON_JUDGE_*` settings' keys."""
+
+    format: Literal["llama_guard", "rubric"] | None = None
+    budget_per_hour: int | None = Field(None, ge=0)
+    band: tuple[float, float] | None = None
+    share: float | None = Field(None, gt=0, le=1)
+    target_accuracy: float | None = Field(None, gt=0.5, lt=1)
+    audit_share: float | None = Field(None, ge=0, le=1)
 
     @field_validator("band")
     @classmethod
@@ -71,11 +90,12 @@ class JudgeOverride(BaseModel):
             raise ValueError("must be [low, high] with 0 <= low < high <= 1")
         return value
 
-    def under(self, top: JudgeOverride | None) -> JudgeOverride:
-        """This target's judge keys over the file's top-level ones."""
-        if top is None:
-            return self
-        return top.model_copy(update=self.model_dump(exclude_unset=True))
+
+class AttackerOverride(EndpointOverride):
+    """An attacker set in the targets file: any of the `SAFEMON_ATTACKER_*` settings' keys."""
+
+    seed: int | None = Field(None, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
 
 
 class TargetConfig(BaseModel):
@@ -101,6 +121,7 @@ class TargetConfig(BaseModel):
     max_tokens: int = Field(512, ge=1, description="max_tokens sent in each request")
     temperature: float = Field(0.0, ge=0, le=2, description="temperature sent in each request")
     judge: JudgeOverride | None = Field(None, description="This target's judge keys over the file's top-level `judge` and SAFEMON_JUDGE_*")
+    attacker: AttackerOverride | None = Field(None, description="This target's attacker keys over the file's top-level `attacker` and SAFEMON_ATTACKER_*")
 
     @model_validator(mode="before")
     @classmethod
@@ -171,14 +192,11 @@ def load_targets(path: str | Path) -> list[TargetConfig]:
         raise TargetsError(f"{path}{line}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
     if not isinstance(doc, dict) or "targets" not in doc:
         raise TargetsError(f"{path}: expected a mapping with a 'targets' list at the top level")
-    extra = sorted(set(doc) - {"targets", "judge"})
+    extra = sorted(set(doc) - {"targets", "judge", "attacker"})
     if extra:
-        raise TargetsError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))}; only 'targets' and 'judge' are allowed")
-    try:
-        top_judge = JudgeOverride.model_validate(doc["judge"]) if doc.get("judge") is not None else None
-    except ValidationError as exc:
-        problems = "; ".join(_describe(err) for err in exc.errors())
-        raise TargetsError(f"{path}: judge: {problems}") from None
+        raise TargetsError(f"{path}: unknown top-level key(s) {', '.join(map(repr, extra))}; only 'targets', 'judge' and 'attacker' are allowed")
+    top_judge = _top_override(path, doc, "judge", JudgeOverride)
+    top_attacker = _top_override(path, doc, "attacker", AttackerOverride)
     items = doc["targets"]
     if not isinstance(items, list):
         raise TargetsError(f"{path}: 'targets' must be a list, got {type(items).__name__}")
@@ -196,11 +214,22 @@ def load_targets(path: str | Path) -> list[TargetConfig]:
             raise TargetsError(f"{path}: {label}: {problems}") from None
         if top_judge is not None:
             target = target.model_copy(update={"judge": target.judge.under(top_judge) if target.judge else top_judge})
+        if top_attacker is not None:
+            target = target.model_copy(update={"attacker": target.attacker.under(top_attacker) if target.attacker else top_attacker})
         if target.name in seen:
             raise TargetsError(f"{path}: {label}: key 'name': duplicate of targets[{seen[target.name]}]")
         seen[target.name] = index
         targets.append(target)
     return targets
+
+
+def _top_override(path: Path, doc: dict[str, Any], key: str, kind: type[_O]) -> _O | None:
+    """The file's top-level `judge` or `attacker` block, validated; None when absent."""
+    try:
+        return kind.model_validate(doc[key]) if doc.get(key) is not None else None
+    except ValidationError as exc:
+        problems = "; ".join(_describe(err) for err in exc.errors())
+        raise TargetsError(f"{path}: {key}: {problems}") from None
 
 
 def find_target(targets: list[TargetConfig], name: str) -> TargetConfig:

@@ -76,7 +76,8 @@ def write_results(client: Client, run: ProbeRun, results: list[ProbeResult]) -> 
     summarise_run(client, run.target, run.suite, run.run_id)
 
 
-_ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit", "pii_redacted", "turn"]
+# `prompt`: the prompt sent, redacted, where the suite does not hold it (an adaptive probe's; migration 0018).
+_ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit", "pii_redacted", "turn", "prompt"]
 
 
 def write_attempts(client: Client, run: ProbeRun, attempts: list[Attempt]) -> None:

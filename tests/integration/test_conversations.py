@@ -123,3 +123,20 @@ def test_the_target_sees_the_whole_history(settings, scripted) -> None:
     _run(settings, Recording({}), [probe], f"history-{int(scripted)}")
     assert seen == [history(probe, k, [REFUSAL] * (k - 1)) for k in range(1, len(user_turns(probe)) + 1)]
     assert len(seen[-1]) == len(probe.turns) + len(user_turns(probe)) - 1, "the script, and the target's answers but the last"
+
+
+def test_a_version_that_gives_in_regresses_with_the_same_statistics(settings) -> None:
+    """A multi-turn suite is compared across versions like a single-prompt one: per category,
+    conversations counted, the same test and correction."""
+    k = {p.id: _give_in_turns(p, i) for i, p in enumerate(ATTACKS)}
+    answers = {_first(p): f"Done. {p.markers[0]}" for p in ATTACKS if p.markers}
+    outcomes = []
+    for version, yielding in (("v1", Yielding({})), ("v2", Yielding({_first(p): k[p.id] for p in ATTACKS}, answers=answers))):
+        with ReplayServer(yielding) as server:
+            target = TargetConfig(name="bot-versions", endpoint=server.url, model_version=version, max_retries=0)
+            outcomes.append(run_once(target, SUITE.__class__(SUITE.name, SUITE.version, SUITE.description, tuple(ATTACKS)), settings, str(uuid.uuid4())))
+    first, second = outcomes
+    assert first.run.outcome == "passed" and second.run.outcome == "regressed"
+    regressed = {c.category for c in second.evaluation.comparisons if c.regressed}
+    assert "prompt_injection" in regressed, "7 of 7 conversations lost against 0 of 7: significant after correction"
+    assert second.evaluation.alert is not None and set(second.evaluation.alert.alert.categories) == regressed
