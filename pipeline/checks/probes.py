@@ -60,7 +60,7 @@ def evaluate(
     finding = Finding(Source.PROBE, AlertKind.DATA_QUALITY, run.target, run.suite, run.model_version, run.run_id)
     if not report.success:
         problems = report.failures
-        unscored = f"unscored {run.unscored_rate:.0%} ({run.n_unscored}, judge failures or budget); " if run.n_unscored else ""
+        unscored = f"unscored {run.unscored_rate:.0%} ({run.n_unscored}, judge failures or budgets, attacks cut short); " if run.n_unscored else ""
         summary = f"error rate {run.error_rate:.0%} ({run.n_errors}/{run.n_probes}); {unscored}" + "; ".join(problems)
         finding = replace(finding, problems=problems, summary=summary, sql=probe_store.errors_sql(settings.clickhouse_database, run.run_id))
         alert = raise_alert(client, finding, settings, link=link)
