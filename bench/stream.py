@@ -5,10 +5,19 @@
     .venv/bin/python bench/stream.py --repeats 1 --profile bench/out/stream-profile   # py-spy (make bench-env)
     .venv/bin/python bench/stream.py --judge-concurrency        # no judge runs
     .venv/bin/python bench/stream.py --harmful-share 0 --judge-concurrency   # the traffic and runs before the judge
+    .venv/bin/python bench/stream.py --turns 4 --samples 1500 --judge-concurrency   # conversations of 4 answered turns
 
 Samples are built from real, distinct texts (benign instructions as single turns, HH-RLHF
 human / assistant exchanges, and a `--harmful-share` (0.1) of JailbreakBench attack prompts with
-the answers recorded for them, spread evenly). A broker is started from deploy/kafka unless SAFEMON_KAFKA_BOOTSTRAP
+the answers recorded for them, spread evenly). With `--turns k` (1) each sample is a conversation
+of k answered exchanges drawn the same way, one after another, a `--harmful-share` of the
+exchanges being attacks; benign instructions have no recorded answer, so in a conversation each
+is answered by an HH-RLHF assistant answer (drawn from its own shuffle of them: for throughput what
+matters is that it is a real answer of realistic length). The stream scores every answered turn in
+its context, so a conversation costs more than one exchange: the ratio to the raw encode of the
+texts the worker embeds (`StreamScorer.texts`, every turn's) says how much of the model's raw rate
+the pipeline keeps on them. 6,264 instructions and 3,669 HH-RLHF exchanges are drawn without
+replacement while they last: `--turns 4 --samples 1500` stays within them. A broker is started from deploy/kafka unless SAFEMON_KAFKA_BOOTSTRAP
 names one. Each run gets a fresh topic, consumer group and embedded chDB path; the worker runs
 as its own process until idle, and its rate is counted from its first commit to its last full
 batch's (start-up excluded) and over the whole run. The same texts are encoded directly, in one
@@ -57,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.probes import JBB, default_band  # noqa: E402
 from pipeline.judge.standin import JudgeRecord, JudgeStandin, jbb_recording  # noqa: E402
+from pipeline.records import ConversationSample, Turn  # noqa: E402
 from pipeline.settings import Settings, load_settings  # noqa: E402
 from pipeline.stream.batch import StreamScorer  # noqa: E402
 from tests.support.kafka_broker import bootstrap_for, create_topic  # noqa: E402
@@ -87,31 +97,48 @@ def jbb_exchanges() -> list[tuple[str, str]]:
     return list(pairs)
 
 
-def build_samples(n: int, seed: int = 7, harmful_share: float = 0.0) -> list:
+def build_samples(n: int, seed: int = 7, harmful_share: float = 0.0, turns: int = 1) -> list:
     """n samples, alternating single benign instructions and HH-RLHF (human, assistant) exchanges,
     each drawn without replacement while its pool lasts (3,669 exchanges, 6,264 instructions), so
     the texts are distinct and the embedding cache does not flatter the pipeline. A `harmful_share`
     of them, spread evenly, are JailbreakBench attacks with their recorded answers instead (1,000
-    or so distinct pairs, drawn the same way)."""
+    or so distinct pairs, drawn the same way).
+
+    With `turns` > 1, each sample is a conversation of that many exchanges, drawn as n * turns
+    single samples would be (attacks spread over the exchanges), each benign instruction answered
+    by an HH-RLHF answer."""
+    if turns < 1:
+        raise ValueError(f"turns must be at least 1, got {turns}")
     rng = random.Random(seed)
     instructions = [r["instruction"] for r in json.loads((DATASETS / "benign_instructions" / "harmless_val.json").read_text())]
     exchanges: dict[tuple[str, str], None] = {}
     for line in (DATASETS / "hh_rlhf" / "harmless_base_dev.jsonl").open():
-        turns = hh_turns(json.loads(line)["chosen"])
-        for (role, text), (next_role, answer) in itertools.pairwise(turns):
+        turns_of = hh_turns(json.loads(line)["chosen"])
+        for (role, text), (next_role, answer) in itertools.pairwise(turns_of):
             if role == "user" and next_role == "assistant" and text and answer:
                 exchanges[(text, answer)] = None
     pools = [[(text, None) for text in instructions], list(exchanges)]
     for pool in pools:
         rng.shuffle(pool)
-    samples = [make_sample(*pools[i % 2][(i // 2) % len(pools[i % 2])]) for i in range(n)]
+    m = n * turns
+    pairs = [pools[i % 2][(i // 2) % len(pools[i % 2])] for i in range(m)]
     if harmful_share > 0:
         attacks = jbb_exchanges()
         random.Random(seed).shuffle(attacks)
-        at = [i for i in range(n) if int((i + 1) * harmful_share) > int(i * harmful_share)]
+        at = [i for i in range(m) if int((i + 1) * harmful_share) > int(i * harmful_share)]
         for k, i in enumerate(at):
-            samples[i] = make_sample(*attacks[k % len(attacks)])
-    return samples
+            pairs[i] = attacks[k % len(attacks)]
+    if turns == 1:
+        return [make_sample(*pair) for pair in pairs]
+    answers = [answer for _, answer in exchanges]
+    random.Random(seed + 1).shuffle(answers)
+    answered = [(text, answer if answer is not None else answers[i % len(answers)]) for i, (text, answer) in enumerate(pairs)]
+    return [conversation(answered[i : i + turns]) for i in range(0, m, turns)]
+
+
+def conversation(exchanges: list[tuple[str, str]]) -> ConversationSample:
+    """A sample of these (user, assistant) exchanges, in order."""
+    return make_sample(*exchanges[0], turns=tuple(Turn(role, text) for user, answer in exchanges for role, text in (("user", user), ("assistant", answer))))
 
 
 def top_entries(stacks: Path, k: int = 5) -> str:
@@ -237,7 +264,7 @@ def run_once(
     raw_s.append(raw_encode_s())
     r = rates(worker, settings, args.batch_size)
 
-    print(f"samples produced / stored       {len(samples)} / {r.stored}")
+    print(f"samples produced / stored       {len(samples)} / {r.stored}" + (f" (conversations of {args.turns} answered turns)" if args.turns > 1 else ""))
     print(f"batches                         {len(r.commits)} (batch size {args.batch_size}, {backend}, {args.threads} threads)")
     print(f"pipeline samples/s (steady)     {r.steady_rate:.1f}")
     print(f"pipeline samples/s (join->end)  {r.run_rate:.1f}")
@@ -330,6 +357,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="worker runs, each between two raw encodes (this machine drifts)")
     parser.add_argument("--profile", type=Path, help="run the worker under py-spy; write its stacks and top entries here")
     parser.add_argument("--harmful-share", type=float, default=0.1, help="share of samples that are JailbreakBench attacks and their answers (0.1)")
+    parser.add_argument("--turns", type=int, default=1, help="answered exchanges per sample: conversations of this many assistant turns (1)")
     parser.add_argument(
         "--judge-concurrency", type=int, nargs="*", default=[8, 16], help="a judged worker run per value after each run without a judge; none: no judge (8 16)"
     )
@@ -349,7 +377,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="safemon-bench-stream-"))
     with bootstrap_for(work) as bootstrap:
-        samples = build_samples(args.samples, harmful_share=args.harmful_share)
+        samples = build_samples(args.samples, harmful_share=args.harmful_share, turns=args.turns)
         scorer = StreamScorer(load_settings())  # the worker's, from the same SAFEMON_EMBEDDING_* settings
         embedder = scorer.embedder
         if embedder.backend == "torch":

@@ -28,6 +28,10 @@ SCORE_COLUMNS = (
     "model_version",
     "conversation_id",
     "n_turns",
+    "n_assistant_turns",
+    "first_flagged_turn",
+    "turn_attack_scores",
+    "risk",
     "user_text",
     "assistant_text",
     *DETECTION_COLUMNS,
@@ -189,7 +193,8 @@ def flagged_samples(client: Client, target: str, start: datetime, end: datetime,
 
 
 def user_texts(client: Client, sample_ids: Sequence[str]) -> dict[str, str]:
-    """The stored (redacted) last user turn of each sample id found."""
+    """The stored (redacted) user text of each sample id found: the user turn of the exchange its row
+    reports (its first flagged assistant turn's, else its last one's), whose embedding drift reads."""
     if not sample_ids:
         return {}
     rows = client.query("SELECT sample_id, user_text FROM sample_scores FINAL WHERE sample_id IN {ids:Array(String)}", parameters={"ids": list(sample_ids)})

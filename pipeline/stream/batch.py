@@ -2,7 +2,9 @@
 
 Nothing here talks to Kafka or the store: the worker hands in records and the ids already
 stored, and gets back rows for `sample_scores` and `rejected_samples`. PII is redacted from
-every turn and metadata value before any text is embedded or put in a row.
+every turn and metadata value before any text is embedded or put in a row. Every assistant turn
+is scored in its context (`answered_turns`); a sample's one row carries its conversation's
+verdict (`conversation_columns`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from pipeline.detectors import Exchange, Scorer, redact
+from pipeline.detectors import Detection, Exchange, Scorer, redact
 from pipeline.judge.cascade import Cascade, Case
 from pipeline.records import ConversationSample, DecidedBy, Judgement, utc_now
 from pipeline.settings import Settings
@@ -173,14 +175,15 @@ def split_stored_duplicates(rows: Sequence[dict[str, Any]], stored: dict[str, tu
 
 @dataclass(frozen=True)
 class RedactedSample:
-    """The texts of a sample after PII redaction, and what was replaced."""
+    """The turns of a sample after PII redaction, and what was replaced."""
 
-    user_text: str  # last user turn
-    assistant_text: str  # last assistant turn
-    user_turns: str  # every user turn: what jailbreak similarity reads
-    untrusted_turns: str  # user and tool turns: where injected instructions arrive
+    turns: tuple[tuple[str, str], ...]  # (role, redacted content), in order
     metadata: dict[str, str]
     pii_counts: dict[str, int]
+
+    @property
+    def n_assistant_turns(self) -> int:
+        return sum(role == "assistant" for role, _ in self.turns)
 
 
 def redact_sample(sample: ConversationSample) -> RedactedSample:
@@ -193,18 +196,76 @@ def redact_sample(sample: ConversationSample) -> RedactedSample:
             counts[kind] = counts.get(kind, 0) + n
         return result.text
 
-    turns = [(t.role, clean(t.content)) for t in sample.turns]
+    turns = tuple((t.role, clean(t.content)) for t in sample.turns)
     metadata = {k: clean(v) for k, v in sample.metadata.items()}
-    users = [c for r, c in turns if r == "user"]
-    assistants = [c for r, c in turns if r == "assistant"]
-    return RedactedSample(
-        user_text=users[-1] if users else "",
-        assistant_text=assistants[-1] if assistants else "",
-        user_turns="\n\n".join(users),
-        untrusted_turns="\n\n".join(c for r, c in turns if r in ("user", "tool")),
-        metadata=metadata,
-        pii_counts=counts,
-    )
+    return RedactedSample(turns=turns, metadata=metadata, pii_counts=counts)
+
+
+@dataclass(frozen=True)
+class AnsweredTurn:
+    """One assistant turn of a sample in its context: the exchange the detectors score, and the
+    turn's text as stored (a blank answer is stored as it came, and scored as no answer)."""
+
+    exchange: Exchange
+    assistant_text: str
+
+    @property
+    def user_text(self) -> str:
+        return self.exchange.prompt
+
+
+def answered_turns(redacted: RedactedSample) -> list[AnsweredTurn]:
+    """Each assistant turn in its context, in order: the user turn before it as the prompt, every
+    user turn up to it as the turns jailbreaks arrive in, and user and tool turns up to it as the
+    turns injected instructions arrive in (as a probe conversation's turns are scored:
+    `pipeline.probes.conversation`). User turns after the last answer are not scored: nothing
+    answered them yet.
+
+    A sample without an assistant turn has one exchange, with no answer to score (no answer is
+    not a refusal): its last user turn, in the context of every turn.
+    """
+    users: list[str] = []
+    untrusted: list[str] = []
+    out: list[AnsweredTurn] = []
+    for role, text in redacted.turns:
+        if role == "assistant":
+            exchange = Exchange(
+                prompt=users[-1] if users else "",
+                response=text if text.strip() else None,
+                user_turns="\n\n".join(users),
+                untrusted_turns="\n\n".join(untrusted),
+            )
+            out.append(AnsweredTurn(exchange, text))
+            continue
+        if role == "user":
+            users.append(text)
+        if role in ("user", "tool"):
+            untrusted.append(text)
+    if not out:
+        exchange = Exchange(prompt=users[-1] if users else "", response=None, user_turns="\n\n".join(users), untrusted_turns="\n\n".join(untrusted))
+        out.append(AnsweredTurn(exchange, ""))
+    return out
+
+
+def conversation_columns(turns: Sequence[AnsweredTurn], detections: Sequence[Detection], n_assistant_turns: int) -> dict[str, Any]:
+    """The columns of a sample's row from its turns' detections: the conversation is flagged when
+    any assistant turn is; its texts and detector columns are its first flagged turn's, else its
+    last turn's (so a single exchange is stored as it is scored). With them, the conversation's
+    own: how many assistant turns, the first flagged one (1-based; 0: none), each turn's attack
+    score, and the risk (the highest of them)."""
+    flagged = [k for k, d in enumerate(detections) if d.flagged_categories]
+    # The first flagged turn counts among assistant turns: a sample without one has none.
+    chosen = flagged[0] if flagged else len(detections) - 1
+    scores = [d.attack_score for d in detections] if n_assistant_turns else []
+    return {
+        "user_text": turns[chosen].user_text,
+        "assistant_text": turns[chosen].assistant_text,
+        **detections[chosen].columns(),
+        "n_assistant_turns": n_assistant_turns,
+        "first_flagged_turn": chosen + 1 if flagged and n_assistant_turns else 0,
+        "turn_attack_scores": scores,
+        "risk": max(scores, default=detections[chosen].attack_score),
+    }
 
 
 def judged_hazards(judgement: Judgement, scored: dict[str, float], top: str) -> tuple[str, ...]:
@@ -214,17 +275,6 @@ def judged_hazards(judgement: Judgement, scored: dict[str, float], top: str) -> 
         return ()
     named = tuple(sorted(c for c in judgement.judge_categories if c in scored))
     return named or ((top,) if top else ())
-
-
-def exchange_of(redacted: RedactedSample) -> Exchange:
-    """The detection contract's view of a sample: its last exchange, and the turns attacks arrive in.
-    A sample without an assistant answer has none to score (no answer is not a refusal)."""
-    return Exchange(
-        prompt=redacted.user_text,
-        response=redacted.assistant_text if redacted.assistant_text.strip() else None,
-        user_turns=redacted.user_turns,
-        untrusted_turns=redacted.untrusted_turns,
-    )
 
 
 class StreamScorer:
@@ -248,9 +298,10 @@ class StreamScorer:
         self._judging.shutdown(wait=True)
 
     def texts(self, samples: Sequence[ConversationSample]) -> list[str]:
-        """Every distinct text scoring `samples` embeds: the detectors' and the user text kept for drift."""
-        redacted = [redact_sample(s) for s in samples]
-        return list(dict.fromkeys([*self.scorer.texts([exchange_of(r) for r in redacted]), *(r.user_text for r in redacted)]))
+        """Every distinct text scoring `samples` embeds: the detectors' for every assistant turn, and
+        the turns' user texts (one of them is kept for drift)."""
+        turns = [t for s in samples for t in answered_turns(redact_sample(s))]
+        return list(dict.fromkeys([*self.scorer.texts([t.exchange for t in turns]), *(t.user_text for t in turns)]))
 
     def score(self, accepted: Sequence[Accepted], *, scored_at: datetime | None = None) -> list[dict[str, Any]]:
         """sample_scores rows for accepted records (each row also carries its `_source`)."""
@@ -273,11 +324,19 @@ class StreamScorer:
 
     def _rows(self, accepted: Sequence[Accepted], scored_at: datetime) -> list[dict[str, Any]]:
         redacted = [redact_sample(a.sample) for a in accepted]
-        prompts = [r.user_text for r in redacted]
-        detections = self.scorer.score([exchange_of(r) for r in redacted], also_embed=prompts)
-        user_vectors = self.embedder.encode(prompts)  # kept for drift
+        per_sample = [answered_turns(r) for r in redacted]
+        turns = [t for ts in per_sample for t in ts]
+        # Every turn's user text is embedded with the batch: the row keeps the vector of the turn
+        # it reports (a single exchange: its only user text, as ever).
+        detections = self.scorer.score([t.exchange for t in turns], also_embed=[t.user_text for t in turns])
+        conversations = []
+        start = 0
+        for r, ts in zip(redacted, per_sample, strict=True):
+            conversations.append(conversation_columns(ts, detections[start : start + len(ts)], r.n_assistant_turns))
+            start += len(ts)
+        user_vectors = self.embedder.encode([c["user_text"] for c in conversations])  # kept for drift
         rows = []
-        for a, r, detection, vector in zip(accepted, redacted, detections, user_vectors, strict=True):
+        for a, r, conversation, vector in zip(accepted, redacted, conversations, user_vectors, strict=True):
             s = a.sample
             rows.append(
                 {
@@ -287,9 +346,7 @@ class StreamScorer:
                     "model_version": s.model_version,
                     "conversation_id": s.conversation_id,
                     "n_turns": len(s.turns),
-                    "user_text": r.user_text,
-                    "assistant_text": r.assistant_text,
-                    **detection.columns(),
+                    **conversation,
                     "pii_counts": r.pii_counts,
                     "embedding": vector.tolist(),
                     "metadata": r.metadata,

@@ -4,8 +4,9 @@
 (before decoding, so a huge message costs nothing), strict UTF-8, JSON (no NaN/Infinity,
 no duplicate keys, no nesting deeper than MAX_DEPTH), the JSON Schema in
 `schemas/events/conversation_sample.v1.json`, then the limits that come from settings
-(turn count, turn length, blank conversations, the occurred_at window). Every failure is
-an `InvalidSample` whose `code` is a short machine reason (a DLQ header and a column of
+(turn count, turn length, blank conversations, the occurred_at window) and the order of roles
+(a user turn, and no assistant turn before the first user or tool turn). Every failure is an
+`InvalidSample` whose `code` is a short machine reason (a DLQ header and a column of
 `rejected_samples`) and whose message names the field.
 
 `validate_batch` is the batch-level data contract (a Great Expectations suite) that the
@@ -56,6 +57,8 @@ SCHEMA = "schema"
 TOO_MANY_TURNS = "too_many_turns"
 TURN_TOO_LONG = "turn_too_long"
 EMPTY_TURNS = "empty_turns"
+NO_USER_TURN = "no_user_turn"
+ASSISTANT_FIRST = "assistant_first"
 FUTURE_TIMESTAMP = "future_timestamp"
 STALE_TIMESTAMP = "stale_timestamp"
 DUPLICATE_SAMPLE_ID = "duplicate_sample_id"  # raised by the worker: the sample_id was already stored
@@ -69,6 +72,8 @@ CODES = (
     TOO_MANY_TURNS,
     TURN_TOO_LONG,
     EMPTY_TURNS,
+    NO_USER_TURN,
+    ASSISTANT_FIRST,
     FUTURE_TIMESTAMP,
     STALE_TIMESTAMP,
     DUPLICATE_SAMPLE_ID,
@@ -273,6 +278,17 @@ def _check_semantics(document: dict[str, Any], settings: Settings, now: datetime
     # One empty turn is data (an empty answer is worth seeing); a conversation of nothing is not.
     if not any(turn["content"].strip() for turn in raw_turns):
         raise InvalidSample(EMPTY_TURNS, f"'turns': all {len(raw_turns)} turn(s) are empty or whitespace")
+    # Each assistant turn is scored as the answer to the user turn before it: a conversation needs
+    # a request, and cannot open with an answer to nothing (system and tool turns may come first).
+    roles = [turn["role"] for turn in raw_turns]
+    if "user" not in roles:
+        counts = ", ".join(f"{roles.count(r)} {r}" for r in ROLES if r in roles)
+        raise InvalidSample(NO_USER_TURN, f"'turns': none of the {len(roles)} turn(s) is a user turn ({counts}): nothing was asked")
+    first = next(i for i, role in enumerate(roles) if role != "system")
+    if roles[first] == "assistant":
+        raise InvalidSample(
+            ASSISTANT_FIRST, f"'turns'/{first}/'role': the conversation opens with an assistant turn, before any user or tool turn: it answers nothing"
+        )
 
     occurred_at = parse_timestamp(document["occurred_at"]).astimezone(UTC)
     occurred_at = occurred_at.replace(microsecond=occurred_at.microsecond // 1000 * 1000)

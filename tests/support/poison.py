@@ -96,6 +96,8 @@ def poison_corpus(settings: Settings, *, now: datetime | None = None) -> list[Po
         ("metadata_too_many_keys", encode(doc(metadata={f"k{i}": "v" for i in range(65)})), "schema"),
         ("empty_turns_list", encode(doc(turns=[])), "schema"),
         ("whitespace_turns", encode(doc(turns=[{"role": "user", "content": " \n\t "}, {"role": "assistant", "content": ""}])), "empty_turns"),
+        ("no_user_turn", encode(doc(turns=[{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": "Hello."}])), "no_user_turn"),
+        ("assistant_first", encode(doc(turns=[{"role": "assistant", "content": "Hi! How can I help?"}, {"role": "user", "content": "Hi"}])), "assistant_first"),
         ("too_many_turns", encode(doc(turns=[{"role": "user", "content": "hi"}] * (settings.stream_max_turns + 1))), "too_many_turns"),
         ("turn_too_long", encode(doc(turns=[{"role": "user", "content": "a" * (settings.stream_max_turn_chars + 1)}])), "turn_too_long"),
         ("oversize", b'{"pad": "' + b"x" * max_bytes + b'"}', "too_large"),
