@@ -14,9 +14,18 @@ import pytest
 
 from tests.support.env import DATASETS, require
 from tests.support.kafka_broker import KafkaBroker, KafkaUnavailable, create_topic
+from tests.support.processes import kill_leftovers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    """Kill the workers, replays and store holders a test left running (see tests/support/processes.py)."""
+    yield
+    if killed := kill_leftovers():
+        print(f"killed {len(killed)} subprocess(es) the test left running: {killed}")
 
 
 @pytest.fixture(autouse=True)

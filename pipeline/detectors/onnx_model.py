@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from filelock import FileLock
 
 from pipeline.settings import DEFAULT_EMBEDDING_BATCH
 
@@ -103,7 +104,12 @@ def export_path(layout: ModelLayout, model_name: str, backend: str, onnx_dir: Pa
 def ensure_export(layout: ModelLayout, model_name: str, backend: str, onnx_dir: Path) -> tuple[Path, bool]:
     """The ONNX file for `backend`, exported (and quantized) now unless already cached; True if made now."""
     path = export_path(layout, model_name, backend, onnx_dir)
-    with _export_lock:
+    if path.exists():
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Workers started together on a fresh host export into the same folder, and the quantizer
+    # writes a scratch file beside its source: one process exports, the others wait and reuse it.
+    with _export_lock, FileLock(path.parent / ".export.lock"):
         if path.exists():
             return path, False
         from pipeline.lab.onnx_export import export

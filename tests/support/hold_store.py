@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from tests.support.processes import track
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,12 +24,14 @@ class StoreHolder:
     """A process, started ahead, that holds an embedded store's engine for `seconds` when told."""
 
     def __init__(self, path: str | Path, seconds: float) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.hold_store", str(path), str(seconds)],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+        self.process = track(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.support.hold_store", str(path), str(seconds)],
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
         )
         self._expect("ready")
 

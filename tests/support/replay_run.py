@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.stream.contract import sample_to_json
+from tests.support.processes import track
 from tests.support.stream_worker import committed_offsets, query, read_topic, short_samples
 
 # Two kinds of poison: valid JSON breaking the contract, and not JSON at all.
@@ -39,11 +40,13 @@ def write_replay_file(path: Path, samples: int, poison_every: int) -> list[str |
 
 def start_replay(env: dict[str, str], file: Path, rate: float) -> subprocess.Popen[bytes]:
     """`safemon replay --file FILE --rate RATE` as a subprocess (its idempotent, acks=all producer)."""
-    return subprocess.Popen(
-        [str(Path(sys.executable).with_name("safemon")), "replay", "--file", str(file), "--rate", str(rate)],
-        env={**env, "COLUMNS": "200"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+    return track(
+        subprocess.Popen(
+            [str(Path(sys.executable).with_name("safemon")), "replay", "--file", str(file), "--rate", str(rate)],
+            env={**env, "COLUMNS": "200"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     )
 
 

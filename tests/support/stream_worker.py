@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.records import ConversationSample, Turn, utc_now
+from tests.support.processes import track
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,7 +105,7 @@ def start_worker(env: dict[str, str], log_path: Path, *, max_idle_seconds: float
     if max_idle_seconds is not None:
         args += ["--max-idle-seconds", str(max_idle_seconds)]
     with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=log_file)
+        process = track(subprocess.Popen(args, cwd=ROOT, env=env, stdout=log_file, stderr=log_file))
     return WorkerProcess(process, log_path)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -118,6 +122,29 @@ def test_export_is_reused_and_keyed_on_versions(onnx_dir, onnx_fp32, monkeypatch
     assert not list(path.parent.glob(".*tmp*")), "no temporary files are left behind"
     monkeypatch.setattr(onnx_model, "library_version", lambda lib: "9.9" if lib == "torch" else "1.0")
     assert export_path(layout, "all-MiniLM-L6-v2", "onnx", onnx_dir) != path, "another torch version must not reuse the export"
+
+
+EXPORT_AND_ENCODE = """
+import sys
+from pathlib import Path
+from pipeline.detectors.embedder import Embedder
+embedder = Embedder(backend="onnx-int8", onnx_dir=Path(sys.argv[1]), cache_size=0)
+embedder.encode(["load"])
+print("exported" if embedder.exported else "reused")
+"""
+
+
+def test_processes_starting_together_export_once(tmp_path):
+    """Workers started at once on a fresh host share the export folder: one exports, the others
+    wait for it (the quantizer's scratch file beside the fp32 model is not shared)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", EXPORT_AND_ENCODE, str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert sorted(out.split()[-1] for out, _ in outputs) == ["exported", "reused"]
 
 
 def test_cli_export_reports_the_cached_file(onnx_dir, onnx_int8, monkeypatch):
