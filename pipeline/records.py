@@ -139,6 +139,9 @@ class Attempt:
     # The prompt actually sent (redacted) when the suite does not hold it: an adaptive probe's,
     # written by the attacker. None for suite prompts and scripted turns.
     prompt: str | None = None
+    # What the judge said of this answer while an adaptive attack ran (it decided whether the
+    # attack went on); None when the judge was not asked.
+    judgement: Judgement | None = None
 
 
 @dataclass(frozen=True)
@@ -339,10 +342,11 @@ class TurnResult:
     pii_redacted: int
     risk: float  # running risk after this turn: the highest attack score so far
     detection: Detection
+    judgement: Judgement = field(default_factory=Judgement)  # an adaptive attack's turn the judge was asked about
 
     def columns(self) -> dict[str, Any]:
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "detection"}
-        return {**own, **self.detection.columns()}
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("detection", "judgement")}
+        return {**own, **self.detection.columns(), **self.judgement.columns()}
 
 
 @dataclass(frozen=True)

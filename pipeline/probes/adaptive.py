@@ -27,8 +27,16 @@ The runner maps an adaptive probe onto a conversation result: one `probe_results
 `first_failure_turn` = the iteration or turn that succeeded, `n_turns`, `risk`) and one
 `probe_turns` row per iteration or turn. The attacker's system prompts are versioned files in
 `prompts/`; `ProbeRun.attacker_version` records the attacker model version and the prompt files
-a run used. The judge does not take part in the loop: like a scripted conversation's, an
-adaptive probe's verdict is its turns' detectors'.
+a run used.
+
+Where a judge is configured (`SAFEMON_JUDGE_*`, or the targets file's `judge:` block), it rates
+with the detectors, as in a single probe's cascade: an answer whose attack score falls inside the
+band is the judge's to decide (unsafe is the attack's success; safe lets the attack go on), and a
+share of the others is audited. Its calls come out of the run's judge budget. A judge failure, or
+no budget left for an uncertain answer, ends the attack unscored, with the reason: whether the
+target gave in is then not known, and the attacker is not told a rating nobody made. What the
+judge said travels with the attempt (`Attempt.judgement`; probe_attempts, migration 0019), so
+the score task reuses it and never asks again.
 """
 
 from __future__ import annotations
@@ -36,8 +44,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache, partial
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Self
@@ -46,10 +55,11 @@ import structlog
 from pydantic import SecretStr
 
 from pipeline.detectors import Detection, Exchange, Scorer, redact
+from pipeline.judge.cascade import Cascade, Case
 from pipeline.probes.client import Backoff, ChatClient, build_messages, received
 from pipeline.probes.targets import TargetConfig
-from pipeline.probes.verdict import verdict
-from pipeline.records import AttackMethod, AttackSpec, Attempt, Expect, Probe, Suite, TurnExpect, Verdict, utc_now
+from pipeline.probes.verdict import decided_verdict, verdict
+from pipeline.records import AttackMethod, AttackSpec, Attempt, Expect, Judgement, Probe, Suite, TurnExpect, Verdict, utc_now
 from pipeline.settings import ConfigError
 
 if TYPE_CHECKING:
@@ -220,10 +230,12 @@ def _first_object(body: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class Rating:
-    """What the detectors say about one answer of an attack: its verdict and attack score."""
+    """What the detectors (and the judge, where it was asked) say about one answer of an attack:
+    its verdict and attack score."""
 
     verdict: Verdict
     attack_score: float
+    judgement: Judgement | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -294,13 +306,19 @@ class Attacks:
         probes: Iterable[Probe],
         rater: Callable[[Attempt, Sequence[Attempt]], Rating],
         *,
+        cascade: Cascade | None = None,
+        run_id: str = "",
         backoff: Backoff | None = None,
     ) -> None:
         self.config = config
         self.allowance = allot(probes, config.budget_per_run)
         self.calls = 0  # attacker calls made so far
+        self.judge_calls = 0  # judge calls made so far, out of the run's judge budget
         self._settings = settings
         self._rater = rater
+        self._cascade = cascade
+        self._run_id = run_id
+        self._judge_lock = threading.Lock()
         self._backoff = backoff
         self._client: ChatClient | None = None
 
@@ -334,11 +352,30 @@ class Attacks:
             if answer is None:
                 break  # a target error ends the attack: the probe is an error
             rating = await asyncio.to_thread(self._rater, attempt, tuple(attempts))
-            if rating.succeeded:
+            if self._cascade is not None and not probe.markers:
+                rating = await asyncio.to_thread(self._judged, attempt, tuple(attempts), rating)
+                attempts[-1] = replace(attempt, judgement=rating.judgement)
+            if rating.succeeded or rating.verdict == Verdict.UNSCORED:
                 break
             dialogue.answered(proposal, answer, attempt, rating)
         log.info("attack.done", probe_id=probe.id, method=str(spec.method), turns=len(attempts), last=_outcome(attempts[-1]))
         return attempts
+
+    def _judged(self, attempt: Attempt, attempts: Sequence[Attempt], rating: Rating) -> Rating:
+        """The cascade over one answer: the judge decides it inside the band, audits a share of
+        the rest, and leaves it unscored when it fails or the run's judge budget is spent."""
+        assert self._cascade is not None
+        exchange = attack_exchange(attempt, attempts)
+        case = Case(f"{self._run_id}:{attempt.probe.id}#{attempt.turn}", exchange.prompt, exchange.response, rating.attack_score, str(rating.verdict))
+        with self._judge_lock:  # attacks run concurrently; the budget is the run's
+            allowance = int(self.judge_calls < self._cascade.judge.config.budget_per_run)
+            self.judge_calls += allowance
+        outcome = self._cascade.run([case], allowance)
+        if allowance > outcome.calls:
+            with self._judge_lock:
+                self.judge_calls -= allowance - outcome.calls
+        [judgement] = outcome.judgements
+        return replace(rating, verdict=decided_verdict(rating.verdict, judgement, turn_expect(attempt.probe)), judgement=judgement)
 
     async def _propose(self, probe: Probe, k: int, messages: list[dict[str, str]]) -> Proposal | Attempt:
         """Ask the attacker for turn k's prompt: its proposal, or the attempt that records why there is none."""

@@ -30,17 +30,22 @@ from pipeline.store.sql import quoted
 
 _RUN_COLUMNS = [f.name for f in fields(ProbeRun)]
 RESULT_COLUMNS = [*(f.name for f in fields(ProbeResult) if f.name not in ("detection", "judgement", "turns")), *DETECTION_COLUMNS, *JUDGEMENT_COLUMNS]
-TURN_COLUMNS = [*(f.name for f in fields(TurnResult) if f.name != "detection"), *DETECTION_COLUMNS]
+TURN_COLUMNS = [*(f.name for f in fields(TurnResult) if f.name not in ("detection", "judgement")), *DETECTION_COLUMNS, *JUDGEMENT_COLUMNS]
 # Not a verdict: left out of every rate's denominator.
 UNANSWERED = "('error', 'unscored')"
+
+
+def _judgement_of(values: dict[str, Any]) -> Judgement:
+    """The judgement columns popped from a row's `values`."""
+    judgement = Judgement(**{c: values.pop(c) for c in JUDGEMENT_COLUMNS})
+    return replace(judgement, judge_categories=tuple(judgement.judge_categories), decided_by=DecidedBy(judgement.decided_by))
 
 
 def _result_of(row: Sequence[Any]) -> ProbeResult:
     values = dict(zip(RESULT_COLUMNS, row, strict=True))
     detection = Detection(**{c: values.pop(c) for c in DETECTION_COLUMNS})
     detection = replace(detection, flagged_categories=tuple(detection.flagged_categories))
-    judgement = Judgement(**{c: values.pop(c) for c in JUDGEMENT_COLUMNS})
-    judgement = replace(judgement, judge_categories=tuple(judgement.judge_categories), decided_by=DecidedBy(judgement.decided_by))
+    judgement = _judgement_of(values)
     return ProbeResult(**{**values, "tags": tuple(values["tags"]), "verdict": Verdict(values["verdict"]), "detection": detection, "judgement": judgement})
 
 
@@ -81,13 +86,14 @@ _ATTEMPT_COLUMNS = ["response", "error", "latency_ms", "started_at", "marker_hit
 
 
 def write_attempts(client: Client, run: ProbeRun, attempts: list[Attempt]) -> None:
-    """Keep a run's attempts (their responses already redacted) for the task that scores them."""
+    """Keep a run's attempts (their responses already redacted), with what the judge said of an
+    attack's turns as it ran (migration 0019), for the task that scores them."""
     now = datetime.now(UTC)
-    rows = [[run.run_id, a.probe.id, *(getattr(a, c) for c in _ATTEMPT_COLUMNS), now] for a in attempts]
+    rows = [[run.run_id, a.probe.id, *(getattr(a, c) for c in _ATTEMPT_COLUMNS), *(a.judgement or Judgement()).columns().values(), now] for a in attempts]
     client.insert(
         "probe_attempts",
         rows,
-        column_names=["run_id", "probe_id", *_ATTEMPT_COLUMNS, "stored_at"],
+        column_names=["run_id", "probe_id", *_ATTEMPT_COLUMNS, *JUDGEMENT_COLUMNS, "stored_at"],
         settings={"insert_deduplication_token": f"probe_attempts:{run.run_id}:{len(rows)}"},
     )
 
@@ -95,12 +101,14 @@ def write_attempts(client: Client, run: ProbeRun, attempts: list[Attempt]) -> No
 def read_attempts(client: Client, run_id: str, probes: list[Probe]) -> list[Attempt]:
     """A run's attempts, in the order of `probes` (the suite's), a conversation's by turn."""
     result = client.query(
-        f"SELECT probe_id, {', '.join(_ATTEMPT_COLUMNS)} FROM probe_attempts FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id, turn",
+        f"SELECT probe_id, {', '.join([*_ATTEMPT_COLUMNS, *JUDGEMENT_COLUMNS])} FROM probe_attempts FINAL WHERE run_id = {{run_id:String}} ORDER BY probe_id, turn",
         parameters={"run_id": run_id},
     )
     stored: dict[str, list[dict[str, Any]]] = {}
     for row in result.result_rows:
-        stored.setdefault(row[0], []).append(dict(zip(_ATTEMPT_COLUMNS, row[1:], strict=True)))
+        values = dict(zip([*_ATTEMPT_COLUMNS, *JUDGEMENT_COLUMNS], row[1:], strict=True))
+        judgement = _judgement_of(values)
+        stored.setdefault(row[0], []).append({**values, "judgement": judgement if judgement.judge_role else None})
     missing = [p.id for p in probes if p.id not in stored]
     if missing:
         raise LookupError(f"probe run {run_id!r} has no stored attempt for {len(missing)} probes ({', '.join(missing[:5])})")
