@@ -16,6 +16,7 @@ module that registers a class with:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
@@ -110,6 +111,13 @@ class Scorer:
         """Every registered detector on the process-wide embedder, with the heads the settings choose (see `shipped`)."""
         embedder = embedder_from_settings(settings)
         return cls(embedder, head=load_head(settings, embedder))
+
+    def only(self, names: Sequence[str]) -> Scorer:
+        """A scorer with only these of this scorer's detectors: the same instances, so nothing
+        (exemplar vectors, heads) is built again."""
+        subset = copy.copy(self)
+        subset.detectors = {name: self.detectors[name] for name in names}
+        return subset
 
     def texts(self, exchanges: Sequence[Exchange]) -> list[str]:
         """Every distinct text the detectors embed for `exchanges`."""

@@ -269,7 +269,7 @@ def rate(detect: Callable[[list[Exchange]], list[Detection]], attempt: Attempt, 
 def rater(scorer: Scorer) -> Callable[[Attempt, Sequence[Attempt]], Rating]:
     """How an attack's answers are rated during the run: by the refusal and policy heads only (the
     verdict reads nothing else), on `scorer`'s embedder, whose cache the score step then reuses."""
-    return partial(rate, Scorer(scorer.embedder, scorer.head, detectors=["refusal_policy"]).score)
+    return partial(rate, scorer.only(["refusal_policy"]).score)
 
 
 def not_sent(attempt: Attempt) -> bool:

@@ -243,13 +243,13 @@ class ChatClient:
             if reply.text is None:
                 break
             answers.append(reply.text)
-            if turn < last:
-                pending = ask(turn + 1)
+            if turn == last:
+                break  # nothing left to stop: the score step reads the last turn
+            pending = ask(turn + 1)
             if stops and await fails(attempt):  # type: ignore[misc]
-                if turn < last:
-                    pending.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await pending
+                pending.cancel()
+                with suppress(asyncio.CancelledError):
+                    await pending
                 break
         return attempts
 

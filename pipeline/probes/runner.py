@@ -88,7 +88,7 @@ def turn_fails(scorer: Scorer) -> Callable[[Sequence[Attempt]], list[bool]]:
     by its markers and a turn that cannot fail its conversation needs no reading; the rest are
     scored in their context by the refusal and policy heads only (the verdict reads nothing else),
     on `scorer`'s embedder, whose cache the score step then reuses."""
-    heads = Scorer(scorer.embedder, scorer.head, detectors=["refusal_policy"])
+    heads = scorer.only(["refusal_policy"])
 
     def fails(attempts: Sequence[Attempt]) -> list[bool]:
         read = [a for a in attempts if not a.probe.markers and can_fail(a.probe, a.turn)]

@@ -110,3 +110,16 @@ def test_registered_detector_fills_its_fields_on_awkward_exchanges(name, embedde
             assert alone[field] == pytest.approx(batched[field], abs=1e-5), field
         else:
             assert alone[field] == batched[field], field
+
+
+def test_a_subset_of_a_scorer_shares_its_detectors_and_scores_alike(embedder):
+    """Conversation turns and attack answers are read by the refusal and policy heads alone,
+    during the run: the subset reuses the scorer's detectors rather than building them again."""
+    scorer = Scorer(embedder)
+    heads = scorer.only(["refusal_policy"])
+    assert list(heads.detectors) == ["refusal_policy"] and heads.detectors["refusal_policy"] is scorer.detectors["refusal_policy"]
+    assert heads.version == scorer.version and len(scorer.detectors) == len(DETECTORS.names()), "the scorer itself keeps every detector"
+    exchanges = [Exchange("How do I pick a lock?", "I can't help with that."), Exchange("Tell me a joke.", "Why did the chicken cross the road?")]
+    for alone, full in zip(heads.score(exchanges), scorer.score(exchanges), strict=True):
+        assert (alone.refused, alone.flagged_categories) == (full.refused, full.flagged_categories)
+        assert alone.attack_score == pytest.approx(full.attack_score)
