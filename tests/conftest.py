@@ -59,15 +59,29 @@ def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def settings(store_path: Path, tmp_path: Path):
-    """Settings on the shared embedded store with a fresh database for this test."""
-    from pipeline.settings import load_settings
+    """Settings on the shared embedded store with a fresh database for this test, dropped after it.
 
-    return load_settings(
+    Opening the embedded engine loads every table on its path: a store holding each earlier
+    test's database took 2 s to open by the middle of the suite, and two workers handing it to
+    each other per batch fell behind the stream they were tested on."""
+    from pipeline.settings import load_settings
+    from pipeline.store.client import StoreUnavailable, open_store
+
+    settings = load_settings(
         clickhouse_dsn=f"chdb://{store_path}",
         clickhouse_database=f"t_{uuid.uuid4().hex[:12]}",
         clickhouse_lock_timeout_s=30,
         targets_file=tmp_path / "targets.yaml",
     )
+    yield settings
+    kill_leftovers()  # a worker the test left running holds the store
+    if not (store_path / "metadata" / f"{settings.clickhouse_database}.sql").exists():
+        return  # the test never created its database
+    try:
+        with open_store(settings) as client:
+            client.command(f"DROP DATABASE IF EXISTS {settings.clickhouse_database} SYNC")
+    except StoreUnavailable as exc:  # only the next tests' speed depends on it
+        print(f"could not drop {settings.clickhouse_database}: {exc}")
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.kafka
 
 LEADER_KILLS = 5
 RATE = 30  # messages/s from safemon replay: steady, and longer than the faults take
-SAMPLES = 15_000
+SAMPLES = 30_000  # 1,000 s of replay: far longer than the faults take, even on a loaded machine
 POISON_EVERY = 100  # 1% of the file
 PAUSE_S = 14  # > broker.session.timeout.ms (3 s) and the workers' session timeout (10 s)
 
