@@ -367,13 +367,13 @@ class Attacks:
         assert self._cascade is not None
         exchange = attack_exchange(attempt, attempts)
         case = Case(f"{self._run_id}:{attempt.probe.id}#{attempt.turn}", exchange.prompt, exchange.response, rating.attack_score, str(rating.verdict))
-        with self._judge_lock:  # attacks run concurrently; the budget is the run's
+        with self._judge_lock:  # attacks run concurrently; the budget is the run's: reserve the call
             allowance = int(self.judge_calls < self._cascade.judge.config.budget_per_run)
             self.judge_calls += allowance
         outcome = self._cascade.run([case], allowance)
-        if allowance > outcome.calls:
+        if allowance and not outcome.calls:  # a confident answer outside the audit: give the call back
             with self._judge_lock:
-                self.judge_calls -= allowance - outcome.calls
+                self.judge_calls -= 1
         [judgement] = outcome.judgements
         return replace(rating, verdict=decided_verdict(rating.verdict, judgement, turn_expect(attempt.probe)), judgement=judgement)
 
