@@ -382,6 +382,8 @@ class _Handler(ChatHandler):
         return True
 
     def _complete(self, model: str, text: str) -> None:
+        # Counted before it is sent: a client that has the answer finds it counted.
+        self.server.state.completed()
         self._send(
             HTTPStatus.OK,
             {
@@ -392,7 +394,6 @@ class _Handler(ChatHandler):
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": "stop"}],
             },
         )
-        self.server.state.completed()
 
     def _send_raw(self, status: HTTPStatus, payload: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)

@@ -152,7 +152,8 @@ def test_two_workers_split_partitions_and_survive_a_kill(settings, kafka_bootstr
     produce_samples(kafka_bootstrap, topic, samples)
     env = _env(settings, kafka_bootstrap, topic, stream_batch_size=25)
     a = start_worker(env, tmp_path / "a.log", max_idle_seconds=15)
-    b = start_worker(env, tmp_path / "b.log", max_idle_seconds=15)
+    # b idles while a's session times out (10 s) and the group rebalances: it must outwait both.
+    b = start_worker(env, tmp_path / "b.log", max_idle_seconds=40)
     # Both are members once each has been assigned a share (not all four partitions).
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
