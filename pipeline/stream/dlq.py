@@ -21,6 +21,7 @@ from kafka.errors import TopicAlreadyExistsError
 from pipeline.settings import Settings
 from pipeline.stream.batch import Rejection
 from pipeline.stream.contract import format_timestamp
+from pipeline.stream.producer import RECONNECT_BACKOFF_MAX_MS
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +70,7 @@ class DeadLetters:
                 acks="all",
                 enable_idempotence=True,
                 max_request_size=max(self.settings.stream_max_message_bytes * 2, 1_048_576),
+                reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             )
         return self._producer
 

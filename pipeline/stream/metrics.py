@@ -50,6 +50,7 @@ class StreamMetrics:
         self.rejects: Counter[str] = Counter()
         self.quality_failures = 0
         self.store_retries = 0
+        self.poll_retries = 0
         self.store_seconds = 0.0  # time spent in store steps, outages included
         self.store_stalls = 0
         self._store_since: float | None = None  # monotonic start of the store step in progress
@@ -85,6 +86,10 @@ class StreamMetrics:
     def record_store_retry(self) -> None:
         with self._lock:
             self.store_retries += 1
+
+    def record_poll_retry(self) -> None:
+        with self._lock:
+            self.poll_retries += 1
 
     def store_began(self) -> None:
         with self._lock:
@@ -156,6 +161,7 @@ class StreamMetrics:
                 rejects_by_code=dict(self.rejects),
                 quality_failures=self.quality_failures,
                 store_retries=self.store_retries,
+                poll_retries=self.poll_retries,
                 store_stalls=self.store_stalls,
                 lag=dict(self.lag),
                 lag_total=sum(self.lag.values()),
@@ -181,6 +187,9 @@ class StreamMetrics:
                 "# HELP safemon_stream_store_retries_total Failed store attempts that were retried.",
                 "# TYPE safemon_stream_store_retries_total counter",
                 f"safemon_stream_store_retries_total {self.store_retries}",
+                "# HELP safemon_stream_poll_retries_total Polls that failed on an unreachable broker and were retried.",
+                "# TYPE safemon_stream_poll_retries_total counter",
+                f"safemon_stream_poll_retries_total {self.poll_retries}",
                 "# HELP safemon_stream_store_seconds_total Time spent storing batches, waits for the store included.",
                 "# TYPE safemon_stream_store_seconds_total counter",
                 f"safemon_stream_store_seconds_total {self.store_seconds + pending:.3f}",

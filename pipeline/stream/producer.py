@@ -35,6 +35,10 @@ log = structlog.get_logger(__name__)
 MAX_BLOCK_MS = 30_000
 # How long the producer keeps retrying one record (idempotence makes the retries safe).
 DELIVERY_TIMEOUT_MS = 120_000
+# The longest wait between reconnects to a broker that went away (kafka-python's default is
+# 30 s, the Java client's 1 s). Longer than the consumer's session timeout, a worker would
+# notice a restarted broker only after its group membership had expired.
+RECONNECT_BACKOFF_MAX_MS = 1_000
 
 
 class DeliveryError(RuntimeError):
@@ -61,6 +65,7 @@ def make_producer(settings: Settings, **overrides: Any) -> KafkaProducer:
         "retries": 2_147_483_647,
         "delivery_timeout_ms": DELIVERY_TIMEOUT_MS,
         "max_block_ms": MAX_BLOCK_MS,
+        "reconnect_backoff_max_ms": RECONNECT_BACKOFF_MAX_MS,
         "linger_ms": 20,
         "compression_type": compression(),
         # Room for messages above the stream's own limit, so oversize poison can be replayed to

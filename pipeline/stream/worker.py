@@ -64,6 +64,7 @@ from pipeline.stream.batch import Accepted, Rejection, SourceRecord, StreamScore
 from pipeline.stream.contract import ContractWindow, validate_facts
 from pipeline.stream.dlq import DeadLetters
 from pipeline.stream.metrics import STORE_STALL_S, StreamMetrics
+from pipeline.stream.producer import RECONNECT_BACKOFF_MAX_MS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -120,6 +121,9 @@ class StreamWorker:
         self.client_id = f"safemon-stream-{uuid.uuid4().hex[:8]}"
         self.store = HeldStore(settings)
         self._lag_stored_at: datetime | None = None  # when the last stored lag was observed
+        # Since when the worker has seen no records while holding partitions and reaching the
+        # broker (monotonic): an assignment or a failed poll restarts the idle clock.
+        self.idle_since = time.monotonic()
 
     # --- rebalance callbacks (IO thread, inside poll) -------------------------------------
     def release(self, partitions: set[TopicPartition], *, lost: bool) -> None:
@@ -144,6 +148,7 @@ class StreamWorker:
         # A batch being stored keeps everything paused; new partitions wait for it too.
         if self.processing and self.consumer is not None and partitions:
             self.consumer.pause(*partitions)
+        self.idle_since = time.monotonic()
         log.info("stream.partitions_assigned", partitions=sorted(tp.partition for tp in partitions))
 
     # --- lifecycle ------------------------------------------------------------------------
@@ -185,12 +190,13 @@ class StreamWorker:
             max_poll_records=s.stream_batch_size,
             session_timeout_ms=SESSION_TIMEOUT_MS,
             heartbeat_interval_ms=HEARTBEAT_INTERVAL_MS,
+            reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
             fetch_max_bytes=max(52_428_800, s.stream_max_message_bytes * 2),
             max_partition_fetch_bytes=max(1_048_576, s.stream_max_message_bytes * 2),
         )
         self.consumer.subscribe([s.kafka_topic], listener=_Rebalance(self))
         log.info("stream.subscribed", topic=s.kafka_topic, group=s.kafka_group, bootstrap=s.kafka_bootstrap)
-        subscribed_at = idle_since = time.monotonic()
+        subscribed_at = self.idle_since = time.monotonic()
         # Joining the group can wait out a dead member's session first: that is not idleness.
         join_grace = SESSION_TIMEOUT_MS / 1000 + (self.max_idle_seconds or 0.0)
         code = 0
@@ -202,10 +208,10 @@ class StreamWorker:
                 self.stage_s = {"fill": now - fill_started}
                 if records:
                     self._process(records)
-                    idle_since = time.monotonic()
+                    self.idle_since = time.monotonic()
                 elif not self.consumer.assignment() and now - subscribed_at < join_grace:
-                    idle_since = now
-                elif self.max_idle_seconds is not None and time.monotonic() - idle_since >= self.max_idle_seconds:
+                    self.idle_since = now
+                elif self.max_idle_seconds is not None and time.monotonic() - self.idle_since >= self.max_idle_seconds:
                     log.info("stream.idle_exit", idle_seconds=self.max_idle_seconds)
                     break
                 if self.contract_window.due():
@@ -245,7 +251,7 @@ class StreamWorker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            polled = self.consumer.poll(timeout_ms=int(remaining * 1000), max_records=size - len(self.buffer))
+            polled = self._poll(timeout_ms=int(remaining * 1000), max_records=size - len(self.buffer))
             for records in polled.values():
                 self.buffer.extend(SourceRecord.from_consumer(r) for r in records)
         return self._take_buffer()
@@ -256,8 +262,7 @@ class StreamWorker:
         pause() makes kafka-python drop fetched but unreturned records, which resume() then has
         to fetch again; taken now, they wait in the buffer (released on revoke like any other).
         """
-        assert self.consumer is not None
-        polled = self.consumer.poll(timeout_ms=0, max_records=self.settings.stream_batch_size)
+        polled = self._poll(timeout_ms=0, max_records=self.settings.stream_batch_size)
         for records in polled.values():
             self.buffer.extend(SourceRecord.from_consumer(r) for r in records)
 
@@ -429,6 +434,37 @@ class StreamWorker:
             log.info("stream.rewound", partition=partition, offset=first)
 
     # --- retries --------------------------------------------------------------------------
+    def _poll(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Any]]:
+        """`consumer.poll`, riding out a broker that is away.
+
+        kafka-python 3.0 lets a retriable error out of `poll()` when a metadata refresh fails
+        while it resets or validates positions (`KafkaConnectionError: 111 ECONNREFUSED` during
+        a broker restart). Such a poll returned nothing and moved no position, so nothing is
+        lost by polling again after a back-off; a stop signal ends the retries with no records.
+        """
+        assert self.consumer is not None
+        consumer = self.consumer
+
+        def before_sleep(state: RetryCallState) -> None:
+            self.metrics.record_poll_retry()
+            self.idle_since = time.monotonic()
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "stream.poll_failed",
+                attempt=state.attempt_number,
+                error=f"{type(error).__name__}: {str(error)[:300]}",
+                sleep_s=round(state.next_action.sleep if state.next_action else 0.0, 2),
+            )
+
+        retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, KafkaError) and e.retriable),
+            wait=wait_exponential_jitter(initial=0.2, max=MAX_BACKOFF_S),
+            stop=lambda _state: self.stopping,
+            before_sleep=before_sleep,
+            retry_error_callback=lambda _state: {},
+        )
+        return retrying(consumer.poll, timeout_ms=timeout_ms, max_records=max_records)
+
     def _retry_store(self, action: Callable[[], T], what: str) -> T:
         """Run `action` until it succeeds, backing off exponentially and heart-beating between tries."""
 

@@ -24,6 +24,7 @@ from tests.support.poison import hostile_samples, poison_corpus
 from tests.support.shipped import shipped_version
 from tests.support.stream_worker import (
     committed_offsets,
+    event_time,
     make_sample,
     produce,
     produce_samples,
@@ -85,15 +86,26 @@ def test_every_sample_is_scored_once(settings, kafka_bootstrap, topic, tmp_path)
     assert all(e["batch_size"] <= 50 for e in commits)
 
 
-def test_broker_restart_mid_stream_loses_nothing(settings, kafka_bootstrap, kafka_broker, topic, tmp_path):
+def test_broker_restarts_and_outages_mid_stream_lose_nothing(settings, kafka_bootstrap, kafka_broker, topic, tmp_path):
+    """A quick restart, then the broker away for longer than the session timeout (10 s).
+
+    The worker must neither exit (kafka-python lets ECONNREFUSED out of poll() while it
+    refreshes metadata) nor wait out kafka-python's 30 s reconnect backoff once the broker is back.
+    """
     first, second = short_samples(1000), short_samples(500)
     produce_samples(kafka_bootstrap, topic, first)
     worker = start_worker(_env(settings, kafka_bootstrap, topic), tmp_path / "w.log", max_idle_seconds=20)
     worker.wait_for("stream.batch_committed", timeout=90)
     kafka_broker.restart()
+    kafka_broker.stop()
+    time.sleep(12)
+    kafka_broker.start()
+    back = time.time()
     produce_samples(kafka_bootstrap, topic, second)
     assert worker.wait(180) == 0, worker.tail()
 
+    resumed = min((t for t in map(event_time, worker.events("stream.batch_committed")) if t > back), default=float("inf"))
+    assert resumed - back < 15, f"first commit {resumed - back:.1f} s after the broker came back:\n{worker.tail()}"
     final, distinct, _ = stored_counts(settings)
     assert final == distinct == 1500
     assert set(_stored_ids(settings)) == {s.sample_id for s in first + second}
