@@ -322,9 +322,8 @@ class StreamWorker:
             self._lag_stored_at = lag[0].observed_at
         self.stage_s["store"] = time.monotonic() - storing
         if rejections:
-            partitions = self._partitions()
-            self._retry_store(
-                lambda: self.dead_letters.send(rejections, partitions=partitions, attempt=1, rejected_at=rejected_at),
+            self._retry_store(  # asking the partition count may need the broker too
+                lambda: self.dead_letters.send(rejections, partitions=self._partitions(), attempt=1, rejected_at=rejected_at),
                 "dlq",
             )
             for x in rejections:
