@@ -47,14 +47,23 @@ class StoreHolder:
         return self.process.poll() is None
 
     def wait(self) -> float:
-        """Wait until it let go; returns the time (epoch seconds) it did."""
-        assert self.process.wait(timeout=600) == 0, "the store holder failed"
-        return time.time()
+        """Wait until it let go; returns the time (epoch seconds) it closed the engine.
 
-    def _expect(self, word: str) -> None:
+        That is the holder's own clock reading, not when this call returns: the pipeline may
+        take the store while the holder process is still exiting, or before a caller polling
+        `holding()` notices.
+        """
+        released = float(self._expect("released"))
+        assert self.process.wait(timeout=600) == 0, "the store holder failed"
+        return released
+
+    def _expect(self, word: str) -> str:
+        """Read the holder's next line, which must start with `word`; the rest of it."""
         assert self.process.stdout is not None
         line = self.process.stdout.readline().strip()
-        assert line == word, f"the store holder said {line!r}, not {word!r}"
+        said, _, rest = line.partition(" ")
+        assert said == word, f"the store holder said {line!r}, not {word!r}"
+        return rest
 
 
 def main(path: str, seconds: float) -> int:
@@ -70,6 +79,7 @@ def main(path: str, seconds: float) -> int:
     print("held", flush=True)
     time.sleep(seconds)
     client.close()
+    print(f"released {time.time()}", flush=True)
     return 0
 
 
