@@ -124,6 +124,14 @@ class StreamWorker:
         # Since when the worker has seen no records while holding partitions and reaching the
         # broker (monotonic): an assignment or a failed poll restarts the idle clock.
         self.idle_since = time.monotonic()
+        # Built once: every poll goes through it.
+        self._poll_retrying = Retrying(
+            retry=retry_if_exception(lambda e: isinstance(e, KafkaError) and e.retriable),
+            wait=wait_exponential_jitter(initial=0.2, max=MAX_BACKOFF_S),
+            stop=lambda _state: self.stopping,
+            before_sleep=self._poll_failed,
+            retry_error_callback=lambda _state: {},
+        )
 
     # --- rebalance callbacks (IO thread, inside poll) -------------------------------------
     def release(self, partitions: set[TopicPartition], *, lost: bool) -> None:
@@ -442,41 +450,21 @@ class StreamWorker:
         lost by polling again after a back-off; a stop signal ends the retries with no records.
         """
         assert self.consumer is not None
-        consumer = self.consumer
+        return self._poll_retrying(self.consumer.poll, timeout_ms=timeout_ms, max_records=max_records)
 
-        def before_sleep(state: RetryCallState) -> None:
-            self.metrics.record_poll_retry()
-            self.idle_since = time.monotonic()
-            error = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "stream.poll_failed",
-                attempt=state.attempt_number,
-                error=f"{type(error).__name__}: {str(error)[:300]}",
-                sleep_s=round(state.next_action.sleep if state.next_action else 0.0, 2),
-            )
-
-        retrying = Retrying(
-            retry=retry_if_exception(lambda e: isinstance(e, KafkaError) and e.retriable),
-            wait=wait_exponential_jitter(initial=0.2, max=MAX_BACKOFF_S),
-            stop=lambda _state: self.stopping,
-            before_sleep=before_sleep,
-            retry_error_callback=lambda _state: {},
-        )
-        return retrying(consumer.poll, timeout_ms=timeout_ms, max_records=max_records)
+    def _poll_failed(self, state: RetryCallState) -> None:
+        self.metrics.record_poll_retry()
+        self.idle_since = time.monotonic()  # an unreachable broker is not idleness
+        attempt, error, sleep_s = _failed_attempt(state)
+        log.warning("stream.poll_failed", attempt=attempt, error=error, sleep_s=sleep_s)
 
     def _retry_store(self, action: Callable[[], T], what: str) -> T:
         """Run `action` until it succeeds, backing off exponentially and heart-beating between tries."""
 
         def before_sleep(state: RetryCallState) -> None:
             self.metrics.record_store_retry()
-            error = state.outcome.exception() if state.outcome else None
-            log.warning(
-                "stream.retrying",
-                what=what,
-                attempt=state.attempt_number,
-                error=f"{type(error).__name__}: {str(error)[:300]}",
-                sleep_s=round(state.next_action.sleep if state.next_action else 0.0, 2),
-            )
+            attempt, error, sleep_s = _failed_attempt(state)
+            log.warning("stream.retrying", what=what, attempt=attempt, error=error, sleep_s=sleep_s)
             self._heartbeat()
 
         def stop(state: RetryCallState) -> bool:
@@ -508,6 +496,13 @@ class StreamWorker:
         for records in polled.values():  # only if a partition was assigned unpaused: keep them
             self.buffer.extend(SourceRecord.from_consumer(r) for r in records)
         self.consumer.pause(*self.consumer.assignment())
+
+
+def _failed_attempt(state: RetryCallState) -> tuple[int, str, float]:
+    """What a retry warning says: the attempt that failed, its error, and the wait before the next."""
+    error = state.outcome.exception() if state.outcome else None
+    sleep_s = state.next_action.sleep if state.next_action else 0.0
+    return state.attempt_number, f"{type(error).__name__}: {str(error)[:300]}", round(sleep_s, 2)
 
 
 class _GaveUp(RuntimeError):
