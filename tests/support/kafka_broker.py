@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -122,14 +123,27 @@ def create_topic(bootstrap: str, name: str, partitions: int = 4, replication_fac
     log.info("kafka.topic.created", topic=name, partitions=partitions, replication_factor=replication_factor)
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (32768 unless configured)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port_run(length: int) -> int:
-    """The first of `length` consecutive loopback ports that were all free a moment ago."""
+    """The first of `length` consecutive loopback ports, below the ephemeral range, that were all free a moment ago.
+
+    Below it because cluster nodes connect to peers that are not listening yet: an outgoing
+    connection to an ephemeral-range port can be given that very port as its own and connect
+    to itself (TCP self-connect), which then holds the port the peer was about to bind.
+    """
+    low = _ephemeral_low()
+    rng = random.Random()
     for _ in range(200):
-        base = free_port()
-        if base + length > 65_535:
-            continue
+        base = rng.randrange(max(1_024, low - 12_000), low - length)
+        socks: list[socket.socket] = []
         try:
-            socks = []
             for port in range(base, base + length):
                 sock = socket.socket()
                 socks.append(sock)
@@ -140,7 +154,7 @@ def free_port_run(length: int) -> int:
         finally:
             for sock in socks:
                 sock.close()
-    raise RuntimeError(f"no run of {length} free ports found")
+    raise RuntimeError(f"no run of {length} free ports found below {low}")
 
 
 class KafkaCluster:
