@@ -22,11 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import structlog
 
 from pipeline.detectors import views as view_sizes
-from pipeline.detectors.lexical import ANALYZERS, Lexicon
+from pipeline.detectors.lexical import ANALYZERS, Lexicon, SparseRows
 
 log = structlog.get_logger(__name__)
 
@@ -58,14 +57,22 @@ class HeadError(ValueError):
     """A head artifact is unreadable, of another format version, or built for another model."""
 
 
-def assemble(features: Sequence[str], parts: Mapping[str, Any]) -> np.ndarray | sp.csr_matrix:
-    """Concatenate the named feature blocks (each (n, d)) into one float64 matrix, sparse when a block is."""
+def assemble(features: Sequence[str], parts: Mapping[str, Any]) -> Any:
+    """Concatenate the named feature blocks (each (n, d)) into one float64 matrix.
+
+    A sparse block (the lexical one) read alone is returned as it is; beside dense blocks, the
+    result is a scipy CSR matrix (fitting only: scoring never mixes them)."""
     missing = [f for f in features if parts.get(f) is None]
     if missing:
         raise ValueError(f"features {missing} are needed but were not computed")
-    if any(sp.issparse(parts[f]) for f in features):
-        return sp.hstack([parts[f] for f in features], format="csr", dtype=np.float64)
-    return np.hstack([np.asarray(parts[f], dtype=np.float64) for f in features])
+    blocks = [parts[f] for f in features]
+    if all(isinstance(b, np.ndarray) for b in blocks):
+        return np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
+    if len(blocks) == 1:
+        return blocks[0]
+    import scipy.sparse as sp
+
+    return sp.hstack([b.to_scipy() if isinstance(b, SparseRows) else b for b in blocks], format="csr", dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -80,13 +87,13 @@ class LinearHead:
     threshold: float = 0.5
     lexicon: Lexicon | None = None  # the terms behind the "lexical" block, when the head reads it
 
-    def assemble(self, parts: Mapping[str, Any], texts: Sequence[str]) -> np.ndarray | sp.csr_matrix:
+    def assemble(self, parts: Mapping[str, Any], texts: Sequence[str]) -> Any:
         """This head's feature matrix from the computed blocks, the lexical block read from `texts`."""
         if self.lexicon is not None:
             parts = {**parts, "lexical": self.lexicon.transform(texts)}
         return assemble(self.features, parts)
 
-    def proba(self, x: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    def proba(self, x: Any) -> np.ndarray:
         """(n, len(classes)) class probabilities."""
         logits = np.asarray(x @ self.coef.T) + self.intercept
         if len(self.classes) == 2:
@@ -96,7 +103,7 @@ class LinearHead:
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
 
-    def score(self, x: np.ndarray | sp.csr_matrix) -> np.ndarray:
+    def score(self, x: Any) -> np.ndarray:
         """Probability of the task's positive classes, in [0, 1]."""
         positive = [i for i, c in enumerate(self.classes) if c in TASK_POSITIVE.get(self.task, ("1",))]
         return np.clip(self.proba(x)[:, positive].sum(axis=1), 0.0, 1.0)
@@ -186,7 +193,7 @@ class HeadSet:
 
 def fit_head(
     task: str,
-    x: np.ndarray | sp.csr_matrix,
+    x: Any,
     labels: Sequence[str],
     groups: Sequence[Any] | None = None,
     *,
@@ -213,9 +220,8 @@ def fit_head(
     return dataclasses.replace(head, lexicon=lexicon) if lexicon is not None else head
 
 
-def _fit(
-    task: str, x: np.ndarray | sp.csr_matrix, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int
-) -> LinearHead:
+def _fit(task: str, x: Any, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int) -> LinearHead:
+    import scipy.sparse as sp
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
@@ -223,6 +229,8 @@ def _fit(
     classes = sorted(set(y.tolist()))
     if len(classes) < 2:
         raise ValueError(f"{task}: need at least two classes to fit, got {classes}")
+    if isinstance(x, SparseRows):
+        x = x.to_scipy()
     sparse = sp.issparse(x)
     grid = LEXICAL_C_GRID if sparse else C_GRID
     mean = np.zeros(x.shape[1]) if sparse else x.mean(axis=0)

@@ -146,7 +146,9 @@ def test_a_lexical_head_reads_the_wording_and_survives_its_artifact(tmp_path):
     labels = ["1"] * 4 + ["0"] * 4
     lexicon = Lexicon.fit(answers)
     x = lexicon.transform(answers)
-    assert x.shape == (len(answers), lexicon.size) and np.allclose(np.sqrt(x.multiply(x).sum(axis=1)), 2**0.5)  # two unit blocks
+    dense = x.to_scipy().toarray()
+    assert x.shape == (len(answers), lexicon.size) and np.allclose(np.linalg.norm(dense, axis=1), 2**0.5)  # two unit blocks
+    assert np.allclose(x @ np.eye(lexicon.size)[:, :3], dense[:, :3])
     head = fit_head("harmful_compliance", x, labels * 3, list(range(8)) * 3, features=("lexical",), lexicon=lexicon)
     unseen = ["Step 1: get the parts. Step 2: follow these steps to build it.", "I'm sorry, I can't help with that."]
     scores = head.score(head.assemble({}, unseen))
@@ -391,3 +393,22 @@ def test_fit_on_several_files_fits_each_head_on_the_rows_that_carry_its_label(tm
     assert alone.exit_code == 0, alone.output
     said = " ".join(alone.output.split())
     assert "not fitted refusal: no row carries a refusal label" in said and "not fitted prompt_harm" in said
+
+
+def test_the_lexicon_counts_terms_as_scikit_learns_tfidf_does():
+    """Written out in numpy so that scoring imports no scikit-learn; fitting-time scikit-learn must agree."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from pipeline.detectors.lexical import ANALYZERS, Lexicon
+
+    texts = [*LEXICAL_ANSWERS, "A b  c\td — naïve café; x1 y22 Z333!", "", "Step 1: step 1. STEP 2"] * 2
+    lexicon = Lexicon.fit(texts)
+    ours = lexicon.transform(texts).to_scipy().toarray()
+    blocks = []
+    for name, (analyzer, ngrams) in {"word": ("word", (1, 2)), "char": ("char_wb", (3, 5))}.items():
+        reference = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, min_df=2, sublinear_tf=True).fit(texts)
+        assert lexicon.terms[name] == tuple(sorted(reference.vocabulary_)), name
+        assert np.allclose(lexicon.idf[name], reference.idf_, atol=1e-6)
+        blocks.append(reference.transform(texts).toarray())
+    assert set(ANALYZERS) == {"word", "char"}
+    assert np.allclose(ours, np.hstack(blocks), atol=1e-6)
