@@ -1,12 +1,14 @@
-"""Fitted detector heads: small linear classifiers on embedding views, saved as a versioned npz.
+"""Fitted detector heads: small linear classifiers on embedding views or wording, saved as a versioned npz.
 
 A head turns the views of a (prompt, response) pair (see `views`) plus a few rule signals, or
-the response's wording (see `lexical`), into a calibrated probability. The default detectors need no head; `safemon detectors fit` writes one
-from any labelled file and `SAFEMON_DETECTOR_HEAD` points the pipeline at it.
+the response's wording (see `lexical`), into a calibrated probability. The default detectors
+need no head; `safemon detectors fit` writes one from any labelled file and
+`SAFEMON_DETECTOR_HEAD` points the pipeline at it.
 
 The artifact is one `.npz` (loaded with allow_pickle=False): per head its coefficients,
-intercepts, classes and threshold (and the lexicon of a head that reads wording), and a JSON `meta` string with the format version, the
-embedding model, the views' sizes and the training provenance (data hashes, split, row counts).
+intercepts, classes and threshold (and the lexicon of a head that reads wording), and a JSON
+`meta` string with the format version, the embedding model, the views' sizes and the training
+provenance (data hashes, split, row counts).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
 # Harmful compliance fitted on data whose prompts are all harmful (JailbreakBench): the prompt
 # carries no label information there, only the goal's identity, which does not transfer to
 # unseen goals. Whether the answer delivers shows in its wording more than in its gist's
-# embedding, on attack methods held out of the fit (`bench/eval_detectors.py` compares them).
+# embedding, on attack methods held out of the fit (tests/eval/test_harmful_compliance_quality.py).
 RESPONSE_ONLY_FEATURES = ("lexical",)
 # The classes whose probabilities add up to each task's score.
 TASK_POSITIVE: dict[str, tuple[str, ...]] = {
@@ -57,22 +59,17 @@ class HeadError(ValueError):
     """A head artifact is unreadable, of another format version, or built for another model."""
 
 
-def assemble(features: Sequence[str], parts: Mapping[str, Any]) -> Any:
-    """Concatenate the named feature blocks (each (n, d)) into one float64 matrix.
-
-    A sparse block (the lexical one) read alone is returned as it is; beside dense blocks, the
-    result is a scipy CSR matrix (fitting only: scoring never mixes them)."""
+def assemble(features: Sequence[str], parts: Mapping[str, Any]) -> np.ndarray | SparseRows:
+    """Concatenate the named feature blocks (each (n, d)) into one float64 matrix; the sparse
+    lexical block is read alone and returned as it is."""
     missing = [f for f in features if parts.get(f) is None]
     if missing:
         raise ValueError(f"features {missing} are needed but were not computed")
-    blocks = [parts[f] for f in features]
-    if all(isinstance(b, np.ndarray) for b in blocks):
-        return np.hstack([np.asarray(b, dtype=np.float64) for b in blocks])
-    if len(blocks) == 1:
-        return blocks[0]
-    import scipy.sparse as sp
-
-    return sp.hstack([b.to_scipy() if isinstance(b, SparseRows) else b for b in blocks], format="csr", dtype=np.float64)
+    if "lexical" in features:
+        if len(features) > 1:
+            raise ValueError(f"the lexical block is read alone, not beside {[f for f in features if f != 'lexical']}")
+        return parts["lexical"]
+    return np.hstack([np.asarray(parts[f], dtype=np.float64) for f in features])
 
 
 @dataclass(frozen=True)
@@ -87,13 +84,13 @@ class LinearHead:
     threshold: float = 0.5
     lexicon: Lexicon | None = None  # the terms behind the "lexical" block, when the head reads it
 
-    def assemble(self, parts: Mapping[str, Any], texts: Sequence[str]) -> Any:
+    def assemble(self, parts: Mapping[str, Any], texts: Sequence[str]) -> np.ndarray | SparseRows:
         """This head's feature matrix from the computed blocks, the lexical block read from `texts`."""
         if self.lexicon is not None:
             parts = {**parts, "lexical": self.lexicon.transform(texts)}
         return assemble(self.features, parts)
 
-    def proba(self, x: Any) -> np.ndarray:
+    def proba(self, x: np.ndarray | SparseRows) -> np.ndarray:
         """(n, len(classes)) class probabilities."""
         logits = np.asarray(x @ self.coef.T) + self.intercept
         if len(self.classes) == 2:
@@ -103,7 +100,7 @@ class LinearHead:
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
 
-    def score(self, x: Any) -> np.ndarray:
+    def score(self, x: np.ndarray | SparseRows) -> np.ndarray:
         """Probability of the task's positive classes, in [0, 1]."""
         positive = [i for i, c in enumerate(self.classes) if c in TASK_POSITIVE.get(self.task, ("1",))]
         return np.clip(self.proba(x)[:, positive].sum(axis=1), 0.0, 1.0)
@@ -193,7 +190,7 @@ class HeadSet:
 
 def fit_head(
     task: str,
-    x: Any,
+    x: np.ndarray | SparseRows,
     labels: Sequence[str],
     groups: Sequence[Any] | None = None,
     *,
@@ -220,8 +217,9 @@ def fit_head(
     return dataclasses.replace(head, lexicon=lexicon) if lexicon is not None else head
 
 
-def _fit(task: str, x: Any, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int) -> LinearHead:
-    import scipy.sparse as sp
+def _fit(
+    task: str, x: np.ndarray | SparseRows, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int
+) -> LinearHead:
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
@@ -229,14 +227,12 @@ def _fit(task: str, x: Any, labels: Sequence[str], groups: Sequence[Any] | None,
     classes = sorted(set(y.tolist()))
     if len(classes) < 2:
         raise ValueError(f"{task}: need at least two classes to fit, got {classes}")
-    if isinstance(x, SparseRows):
-        x = x.to_scipy()
-    sparse = sp.issparse(x)
-    grid = LEXICAL_C_GRID if sparse else C_GRID
-    mean = np.zeros(x.shape[1]) if sparse else x.mean(axis=0)
-    scale = np.ones(x.shape[1]) if sparse else x.std(axis=0)
-    scale[scale < 1e-8] = 1.0
-    z = x if sparse else (x - mean) / scale
+    if isinstance(x, SparseRows):  # TF-IDF rows of unit length: fitted as they are
+        grid, z, mean, scale = LEXICAL_C_GRID, x.to_scipy(), np.zeros(x.shape[1]), np.ones(x.shape[1])
+    else:
+        grid, mean, scale = C_GRID, x.mean(axis=0), x.std(axis=0)
+        scale[scale < 1e-8] = 1.0
+        z = (x - mean) / scale
     min_class = min(int((y == c).sum()) for c in classes)
     k = min(folds, min_class, len(set(groups)) if groups is not None else folds)
     if k >= 2:

@@ -55,7 +55,7 @@ def chars(text: str, low: int = 3, high: int = 5) -> list[str]:
 ANALYZERS: dict[str, Callable[[str], list[str]]] = {"word": words, "char": chars}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SparseRows:
     """Rows of a sparse matrix in CSR layout, in numpy alone (the runtime imports no scipy.sparse)."""
 
