@@ -1,19 +1,16 @@
-"""Fitted detector heads: small linear classifiers on embedding views or wording, saved as a versioned npz.
+"""Fitted detector heads: small linear classifiers on embedding views, saved as a versioned npz.
 
-A head turns the views of a (prompt, response) pair (see `views`) plus a few rule signals, or
-the response's wording (see `lexical`), into a calibrated probability. The default detectors
-need no head; `safemon detectors fit` writes one from any labelled file and
-`SAFEMON_DETECTOR_HEAD` points the pipeline at it.
+A head turns the views of a (prompt, response) pair (see `views`) plus a few rule signals into a
+calibrated probability. The default detectors need no head; `safemon detectors fit` writes one
+from any labelled file and `SAFEMON_DETECTOR_HEAD` points the pipeline at it.
 
 The artifact is one `.npz` (loaded with allow_pickle=False): per head its coefficients,
-intercepts, classes and threshold (and the lexicon of a head that reads wording), and a JSON
-`meta` string with the format version, the embedding model, the views' sizes and the training
-provenance (data hashes, split, row counts).
+intercepts, classes and threshold, and a JSON `meta` string with the format version, the
+embedding model, the views' sizes and the training provenance (data hashes, split, row counts).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import warnings
@@ -27,12 +24,11 @@ import numpy as np
 import structlog
 
 from pipeline.detectors import views as view_sizes
-from pipeline.detectors.lexical import ANALYZERS, Lexicon, SparseRows
 
 log = structlog.get_logger(__name__)
 
 ARTIFACT_FORMAT = "safemon.detector_head"
-ARTIFACT_VERSION = 4  # 2: a ninth rule signal (refusal_substring); 3: no opening view, no margin_opening signal; 4: lexical features
+ARTIFACT_VERSION = 3  # 2: a ninth rule signal (refusal_substring); 3: no opening view, no margin_opening signal
 # What each task's head reads. Refusal deliberately ignores the prompt: a prompt-only classifier
 # already scores ~0.86 on XSTest, and the head must judge the response, not guess from the request.
 TASK_FEATURES: dict[str, tuple[str, ...]] = {
@@ -42,33 +38,27 @@ TASK_FEATURES: dict[str, tuple[str, ...]] = {
 }
 # Harmful compliance fitted on data whose prompts are all harmful (JailbreakBench): the prompt
 # carries no label information there, only the goal's identity, which does not transfer to
-# unseen goals. Whether the answer delivers shows in its wording more than in its gist's
-# embedding, on attack methods held out of the fit (tests/eval/test_harmful_compliance_quality.py).
-RESPONSE_ONLY_FEATURES = ("lexical",)
+# unseen goals (cross-fitted by goal, when an opening view was still embedded: 0.797 with the
+# prompt and the opening, 0.824 without them and with the refusal_substring signal).
+RESPONSE_ONLY_FEATURES = ("gist", "signals")
 # The classes whose probabilities add up to each task's score.
 TASK_POSITIVE: dict[str, tuple[str, ...]] = {
     "refusal": ("full", "partial"),
     "harmful_compliance": ("1",),
     "prompt_harm": ("1",),
 }
-C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)  # for standardised dense features
-LEXICAL_C_GRID = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # for TF-IDF rows of unit length
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 
 class HeadError(ValueError):
     """A head artifact is unreadable, of another format version, or built for another model."""
 
 
-def assemble(features: Sequence[str], parts: Mapping[str, Any]) -> np.ndarray | SparseRows:
-    """Concatenate the named feature blocks (each (n, d)) into one float64 matrix; the sparse
-    lexical block is read alone and returned as it is."""
+def assemble(features: Sequence[str], parts: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Concatenate the named feature blocks (each (n, d)) into one float64 matrix."""
     missing = [f for f in features if parts.get(f) is None]
     if missing:
         raise ValueError(f"features {missing} are needed but were not computed")
-    if "lexical" in features:
-        if len(features) > 1:
-            raise ValueError(f"the lexical block is read alone, not beside {[f for f in features if f != 'lexical']}")
-        return parts["lexical"]
     return np.hstack([np.asarray(parts[f], dtype=np.float64) for f in features])
 
 
@@ -82,17 +72,10 @@ class LinearHead:
     coef: np.ndarray  # (1, d) for two classes, else (len(classes), d)
     intercept: np.ndarray
     threshold: float = 0.5
-    lexicon: Lexicon | None = None  # the terms behind the "lexical" block, when the head reads it
 
-    def assemble(self, parts: Mapping[str, Any], texts: Sequence[str]) -> np.ndarray | SparseRows:
-        """This head's feature matrix from the computed blocks, the lexical block read from `texts`."""
-        if self.lexicon is not None:
-            parts = {**parts, "lexical": self.lexicon.transform(texts)}
-        return assemble(self.features, parts)
-
-    def proba(self, x: np.ndarray | SparseRows) -> np.ndarray:
+    def proba(self, x: np.ndarray) -> np.ndarray:
         """(n, len(classes)) class probabilities."""
-        logits = np.asarray(x @ self.coef.T) + self.intercept
+        logits = x @ self.coef.T + self.intercept
         if len(self.classes) == 2:
             p = 1.0 / (1.0 + np.exp(-np.clip(logits[:, 0], -50, 50)))
             return np.stack([1.0 - p, p], axis=1)
@@ -100,7 +83,7 @@ class LinearHead:
         e = np.exp(logits)
         return e / e.sum(axis=1, keepdims=True)
 
-    def score(self, x: np.ndarray | SparseRows) -> np.ndarray:
+    def score(self, x: np.ndarray) -> np.ndarray:
         """Probability of the task's positive classes, in [0, 1]."""
         positive = [i for i, c in enumerate(self.classes) if c in TASK_POSITIVE.get(self.task, ("1",))]
         return np.clip(self.proba(x)[:, positive].sum(axis=1), 0.0, 1.0)
@@ -126,8 +109,6 @@ class HeadSet:
             head = self.heads[task]
             h.update(json.dumps([task, list(head.features), list(head.classes), head.threshold]).encode())
             h.update(np.asarray(head.coef, dtype=np.float32).tobytes() + np.asarray(head.intercept, dtype=np.float32).tobytes())
-            if head.lexicon is not None:
-                h.update(head.lexicon.fingerprint())
         return h.hexdigest()[:12]
 
     def save(self, path: Path) -> Path:
@@ -137,18 +118,13 @@ class HeadSet:
             "version": ARTIFACT_VERSION,
             "model": self.model,
             "views": view_sizes.sizes(),
-            "heads": {
-                t: {"features": list(h.features), "classes": list(h.classes), "threshold": h.threshold} | ({"lexicon": h.lexicon.meta()} if h.lexicon else {})
-                for t, h in self.heads.items()
-            },
+            "heads": {t: {"features": list(h.features), "classes": list(h.classes), "threshold": h.threshold} for t, h in self.heads.items()},
             "provenance": self.provenance,
         }
         arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps(meta, sort_keys=True))}
         for task, h in self.heads.items():
             arrays[f"{task}.coef"] = h.coef.astype(np.float32)
             arrays[f"{task}.intercept"] = h.intercept.astype(np.float32)
-            if h.lexicon is not None:
-                arrays |= {f"{task}.idf.{name}": h.lexicon.idf[name] for name in ANALYZERS}
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("wb") as f:
@@ -172,10 +148,6 @@ class HeadSet:
             raise HeadError(f"{path}: fitted on embeddings of {meta['model']!r}, but the embedder is {expect_model!r}")
         heads = {}
         for task, spec in meta["heads"].items():
-            try:
-                lexicon = Lexicon.from_saved(spec["lexicon"], {name: arrays[f"{task}.idf.{name}"] for name in ANALYZERS}) if "lexicon" in spec else None
-            except (KeyError, ValueError) as exc:
-                raise HeadError(f"{path}: the {task} head's lexicon: {exc}") from None
             heads[task] = LinearHead(
                 task=task,
                 features=tuple(spec["features"]),
@@ -183,29 +155,25 @@ class HeadSet:
                 coef=arrays[f"{task}.coef"],
                 intercept=arrays[f"{task}.intercept"],
                 threshold=float(spec["threshold"]),
-                lexicon=lexicon,
             )
         return cls(heads=heads, model=meta["model"], provenance=meta.get("provenance", {}))
 
 
 def fit_head(
     task: str,
-    x: np.ndarray | SparseRows,
+    x: np.ndarray,
     labels: Sequence[str],
     groups: Sequence[Any] | None = None,
     *,
     features: Sequence[str] | None = None,
     folds: int = 3,
     seed: int = 0,
-    lexicon: Lexicon | None = None,
 ) -> LinearHead:
     """Fit a logistic head, choosing its L2 strength by grouped cross-validated log-loss.
 
-    Dense features are standardised for the fit and the scaling is folded back into the
-    coefficients, so the stored head applies to raw features; sparse (lexical) features are
-    TF-IDF rows of unit length already. Groups keep near-duplicate rows (one prompt, one goal)
-    inside one inner fold, so the strength is chosen on unseen groups. `lexicon` is what
-    produced the lexical block, saved with the head.
+    Features are standardised for the fit and the scaling is folded back into the coefficients,
+    so the stored head applies to raw features. Groups keep near-duplicate rows (one prompt, one
+    goal) inside one inner fold, so the strength is chosen on unseen groups.
     """
     from threadpoolctl import threadpool_limits
 
@@ -213,13 +181,10 @@ def fit_head(
     with threadpool_limits(1), warnings.catch_warnings():
         # scikit-learn 1.9 announces attribute renames of LogisticRegressionCV; `C_` is read once.
         warnings.simplefilter("ignore", FutureWarning)
-        head = _fit(task, x, labels, groups, features=features, folds=folds, seed=seed)
-    return dataclasses.replace(head, lexicon=lexicon) if lexicon is not None else head
+        return _fit(task, x, labels, groups, features=features, folds=folds, seed=seed)
 
 
-def _fit(
-    task: str, x: np.ndarray | SparseRows, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int
-) -> LinearHead:
+def _fit(task: str, x: np.ndarray, labels: Sequence[str], groups: Sequence[Any] | None, *, features: Sequence[str] | None, folds: int, seed: int) -> LinearHead:
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import GroupKFold, StratifiedKFold
 
@@ -227,12 +192,10 @@ def _fit(
     classes = sorted(set(y.tolist()))
     if len(classes) < 2:
         raise ValueError(f"{task}: need at least two classes to fit, got {classes}")
-    if isinstance(x, SparseRows):  # TF-IDF rows of unit length: fitted as they are
-        grid, z, mean, scale = LEXICAL_C_GRID, x.to_scipy(), np.zeros(x.shape[1]), np.ones(x.shape[1])
-    else:
-        grid, mean, scale = C_GRID, x.mean(axis=0), x.std(axis=0)
-        scale[scale < 1e-8] = 1.0
-        z = (x - mean) / scale
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[scale < 1e-8] = 1.0
+    z = (x - mean) / scale
     min_class = min(int((y == c).sum()) for c in classes)
     k = min(folds, min_class, len(set(groups)) if groups is not None else folds)
     if k >= 2:
@@ -241,10 +204,10 @@ def _fit(
         else:
             splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(z, y))
         # The C path is warm-started within each fold, which keeps the search cheap.
-        model = LogisticRegressionCV(Cs=list(grid), cv=splits, scoring="neg_log_loss", max_iter=3000).fit(z, y)
+        model = LogisticRegressionCV(Cs=list(C_GRID), cv=splits, scoring="neg_log_loss", max_iter=3000).fit(z, y)
         best_c = float(np.atleast_1d(model.C_)[0])
     else:  # too few rows of a class to cross-validate: the middle strength
-        best_c = grid[len(grid) // 2]
+        best_c = C_GRID[len(C_GRID) // 2]
         model = LogisticRegression(C=best_c, max_iter=3000).fit(z, y)
     coef = model.coef_ / scale
     intercept = model.intercept_ - (model.coef_ * (mean / scale)).sum(axis=1)

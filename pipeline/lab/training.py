@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from pipeline.detectors.head import RESPONSE_ONLY_FEATURES, TASK_FEATURES, HeadSet, LinearHead, assemble, fit_head
-from pipeline.detectors.lexical import Lexicon
+from pipeline.detectors.head import RESPONSE_ONLY_FEATURES, TASK_FEATURES, HeadSet, LinearHead, fit_head
 from pipeline.detectors.refusal import substring_refusal
 from pipeline.detectors.stack import DetectorStack
 from pipeline.detectors.views import Views
@@ -49,8 +48,8 @@ def fit_heads(
     the refusal head is fitted on the XSTest rows alone. What was fitted on how many rows of
     which `source`, and what could not be fitted and why, goes into the provenance under
     `heads_fitted` and `heads_not_fitted`. When every prompt of a head's rows is known to be
-    harmful (JailbreakBench), the harmful-compliance head reads the response's wording only
-    (`RESPONSE_ONLY_FEATURES`), with a lexicon fitted on those rows' answers.
+    harmful (JailbreakBench), the harmful-compliance head reads the response only
+    (`RESPONSE_ONLY_FEATURES`).
     """
     groups = groups_of(frame, group_by)
     sources = frame["source"] if "source" in frame else pd.Series("data", index=frame.index)
@@ -70,13 +69,7 @@ def fit_heads(
             continue
         all_harmful = frame.loc[rows, "prompt_harm"].notna().all() and set(frame.loc[rows, "prompt_harm"].astype(int)) == {1}
         features = RESPONSE_ONLY_FEATURES if task == "harmful_compliance" and all_harmful else TASK_FEATURES[task]
-        block = take(parts, rows)
-        lexicon = None
-        if "lexical" in features:  # fitted on this head's answers only
-            answers = frame.loc[rows, "response"].tolist()
-            lexicon = Lexicon.fit(answers)
-            block["lexical"] = lexicon.transform(answers)
-        heads[task] = fit_head(task, assemble(features, block), y, groups[rows], features=features, lexicon=lexicon)
+        heads[task] = fit_head(task, np.hstack([parts[f][rows] for f in features]), y, groups[rows], features=features)
         fitted[task] = {str(k): int(v) for k, v in sources[rows].value_counts().sort_index().items()}
     if not heads:
         raise ValueError("the data's labels define no task with two classes: " + "; ".join(f"{t}: {why}" for t, why in not_fitted.items()))
