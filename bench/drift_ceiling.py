@@ -40,7 +40,7 @@ from statsmodels.stats.proportion import proportion_confint, proportions_ztest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from eval_drift import RATES, embed_all, load_texts  # noqa: E402
+from eval_drift import RATES, draw_window, embed_all, load_texts  # noqa: E402
 
 SAMPLE = ROOT / "bench" / "data" / "hh_red_team_sample.csv"
 SAMPLE_SEED, SAMPLE_SIZE = 20261204, 60
@@ -61,15 +61,15 @@ def labelled_sample(n_turns: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
 def power(benign: np.ndarray, attack: np.ndarray, n: int, rate: float, trials: int, alpha: float, rng: np.random.Generator) -> float:
     """Share of trials whose window's flagged share exceeds its reference's at `alpha`.
 
-    `benign` and `attack` are 0/1 flags per pool row; each trial draws a reference of
-    REFERENCE_MULTIPLE x n benign rows and, disjoint from it, a window of n rows of which
-    round(rate x n) are attacks."""
+    `benign` and `attack` are 0/1 flags per pool row; each trial draws its rows as the drift
+    bench does (`draw_window`): a reference of REFERENCE_MULTIPLE x n benign rows and, disjoint
+    from it, a window of n rows of which round(rate x n) are attacks."""
     m, k = REFERENCE_MULTIPLE * n, round(rate * n)
     alarms = 0
     for _ in range(trials):
-        rows = rng.choice(len(benign), m + n - k, replace=False)
-        ref = int(benign[rows[:m]].sum())
-        cur = int(benign[rows[m:]].sum()) + int(attack[rng.choice(len(attack), k, replace=False)].sum())
+        ref_rows, cur_rows, attack_rows = draw_window(rng, len(benign), n, m, k, len(attack))
+        ref = int(benign[ref_rows].sum())
+        cur = int(benign[cur_rows].sum()) + int(attack[attack_rows].sum())
         if ref + cur == 0:
             continue
         _, p = proportions_ztest([cur, ref], [n, m], alternative="larger")

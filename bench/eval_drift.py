@@ -109,11 +109,17 @@ def make_trials(
             raise SystemExit(f"a reference of {m} rows and a window of {n} need {m + n} benign rows; the pool has {n_benign}")
         for kind, p, count in [("none", 0.0, null_trials)] + [(k, p, power_trials) for k in pools for p in RATES]:
             for t in range(count):
-                rows = rng.choice(n_benign, m + n, replace=False)
-                k = int(round(p * n))
-                attacks = rng.choice(pools[kind], k, replace=k > pools[kind]).tolist() if k else []
-                trials.append({"n": n, "kind": kind, "p": p, "trial": t, "ref": rows[:m].tolist(), "cur": rows[m : m + n - k].tolist(), "attacks": attacks})
+                ref, cur, attacks = draw_window(rng, n_benign, n, m, int(round(p * n)), pools.get(kind, 0))
+                trials.append({"n": n, "kind": kind, "p": p, "trial": t, "ref": ref.tolist(), "cur": cur.tolist(), "attacks": attacks.tolist()})
     return trials
+
+
+def draw_window(rng: np.random.Generator, n_benign: int, n: int, m: int, k: int, pool: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One trial's rows: a reference of m benign rows, the window's n - k benign rows (disjoint
+    from it), and k rows of an attack pool of `pool` rows (drawn with replacement only when k exceeds it)."""
+    rows = rng.choice(n_benign, m + n, replace=False)
+    attacks = rng.choice(pool, k, replace=k > pool) if k else np.zeros(0, dtype=np.int64)
+    return rows[:m], rows[m : m + n - k], attacks
 
 
 def windows(trial: dict, benign: np.ndarray, attacks: dict[str, np.ndarray], cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
